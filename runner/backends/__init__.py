@@ -1,0 +1,1 @@
+"""Backends: small adapters that turn a shot request into a video file."""

@@ -1,0 +1,166 @@
+"""Manifest -> graph: resolve settings, compile prompts, check capabilities, add edges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runner import compose
+from runner.backends import registry
+from runner.backends.base import ShotRequest
+from runner.errors import UserError
+from runner.graph import RECIPE_VERSION, Graph, Node, toposort
+from runner.manifest import FrameRef, Manifest, parse_size
+
+
+def take_ids(manifest: Manifest, shot_id: str) -> list[str]:
+    takes = manifest.shots[shot_id].takes
+    if takes == 1:
+        return [f"shots.{shot_id}"]
+    return [f"shots.{shot_id}.take{i}" for i in range(1, takes + 1)]
+
+
+def picked(manifest: Manifest, shot_id: str) -> str:
+    return take_ids(manifest, shot_id)[manifest.shots[shot_id].pick - 1]
+
+
+def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) -> Graph:
+    """Turn a validated manifest into nodes. `source` names the manifest in error messages."""
+    nodes: dict[str, Node] = {}
+    root = film_dir.resolve()
+    for name, asset in manifest.assets.items():
+        path = (film_dir / asset.path).resolve()
+        where = f"{source}: assets.{name}.path"
+        if not path.is_relative_to(root):
+            raise UserError(
+                f"{where}: {asset.path!r} is outside the film's folder {film_dir}; "
+                "copy the file into the folder and give a relative path"
+            )
+        if not path.is_file():
+            raise UserError(f"{where}: no file at {path}; add the file or fix the path")
+        nid = f"assets.{name}"
+        nodes[nid] = Node(nid, "asset", "local", {"kind": "asset"}, path=str(path))
+
+    for shot_id, shot in manifest.shots.items():
+        settings = compose.resolve(manifest, shot_id, profile)
+        backend = _backend(settings.backend, f"{source}: shots.{shot_id}.backend")
+        model = settings.model or backend.default_model
+        caps = backend.capabilities(model)
+        _check_caps(source, shot_id, settings, model, caps)
+        prompt = compose.compile_prompt(manifest, shot_id, negative_prompt=caps.negative_prompt)
+        inputs: dict[str, str] = {}
+        if isinstance(shot.image, FrameRef):
+            frame_id = f"frames.{shot.image.shot}.{shot.image.frame}"
+            source_take = picked(manifest, shot.image.shot)
+            nodes.setdefault(
+                frame_id,
+                Node(
+                    frame_id,
+                    "frame",
+                    "local",
+                    {"kind": "frame", "frame": shot.image.frame, "v": RECIPE_VERSION},
+                    inputs={"video": source_take},
+                ),
+            )
+            inputs["image"] = frame_id
+        elif isinstance(shot.image, str):
+            inputs["image"] = shot.image
+        after = [t for need in shot.needs for t in take_ids(manifest, need)]
+        for take, nid in enumerate(take_ids(manifest, shot_id), start=1):
+            fields: dict[str, Any] = {
+                "film": manifest.film.title,
+                "shot": shot_id,
+                "take": take,
+                "model": model,
+                "prompt": prompt,
+                "avoid": list(manifest.style.avoid),
+                "seconds": settings.seconds,
+                "width": settings.width,
+                "height": settings.height,
+                "fps": manifest.film.fps,
+                "seed": settings.seed,
+            }
+            request = ShotRequest(**{**fields, "avoid": tuple(manifest.style.avoid)})
+            recipe = {
+                "kind": "shot",
+                "v": RECIPE_VERSION,
+                "backend": settings.backend,
+                "request": backend.request(request),
+            }
+            price = backend.price_per_second(model, settings.width, settings.height)
+            nodes[nid] = Node(
+                nid,
+                "shot",
+                settings.backend,
+                recipe,
+                inputs=dict(inputs),
+                after=after,
+                cost_usd=round(price * settings.seconds, 4),
+                shot=fields,
+            )
+
+    nodes["edit"] = _edit_node(manifest)
+    width, height = parse_size(manifest.film.size)
+    return Graph(
+        title=manifest.film.title,
+        width=width,
+        height=height,
+        fps=manifest.film.fps,
+        nodes=toposort(nodes, source),
+        limits={k: v.model_dump(exclude_none=True) for k, v in manifest.limits.items()},
+    )
+
+
+def _backend(name: str, where: str) -> registry.Backend:
+    try:
+        return registry.get(name)
+    except KeyError:
+        known = ", ".join(registry.names())
+        raise UserError(f"{where}: unknown backend {name!r}; choose one of: {known}") from None
+
+
+def _check_caps(
+    source: str, shot_id: str, s: compose.ShotSettings, model: str, caps: registry.Capabilities
+) -> None:
+    where = f"{source}: shots.{shot_id}"
+    size = f"{s.width}x{s.height}"
+    if caps.sizes and size not in caps.sizes:
+        raise UserError(
+            f"{where}.size: {size} is not supported by {s.backend} model {model}; "
+            f"allowed: {', '.join(caps.sizes)}"
+        )
+    if caps.seconds and s.seconds not in caps.seconds:
+        allowed = ", ".join(f"{x:g}" for x in caps.seconds)
+        raise UserError(
+            f"{where}.seconds: {s.seconds:g} is not supported by {s.backend} model {model}; "
+            f"allowed: {allowed}"
+        )
+    if s.seconds > caps.max_seconds:
+        raise UserError(
+            f"{where}.seconds: {s.seconds:g} is longer than {s.backend} model {model} allows "
+            f"(at most {caps.max_seconds:g}); split the shot"
+        )
+
+
+def _edit_node(manifest: Manifest) -> Node:
+    cuts: list[dict[str, Any]] = []
+    inputs: dict[str, str] = {}
+    default = manifest.edit.transition
+    for i, cut in enumerate(manifest.cuts()):
+        transition = cut.transition or default
+        crossfade = transition.seconds if transition.kind == "crossfade" and i > 0 else 0.0
+        role = f"clip{i}"
+        inputs[role] = picked(manifest, cut.shot)
+        cuts.append({"clip": role, "start": cut.start, "end": cut.end, "crossfade_in": crossfade})
+    width, height = parse_size(manifest.film.size)
+    recipe = {
+        "kind": "edit",
+        "v": RECIPE_VERSION,
+        "cuts": cuts,
+        "width": width,
+        "height": height,
+        "fps": manifest.film.fps,
+        "loudness_lufs": manifest.edit.loudness_lufs,
+        "media": registry.media_version(),
+    }
+    return Node("edit", "edit", "local", recipe, inputs=inputs)

@@ -1,0 +1,198 @@
+"""The `runner` command: plan, render, status, graph, show.
+
+Exit codes: 0 success, 1 some node failed, 2 the user's input is wrong. Heavy modules are
+imported inside the commands so `runner --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runner import __version__
+from runner.errors import UserError
+
+if TYPE_CHECKING:
+    from runner.project import Project
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--cache-dir", type=Path, help="local cache (default: $RUNNER_CACHE_DIR or <repo>/.cache)"
+    )
+    common.add_argument("--profile", help="apply [profiles.NAME] from the manifest")
+
+    def film_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("film", nargs="?", type=Path, help="path of film.toml")
+
+    parser = argparse.ArgumentParser(
+        prog="runner", description="Declarative, incremental render runner for AI film."
+    )
+    parser.add_argument("--version", action="version", version=f"runner {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plan", parents=[common], help="what would render, why, and the cost")
+    film_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable plan (see README)")
+
+    p = sub.add_parser("render", parents=[common], help="render what changed and assemble")
+    film_arg(p)
+    p.add_argument(
+        "-k",
+        "--keep-going",
+        action="store_true",
+        help="let independent nodes finish after a failure",
+    )
+
+    p = sub.add_parser("status", parents=[common], help="per node: cached, stale, missing, failed")
+    film_arg(p)
+
+    p = sub.add_parser("graph", parents=[common], help="print the DAG as mermaid or dot")
+    film_arg(p)
+    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+
+    p = sub.add_parser("show", parents=[common], help="the exact prompt text a shot sends")
+    p.add_argument("film", type=Path, help="path of film.toml")
+    p.add_argument("shot", help="shot id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"runner: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("runner: interrupted; finished nodes are cached", file=sys.stderr)
+        return 130
+    except Exception as err:  # never a bare traceback: say what broke and how to see more
+        if os.environ.get("RUNNER_DEBUG"):
+            raise
+        print(f"runner: internal error: {err!r} (set RUNNER_DEBUG=1 for details)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _open(args: argparse.Namespace) -> Project:
+    from runner.backends import registry
+    from runner.project import Project, default_manifest
+
+    project = Project.open(args.film or default_manifest(), args.cache_dir, args.profile)
+    registry.set_scratch(project.store.tmp / "backends")
+    return project
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    project = _open(args)
+    plan = project.plan()
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+        return EXIT_OK
+    cached = 0
+    lines = []
+    for d in plan.decisions.values():
+        if d.status == "cached":
+            cached += 1
+            continue
+        lines.append(f"{d.status:8} {d.id:32} {'; '.join(d.reasons)}")
+    print("\n".join(lines)) if lines else None
+    print(
+        f"{len(plan.to_render)} to render, {cached} cached, "
+        f"estimated cost ${plan.estimated_cost_usd:.2f}"
+    )
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from runner.progress import Progress
+    from runner.render import render
+
+    project = _open(args)
+    total = sum(1 for n in project.graph.nodes.values() if n.kind != "asset")
+    with Progress(project.graph, total) as progress:
+        result = render(project, keep_going=args.keep_going, report=progress)
+    out = result.outcome
+    rendered = len(out.done)
+    print(
+        f"{rendered} rendered, {len(result.plan.decisions) - len(result.plan.to_render)} "
+        f"cached, {len(out.failed)} failed, {len(out.skipped)} skipped; "
+        f"spent ${result.spend_usd:.2f}",
+        file=sys.stderr,
+    )
+    for nid, why in out.failed.items():
+        print(f"runner: {nid} failed: {why}", file=sys.stderr)
+    if result.film is not None:
+        print(result.film)
+        return EXIT_OK if out.ok else EXIT_FAILED
+    if out.skipped:
+        print(f"runner: not rendered: {', '.join(sorted(out.skipped))}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    project = _open(args)
+    plan = project.plan()
+    state = project.state()
+    for d in plan.decisions.values():
+        if d.id in state["failed"] and d.status != "cached":
+            label, why = "failed", state["failed"][d.id]
+        elif d.status == "cached":
+            label, why = "cached", ""
+        elif d.id not in state["recipes"]:
+            label, why = "missing", "never rendered"
+        else:
+            label, why = "stale", "; ".join(d.reasons)
+        print(f"{label:8} {d.id:32} {why}".rstrip())
+    return EXIT_OK
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    project = _open(args)
+    nodes = project.graph.nodes.values()
+    if args.format == "dot":
+        print("digraph film {\n  rankdir=LR;")
+        for n in nodes:
+            print(f'  "{n.id}" [shape={"box" if n.kind == "shot" else "ellipse"}];')
+            for dep in n.deps:
+                print(f'  "{dep}" -> "{n.id}";')
+        print("}")
+    else:
+        ids = {n.id: f"n{i}" for i, n in enumerate(nodes)}
+        print("flowchart LR")
+        for n in nodes:
+            print(f'  {ids[n.id]}["{n.id}"]')
+            for dep in n.deps:
+                print(f"  {ids[dep]} --> {ids[n.id]}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    project = _open(args)
+    shots = [n for n in project.graph.nodes.values() if n.shot and n.shot["shot"] == args.shot]
+    if not shots:
+        names = sorted({n.shot["shot"] for n in project.graph.nodes.values() if n.shot})
+        raise UserError(f"{args.film}: no shot named {args.shot!r} (shots: {', '.join(names)})")
+    assert shots[0].shot is not None
+    sys.stdout.write(shots[0].shot["prompt"])
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "plan": cmd_plan,
+    "render": cmd_render,
+    "status": cmd_status,
+    "graph": cmd_graph,
+    "show": cmd_show,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Making nodes: render shots on their backends, extract frames, assemble the edit.
+
+`NodeJobs` is the scheduler's Jobs for real work: each job runs in a worker thread and reports
+back through a queue. A node's key is computed when its inputs are known; its success is
+recorded only after its output is verified and stored (doit's rule).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from runner.backends import registry
+from runner.digest import key_of
+from runner.errors import NodeFailed
+from runner.graph import Graph, Node
+from runner.plan import Plan, full_recipe
+from runner.store import SegmentCache, Store
+
+POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class NodeJobs:
+    """Runs graph nodes in threads; completions come back through wait()."""
+
+    def __init__(self, graph: Graph, plan: Plan, store: Store, workers: int) -> None:
+        self.graph = graph
+        self.store = store
+        self.digests: dict[str, str] = {
+            d.id: d.output for d in plan.decisions.values() if d.output is not None
+        }
+        self.records: dict[str, dict[str, Any]] = {}
+        self.recipes: dict[str, dict[str, Any]] = {}
+        self._done: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="node")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def recipe(self, node_id: str) -> tuple[str, dict[str, Any]]:
+        recipe = full_recipe(self.graph.nodes[node_id], self.digests)
+        self.recipes[node_id] = recipe
+        return key_of(recipe), recipe
+
+    def fresh(self, node_id: str) -> bool:
+        """True when the node's output is already cached, now that its inputs are known."""
+        key, _ = self.recipe(node_id)
+        record = self.store.lookup(key)
+        if record is None:
+            return False
+        self.digests[node_id] = record["output"]
+        self.records[node_id] = record
+        return True
+
+    def start(self, node_id: str) -> None:
+        self._pool.submit(self._run, node_id)
+
+    def wait(self, timeout: float | None) -> tuple[str, str | None] | None:
+        try:
+            return self._done.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _run(self, node_id: str) -> None:
+        try:
+            self._make(self.graph.nodes[node_id])
+        except NodeFailed as err:
+            self._done.put((node_id, str(err)))
+        except Exception as err:  # a bug or an environment problem: report, don't hang
+            detail = traceback.format_exception_only(err)[-1].strip()
+            self._done.put((node_id, f"internal error: {detail}"))
+        else:
+            self._done.put((node_id, None))
+
+    def _make(self, node: Node) -> None:
+        key, recipe = self.recipe(node.id)
+        started = time.monotonic()
+        record: dict[str, Any] = {"node": node.id, "kind": node.kind, "started": _now()}
+        with self.store.workdir() as work:
+            if node.kind == "shot":
+                output = self._shot(node, work, record)
+            elif node.kind == "frame":
+                output = self._frame(node, work)
+            elif node.kind == "edit":
+                output = self._edit(node, work, record)
+            else:
+                raise NodeFailed(f"{node.id}: nothing to make for a {node.kind} node")
+            digest = self.store.put(output)
+        record.update(
+            output=digest,
+            finished=_now(),
+            seconds_taken=round(time.monotonic() - started, 3),
+            recipe=recipe,
+        )
+        self.store.record(key, record)
+        self.records[node.id] = {**record, "key": key}
+        self.digests[node.id] = digest
+
+    def _input(self, node: Node, role: str) -> Path:
+        return self.store.blob(self.digests[node.inputs[role]])
+
+    def _shot(self, node: Node, work: Path, record: dict[str, Any]) -> Path:
+        from runner import ffmpeg
+
+        backend = registry.get(node.pool)
+        image = self._input(node, "image") if "image" in node.inputs else None
+        request = node.request(image)
+        job_id = backend.submit(request)
+        record.update(backend=node.pool, model=request.model, job_id=job_id)
+        while True:
+            status = backend.poll(job_id)
+            if status.state == "done":
+                break
+            if status.state == "failed":
+                raise NodeFailed(f"{node.id}: {node.pool} refused the job: {status.error}")
+            time.sleep(status.poll_after or POLL_DEFAULT)
+        dest = work / "video.mp4"
+        backend.download(job_id, dest)
+        # Hosted models round lengths; allow a frame and a little more, never a wrong shot.
+        ffmpeg.verify_video(dest, request.seconds, tolerance=max(0.25, 2.0 / request.fps))
+        record["cost_usd"] = node.cost_usd
+        return dest
+
+    def _frame(self, node: Node, work: Path) -> Path:
+        from runner import ffmpeg
+
+        dest = work / "frame.png"
+        ffmpeg.extract_last_frame(self._input(node, "video"), dest)
+        if not dest.is_file() or dest.stat().st_size == 0:
+            raise NodeFailed(f"{node.id}: ffmpeg wrote no frame")
+        return dest
+
+    def _edit(self, node: Node, work: Path, record: dict[str, Any]) -> Path:
+        from runner import assemble
+
+        clips = [
+            assemble.Clip(
+                path=self._input(node, cut["clip"]),
+                digest=self.digests[node.inputs[cut["clip"]]],
+                start=cut["start"],
+                end=cut["end"],
+                crossfade_in=cut["crossfade_in"],
+            )
+            for cut in node.recipe["cuts"]
+        ]
+        dest = work / "film.mp4"
+        result = assemble.assemble(
+            clips,
+            width=node.recipe["width"],
+            height=node.recipe["height"],
+            fps=node.recipe["fps"],
+            loudness_lufs=node.recipe["loudness_lufs"],
+            dest=dest,
+            cache=SegmentCache(self.store),
+            workdir=work,
+        )
+        record.update(
+            ffmpeg=result.ffmpeg_version, join_argv=result.join_argv, segments=result.segments
+        )
+        return dest

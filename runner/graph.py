@@ -1,0 +1,87 @@
+"""The film's DAG: asset, shot (one node per take), frame and edit nodes, as plain data.
+
+A Graph is plain data (it round-trips through JSON) so a compiled manifest can be reused
+without re-validating it; see `compiled.py`. Topological order and cycle reports come from the
+standard library's graphlib: networkx alone takes longer to import than the whole no-op plan
+is allowed to take.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.backends.base import ShotRequest
+from runner.errors import UserError
+
+RECIPE_VERSION = 1  # bump when the meaning of a recipe field changes: every key changes
+
+
+@dataclass
+class Node:
+    id: str
+    kind: str  # "asset" | "shot" | "frame" | "edit"
+    pool: str  # the backend for shots; "local" for work done on this machine
+    recipe: dict[str, Any]  # what the node is made from, apart from its inputs' digests
+    inputs: dict[str, str] = field(default_factory=dict)  # role -> upstream node id
+    after: list[str] = field(default_factory=list)  # order-only: the whole upstream shot
+    cost_usd: float = 0.0
+    shot: dict[str, Any] | None = None  # ShotRequest fields, for shots
+    path: str | None = None  # the file, for assets
+
+    @property
+    def deps(self) -> list[str]:
+        return sorted(set(self.inputs.values()) | set(self.after))
+
+    def request(self, image: Path | None) -> ShotRequest:
+        assert self.shot is not None
+        fields = dict(self.shot, avoid=tuple(self.shot["avoid"]))
+        return ShotRequest(**fields, image=image)
+
+
+@dataclass
+class Graph:
+    title: str
+    width: int
+    height: int
+    fps: int
+    nodes: dict[str, Node]  # in topological order
+    limits: dict[str, dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "nodes": [asdict(n) for n in self.nodes.values()]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Graph:
+        nodes = {n["id"]: Node(**n) for n in data["nodes"]}
+        return cls(**{**data, "nodes": nodes})
+
+    def dependents(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {nid: [] for nid in self.nodes}
+        for node in self.nodes.values():
+            for dep in node.deps:
+                out[dep].append(node.id)
+        return out
+
+
+def toposort(nodes: dict[str, Node], source: str) -> dict[str, Node]:
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for node in nodes.values():
+        sorter.add(node.id, *node.deps)
+    try:
+        order = list(sorter.static_order())
+    except graphlib.CycleError as err:
+        cycle = [shot_name(n) for n in err.args[1]]
+        # graphlib lists the cycle backwards (each node needs the one before it).
+        path = " -> ".join(reversed(cycle))
+        raise UserError(
+            f"{source}: dependency cycle: {path}; remove one of these `needs` or `image` links"
+        ) from None
+    return {nid: nodes[nid] for nid in order}
+
+
+def shot_name(node_id: str) -> str:
+    parts = node_id.split(".")
+    return parts[1] if parts[0] in ("shots", "frames") else node_id

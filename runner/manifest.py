@@ -1,0 +1,303 @@
+"""film.toml: the film as the team declares it, validated with pydantic.
+
+Every error names the file and the key path (`shots.sky.seconds`) and says how to fix it;
+unknown keys are errors with a "did you mean" hint, because a misspelt key silently ignored
+would render (and bill) the wrong shot.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runner.errors import UserError
+
+ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'1280x720' -> (1280, 720); the format is validated before this is called."""
+    width, height = size.split("x")
+    return int(width), int(height)
+
+
+def _check_size(value: str | None) -> str | None:
+    if value is not None:
+        match = SIZE_PATTERN.match(value)
+        if not match:
+            raise ValueError(f"size must look like '1280x720' (WIDTHxHEIGHT), got {value!r}")
+        width, height = int(match[1]), int(match[2])
+        if not (16 <= width <= 7680 and 16 <= height <= 7680) or width % 2 or height % 2:
+            # H.264 in 4:2:0 needs even sides.
+            raise ValueError(f"size {value!r}: width and height must be even, 16 to 7680")
+    return value
+
+
+class FilmInfo(Strict):
+    title: str
+    size: str = "1280x720"
+    fps: int = Field(24, ge=1, le=120)
+
+    _size = field_validator("size")(_check_size)
+
+
+class Settings(Strict):
+    """Generation settings shared by [defaults], [profiles.*] and each shot."""
+
+    backend: str | None = None
+    model: str | None = None
+    seconds: float | None = Field(None, gt=0)
+    size: str | None = None
+    seed: int | None = None
+
+    _size = field_validator("size")(_check_size)
+
+
+class Limits(Strict):
+    concurrency: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    max_cost_usd: float | None = Field(None, ge=0)
+
+
+class Style(Strict):
+    look: str | None = None
+    avoid: list[str] = []
+
+
+class Character(Strict):
+    description: str
+    name: str | None = None  # how dialogue names the speaker; the id, capitalised, by default
+
+
+class Asset(Strict):
+    path: str
+
+
+class FrameRef(Strict):
+    """`image = { shot = "x", frame = "last" }`: start where another shot ended."""
+
+    shot: str
+    frame: Literal["last"] = "last"
+
+
+class Line(Strict):
+    who: str
+    line: str
+
+
+class Shot(Settings):
+    prompt: str | None = None
+    scene: str | None = None
+    camera: str | None = None
+    lighting: str | None = None
+    actions: list[str] = []
+    dialogue: list[Line] = []
+    sound: str | None = None
+    cast: list[str] = []
+    image: str | FrameRef | None = None
+    needs: list[str] = []
+    takes: int = Field(1, ge=1, le=16)
+    pick: int = Field(1, ge=1)
+
+
+class Transition(Strict):
+    kind: Literal["cut", "crossfade"] = "cut"
+    seconds: float = Field(0.0, ge=0)
+
+
+class Cut(Strict):
+    """One clip of the edit: a shot, optionally trimmed, and how it joins the previous clip."""
+
+    shot: str
+    start: float = Field(0.0, ge=0)
+    end: float | None = Field(None, gt=0)
+    transition: Transition | None = None
+
+
+class Edit(Strict):
+    sequence: list[str | Cut] = []
+    transition: Transition = Transition()
+    loudness_lufs: float | None = Field(-16.0, ge=-70, le=-5)
+
+
+class Manifest(Strict):
+    film: FilmInfo
+    defaults: Settings = Settings()
+    profiles: dict[str, Settings] = {}
+    limits: dict[str, Limits] = {}
+    style: Style = Style()
+    characters: dict[Annotated[str, Field(pattern=ID_PATTERN)], Character] = {}
+    assets: dict[Annotated[str, Field(pattern=ID_PATTERN)], Asset] = {}
+    shots: dict[Annotated[str, Field(pattern=ID_PATTERN)], Shot]
+    edit: Edit = Edit()
+
+    def cuts(self) -> list[Cut]:
+        """The edit's clips in order; every shot in manifest order when no sequence is given."""
+        items: list[str | Cut] = list(self.edit.sequence) or list(self.shots)
+        return [Cut(shot=item) if isinstance(item, str) else item for item in items]
+
+
+def load(path: Path) -> Manifest:
+    """Read and validate a manifest; raise UserError naming the file and key on bad input."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; pass the path of a film.toml") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: invalid TOML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read: {err}") from None
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_explain(path, err, data)) from None
+    _check_references(path, manifest)
+    return manifest
+
+
+def _explain(path: Path, err: ValidationError, data: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for item in err.errors():
+        loc = _clean_loc(item["loc"], data)
+        where = ".".join(loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key{_did_you_mean(loc)}"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = item["msg"]
+            if "input" in item and not isinstance(item["input"], dict | list):
+                message += f" (got {item['input']!r})"
+        line = f"{path}: {where}: {message}"
+        if line not in lines:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _clean_loc(loc: tuple[int | str, ...], data: Any) -> list[str]:
+    """Drop pydantic's union-member tags so the path is the user's key path."""
+    out: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(str(part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            out[-1] = f"{out[-1]}[{part}]" if out else f"[{part}]"
+            node = node[part]
+        elif isinstance(part, str) and not part[:1].isupper() and "[" not in part:
+            if part in ("str", "int", "float", "list", "dict", "bool", "none"):
+                continue
+            out.append(part)
+            node = None
+    return out
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    """Suggest the closest allowed key for a misspelt one."""
+    allowed = _allowed_keys(loc[:-1])
+    if not loc or not allowed:
+        return ""
+    key = loc[-1]
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean `{close[0]}`?" if close else ""
+    return f"{hint} (allowed: {', '.join(sorted(allowed))})"
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "film": FilmInfo,
+    "defaults": Settings,
+    "style": Style,
+    "edit": Edit,
+}
+_TABLE_MODELS: dict[str, type[BaseModel]] = {
+    "profiles": Settings,
+    "limits": Limits,
+    "characters": Character,
+    "assets": Asset,
+    "shots": Shot,
+}
+
+_SHOT_PART_MODELS: dict[str, type[BaseModel]] = {"image": FrameRef, "dialogue": Line}
+
+
+def _allowed_keys(parent: list[str]) -> list[str]:
+    parent = [re.sub(r"\[\d+\]$", "", part) for part in parent]
+    model: type[BaseModel] | None = None  # the model whose keys are allowed here
+    if not parent:
+        model = Manifest
+    elif len(parent) == 1:
+        model = _SECTION_MODELS.get(parent[0])
+    elif len(parent) == 2 and parent[0] in _TABLE_MODELS:
+        model = _TABLE_MODELS[parent[0]]
+    elif parent[0] == "shots" and len(parent) == 3:
+        model = _SHOT_PART_MODELS.get(parent[2])
+    elif parent[:2] == ["edit", "sequence"]:
+        model = Cut if len(parent) == 2 else Transition
+    elif parent[:2] == ["edit", "transition"]:
+        model = Transition
+    return list(model.model_fields) if model else []
+
+
+def _check_references(path: Path, m: Manifest) -> None:
+    """Names that must point at something: needs, cast, images, picks, the edit."""
+    problems: list[str] = []
+    shot_names = ", ".join(m.shots) or "(none)"
+
+    def unknown_shot(where: str, name: str) -> None:
+        close = difflib.get_close_matches(name, list(m.shots), n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        problems.append(f"{path}: {where}: no shot named `{name}`; {hint}(shots: {shot_names})")
+
+    for sid, shot in m.shots.items():
+        where = f"shots.{sid}"
+        if shot.prompt is None and shot.scene is None:
+            problems.append(f"{path}: {where}: give the shot a `prompt` or a `scene`")
+        if shot.prompt is not None and (shot.scene or shot.camera or shot.actions):
+            problems.append(
+                f"{path}: {where}: `prompt` is the full text; use it or the structured "
+                "fields (scene, camera, actions, ...), not both"
+            )
+        if shot.pick > shot.takes:
+            problems.append(
+                f"{path}: {where}.pick: take {shot.pick} does not exist; the shot has "
+                f"takes = {shot.takes}, so pick a number from 1 to {shot.takes}"
+            )
+        for i, need in enumerate(shot.needs):
+            if need not in m.shots:
+                unknown_shot(f"{where}.needs[{i}]", need)
+        for i, who in enumerate(shot.cast):
+            if who not in m.characters:
+                problems.append(
+                    f"{path}: {where}.cast[{i}]: no character named `{who}`; declare "
+                    f"[characters.{who}] or fix the name (characters: "
+                    f"{', '.join(m.characters) or '(none)'})"
+                )
+        if isinstance(shot.image, FrameRef):
+            if shot.image.shot not in m.shots:
+                unknown_shot(f"{where}.image.shot", shot.image.shot)
+        elif isinstance(shot.image, str):
+            kind, _, name = shot.image.partition(".")
+            if kind != "assets" or name not in m.assets:
+                problems.append(
+                    f"{path}: {where}.image: `{shot.image}` is not a declared asset; write "
+                    '"assets.NAME" for an [assets.NAME] table or { shot = "x", frame = "last" }'
+                )
+    for i, cut in enumerate(m.edit.sequence):
+        name = cut if isinstance(cut, str) else cut.shot
+        if name not in m.shots:
+            unknown_shot(f"edit.sequence[{i}]", name)
+        elif isinstance(cut, Cut) and cut.end is not None and cut.end <= cut.start:
+            problems.append(f"{path}: edit.sequence[{i}].end: must be after start ({cut.start})")
+    if problems:
+        raise UserError("\n".join(problems))

@@ -1,0 +1,78 @@
+"""What a render shows while it runs: a live view on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from runner.graph import Graph
+
+FINAL = {"done": "done", "cached": "cached", "failed": "FAILED", "skipped": "skipped"}
+
+
+class Progress:
+    """Receives scheduler events (event, node id, detail) and shows them."""
+
+    def __init__(self, graph: Graph, total: int, stream: TextIO | None = None) -> None:
+        self.graph = graph
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.finished = 0
+        self.spend = 0.0
+        self.running: dict[str, float] = {}
+        self.live: Any = None
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(
+                self._view(),
+                console=Console(file=self.stream),
+                transient=True,
+                refresh_per_second=8,
+            )
+
+    def __enter__(self) -> Progress:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def __call__(self, event: str, node_id: str, detail: str) -> None:
+        if event == "start":
+            self.running[node_id] = time.monotonic()
+        else:
+            started = self.running.pop(node_id, None)
+            self.finished += 1
+            if event == "done":
+                self.spend += self.graph.nodes[node_id].cost_usd
+            took = f" {time.monotonic() - started:.1f}s" if started is not None else ""
+            line = f"[{self.finished}/{self.total}] {FINAL[event]:7} {node_id}{took}"
+            if detail:
+                line += f": {detail}"
+            if self.live is not None:
+                self.live.console.print(line, markup=False, highlight=False)
+            else:
+                print(line, file=self.stream, flush=True)
+        if self.live is not None:
+            self.live.update(self._view())
+
+    def _view(self) -> Any:
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 2))
+        now = time.monotonic()
+        for nid, started in sorted(self.running.items()):
+            node = self.graph.nodes[nid]
+            table.add_row("[yellow]rendering[/]", nid, node.pool, f"{now - started:.1f}s")
+        table.add_row(
+            f"[bold]{self.finished}/{self.total}[/]",
+            "nodes finished",
+            "",
+            f"spend ${self.spend:.2f}",
+        )
+        return table

@@ -1,0 +1,131 @@
+"""A film on disk: its manifest, its compiled graph, its cache and its last plan.
+
+Compiling a manifest (pydantic validation, prompt composition) costs more than the whole no-op
+plan may take, so the compiled graph is kept in the cache keyed by the manifest's bytes, the
+profile and the runner's version, the way Python keeps .pyc files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner import __version__
+from runner.errors import UserError
+from runner.graph import Graph, Node
+from runner.plan import Plan, make_plan
+from runner.store import StatCache, Store, read_json, write_json
+
+COMPILED_VERSION = 1
+STATE_VERSION = 1
+
+
+def find_root(start: Path) -> Path:
+    """The repository holding start (the folder with .git), else start itself."""
+    for folder in [start, *start.parents]:
+        if (folder / ".git").exists():
+            return folder
+    return start
+
+
+def default_manifest() -> Path:
+    """film.toml here, else the only films/*/film.toml."""
+    here = Path("film.toml")
+    if here.is_file():
+        return here
+    found = sorted(Path("films").glob("*/film.toml"))
+    if len(found) == 1:
+        return found[0]
+    raise UserError("no film given: pass the path of a film.toml (e.g. films/NAME/film.toml)")
+
+
+@dataclass
+class Project:
+    manifest_path: Path
+    film_dir: Path
+    store: Store
+    graph: Graph
+    profile: str | None
+    film_id: str
+    manifest_sha256: str
+
+    @property
+    def out_dir(self) -> Path:
+        return self.film_dir / "out"
+
+    @property
+    def stem(self) -> str:
+        return self.manifest_path.stem
+
+    @classmethod
+    def open(cls, manifest_path: Path, cache_dir: Path | None, profile: str | None) -> Project:
+        if not manifest_path.is_file():
+            raise UserError(f"{manifest_path}: no such file; pass the path of a film.toml")
+        film_dir = manifest_path.parent
+        if cache_dir is None:
+            env = os.environ.get("RUNNER_CACHE_DIR")
+            cache_dir = Path(env) if env else find_root(film_dir.resolve()) / ".cache"
+        store = Store(cache_dir)
+        data = manifest_path.read_bytes()
+        manifest_sha = hashlib.sha256(data).hexdigest()
+        film_id = hashlib.sha256(str(manifest_path.resolve()).encode()).hexdigest()[:16]
+        compiled_key = hashlib.sha256(
+            f"{COMPILED_VERSION}\0{__version__}\0{profile}\0{manifest_sha}".encode()
+        ).hexdigest()
+        compiled_path = store.state_path(film_id, ".graph")
+        compiled = read_json(compiled_path)
+        if compiled and compiled.get("key") == compiled_key:
+            graph = Graph.from_json(compiled["graph"])
+        else:
+            graph = _compile(manifest_path, profile)
+            write_json(
+                compiled_path,
+                {"version": COMPILED_VERSION, "key": compiled_key, "graph": graph.to_json()},
+            )
+        return cls(manifest_path, film_dir, store, graph, profile, film_id, manifest_sha)
+
+    def state(self) -> dict[str, Any]:
+        state = read_json(self.store.state_path(self.film_id))
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            return {"version": STATE_VERSION, "recipes": {}, "failed": {}}
+        return state
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        write_json(self.store.state_path(self.film_id), state)
+
+    def plan(self) -> Plan:
+        stats = StatCache(self.store.state_path("assets"))
+
+        def asset_digest(node: Node) -> str:
+            assert node.path is not None
+            try:
+                return stats.digest(Path(node.path))
+            except FileNotFoundError:
+                raise UserError(
+                    f"{self.manifest_path}: {node.id}.path: no file at {node.path}; "
+                    "add the file or fix the path"
+                ) from None
+
+        def lookup(key: str) -> str | None:
+            record = self.store.lookup(key)
+            return str(record["output"]) if record else None
+
+        plan = make_plan(
+            self.graph,
+            lookup=lookup,
+            asset_digest=asset_digest,
+            previous=self.state()["recipes"],
+        )
+        stats.save()
+        return plan
+
+
+def _compile(manifest_path: Path, profile: str | None) -> Graph:
+    # Imported here: pydantic and the backends are only needed when the manifest changed.
+    from runner import builder, manifest
+
+    loaded = manifest.load(manifest_path)
+    return builder.build(loaded, manifest_path.parent, profile, str(manifest_path))

@@ -1,0 +1,146 @@
+"""film.provenance.json: how every part of the film was made, and publishing the film.
+
+The record is deterministic (no wall-clock time of this run, no absolute paths), so the same
+inputs give the same record, the same digest in the MP4's metadata and the same film bytes.
+It never holds a secret: it is built only from recipes and cache records, which hold none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from runner import __version__
+from runner.digest import file_digest, key_of
+from runner.plan import full_recipe
+from runner.project import Project, find_root
+from runner.store import write_atomic
+
+PROVENANCE_VERSION = 1
+TAG_VERSION = 1
+
+
+def build(project: Project, digests: dict[str, str]) -> dict[str, Any]:
+    graph = project.graph
+    nodes: list[dict[str, Any]] = []
+    spend = 0.0
+    edit: dict[str, Any] = {}
+    for node in graph.nodes.values():
+        entry: dict[str, Any] = {
+            "id": node.id,
+            "kind": node.kind,
+            "output_sha256": digests[node.id],
+        }
+        if node.kind == "asset":
+            assert node.path is not None
+            entry["path"] = os.path.relpath(node.path, project.film_dir.resolve())
+            nodes.append(entry)
+            continue
+        recipe = full_recipe(node, digests)
+        key = key_of(recipe)
+        record = project.store.lookup(key) or {}
+        entry["key"] = key
+        entry["inputs"] = {
+            role: {"node": dep, "sha256": digests[dep]} for role, dep in sorted(node.inputs.items())
+        }
+        if node.after:
+            entry["after"] = [{"node": dep, "sha256": digests[dep]} for dep in node.after]
+        if node.kind == "shot":
+            request = dict(recipe["request"])
+            entry["backend"] = recipe["backend"]
+            entry["model"] = request.get("model")
+            entry["prompt"] = request.pop("prompt", None)
+            entry["parameters"] = request
+            entry["job_id"] = record.get("job_id")
+            entry["cost_usd"] = record.get("cost_usd", 0.0)
+            spend += float(entry["cost_usd"] or 0.0)
+        elif node.kind == "edit":
+            edit = {
+                "ffmpeg": record.get("ffmpeg"),
+                "argv": record.get("join_argv"),
+                "segments": record.get("segments"),
+                "cuts": node.recipe["cuts"],
+                "loudness_lufs": node.recipe["loudness_lufs"],
+            }
+        entry["started"] = record.get("started")
+        entry["finished"] = record.get("finished")
+        nodes.append(entry)
+    return {
+        "version": PROVENANCE_VERSION,
+        "runner": __version__,
+        "manifest": {"path": _repo_path(project.manifest_path), "sha256": project.manifest_sha256},
+        "profile": project.profile,
+        "git": _git(project.manifest_path),
+        "film": {
+            "title": graph.title,
+            "size": f"{graph.width}x{graph.height}",
+            "fps": graph.fps,
+            "edit_sha256": digests["edit"],
+        },
+        "spend_usd": round(spend, 4),
+        "assembly": edit,
+        "nodes": nodes,
+    }
+
+
+def publish(project: Project, digests: dict[str, str]) -> tuple[Path, Path]:
+    """Write out/<stem>.provenance.json and out/<stem>.mp4 (the edit tagged with its digest)."""
+    from runner import assemble
+
+    record = build(project, digests)
+    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+    prov_sha = hashlib.sha256(text.encode()).hexdigest()
+    out = project.out_dir
+    film = out / f"{project.stem}.mp4"
+    prov = out / f"{project.stem}.provenance.json"
+    store = project.store
+    tag_key = key_of({"kind": "tag", "v": TAG_VERSION, "edit": digests["edit"], "prov": prov_sha})
+    tagged = store.lookup(tag_key)
+    if tagged is None:
+        with store.workdir() as work:
+            dest = work / "film.mp4"
+            assemble.tag(store.blob(digests["edit"]), dest, f"runner-provenance-sha256:{prov_sha}")
+            digest = store.put(dest)
+        store.record(tag_key, {"kind": "tag", "output": digest})
+    else:
+        digest = tagged["output"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(prov, text.encode())
+    if not (
+        film.is_file()
+        and film.stat().st_size == store.blob(digest).stat().st_size
+        and file_digest(film) == digest
+    ):
+        tmp = out / f".{film.name}.tmp"
+        shutil.copyfile(store.blob(digest), tmp)  # a copy: editing out/ never touches the cache
+        os.replace(tmp, film)
+    return film, prov
+
+
+def _repo_path(path: Path) -> str:
+    root = find_root(path.resolve().parent)
+    return path.resolve().relative_to(root).as_posix()
+
+
+def _git(manifest: Path) -> dict[str, Any] | None:
+    folder = manifest.resolve().parent
+    if not (find_root(folder) / ".git").exists():
+        return None
+    try:
+        commit = _run_git(folder, "rev-parse", "HEAD")
+        dirty = _run_git(folder, "status", "--porcelain", "--", ".")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+def _run_git(folder: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(folder), *args], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()

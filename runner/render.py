@@ -1,0 +1,98 @@
+"""`runner render`: plan, schedule what is stale, remember what was built, publish the film."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.execute import NodeJobs
+from runner.plan import CACHED, Plan
+from runner.project import Project
+from runner.scheduler import Outcome, Pool, Report, Task, schedule
+
+# In-flight jobs per pool when [limits.<backend>] does not say: local work is CPU-bound.
+LOCAL_CONCURRENCY = os.cpu_count() or 2
+HOSTED_CONCURRENCY = 4
+LOCAL_POOLS = {"local", "previz"}
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+
+@dataclass
+class RenderResult:
+    plan: Plan
+    outcome: Outcome
+    film: Path | None
+    provenance: Path | None
+    spend_usd: float
+
+
+def pools_for(project: Project, names: set[str]) -> dict[str, Pool]:
+    pools: dict[str, Pool] = {}
+    for name in sorted(names):
+        limits = project.graph.limits.get(name, {})
+        default = LOCAL_CONCURRENCY if name in LOCAL_POOLS else HOSTED_CONCURRENCY
+        pools[name] = Pool(
+            name,
+            concurrency=limits.get("concurrency", default),
+            rpm=limits.get("rpm"),
+            max_cost_usd=limits.get("max_cost_usd"),
+        )
+    return pools
+
+
+def render(project: Project, *, keep_going: bool, report: Report) -> RenderResult:
+    graph = project.graph
+    plan = project.plan()
+    todo = [d.id for d in plan.decisions.values() if d.status != CACHED]
+    todo_set = set(todo)
+    tasks = [
+        Task(
+            nid,
+            graph.nodes[nid].pool,
+            [dep for dep in graph.nodes[nid].deps if dep in todo_set],
+            graph.nodes[nid].cost_usd,
+        )
+        for nid in todo
+    ]
+    pools = pools_for(project, {t.pool for t in tasks})
+    jobs = NodeJobs(graph, plan, project.store, workers=sum(p.concurrency for p in pools.values()))
+    try:
+        outcome = schedule(
+            tasks,
+            pools,
+            jobs,
+            MonotonicClock(),
+            fresh=jobs.fresh,
+            keep_going=keep_going,
+            report=report,
+        )
+    finally:
+        jobs.close()
+
+    state = project.state()
+    for nid, recipe in jobs.recipes.items():
+        if nid in outcome.done or nid in outcome.cached:
+            state["recipes"][nid] = recipe
+            state["failed"].pop(nid, None)
+    for d in plan.decisions.values():
+        if d.status == CACHED and d.recipe is not None:
+            state["recipes"][d.id] = d.recipe
+            state["failed"].pop(d.id, None)
+    state["failed"].update(outcome.failed)
+    project.save_state(state)
+
+    film = prov = None
+    if "edit" in jobs.digests:
+        from runner import provenance
+
+        film, prov = provenance.publish(project, jobs.digests)
+    spend = sum(
+        float(r.get("cost_usd") or 0.0) for nid, r in jobs.records.items() if nid in outcome.done
+    )
+    return RenderResult(plan, outcome, film, prov, round(spend, 4))

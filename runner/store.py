@@ -1,0 +1,157 @@
+"""The local cache: content-addressed blobs, an action cache and per-film state.
+
+Layout under the cache root (`.cache/` by default):
+    cas/ab/abcdef...        blobs by sha256, read-only once written
+    actions/ab/<key>.json   node key -> result record (output digest, job id, cost, times)
+    state/<film>.json       last recipes and failures per film, for `plan` reasons and `status`
+    tmp/                    work in progress; renamed into place only when complete
+
+Every write goes to a temporary file in the same filesystem and is renamed into place, so a
+crash at any moment leaves either the old file or the complete new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from runner.digest import file_digest
+
+RECORD_VERSION = 1
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write data to path via a flushed temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON at path, or None when it is missing or unreadable (treated as not cached)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+
+    def blob(self, digest: str) -> Path:
+        return self.root / "cas" / digest[:2] / digest
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob(digest).is_file()
+
+    def put(self, src: Path) -> str:
+        """Move a finished file into the store; returns its digest. src must be under tmp/."""
+        digest = file_digest(src)
+        dest = self.blob(digest)
+        if dest.is_file():
+            src.unlink()
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as f:
+                os.fsync(f.fileno())
+            src.chmod(0o444)  # blobs are immutable: a stray write must not corrupt the cache
+            os.replace(src, dest)
+        return digest
+
+    def _action_path(self, key: str) -> Path:
+        return self.root / "actions" / key[:2] / f"{key}.json"
+
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        """The record for key, only when its output blob is still present."""
+        record = read_json(self._action_path(key))
+        if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+            return None
+        if not self.has_blob(str(record.get("output", ""))):
+            return None  # a record whose file is gone does not count as done
+        return record
+
+    def record(self, key: str, record: dict[str, Any]) -> None:
+        """Save a result; call only after the output is verified and stored."""
+        write_json(self._action_path(key), {**record, "version": RECORD_VERSION, "key": key})
+
+    @contextmanager
+    def workdir(self) -> Iterator[Path]:
+        """A scratch folder in the cache's filesystem, removed afterwards."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=self.tmp))
+        try:
+            yield path
+        finally:
+            _rmtree(path)
+
+    def state_path(self, film_id: str, suffix: str = "") -> Path:
+        return self.root / "state" / f"{film_id}{suffix}.json"
+
+
+class SegmentCache:
+    """Assembly's conformed segments, cached in the same store under their own keys."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def lookup(self, key: str) -> Path | None:
+        record = self.store.lookup(f"segment-{key}")
+        return self.store.blob(record["output"]) if record else None
+
+    def save(self, key: str, path: Path) -> Path:
+        tmp = self.store.tmp / f"segment-{key}-{os.getpid()}"
+        self.store.tmp.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, tmp)
+        digest = self.store.put(tmp)
+        self.store.record(f"segment-{key}", {"kind": "segment", "output": digest})
+        return self.store.blob(digest)
+
+
+class StatCache:
+    """Asset digests remembered by (size, mtime): cheap checks before hashing a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        loaded = read_json(path)
+        self.entries: dict[str, list[Any]] = loaded.get("entries", {}) if loaded else {}
+        self.dirty = False
+
+    def digest(self, file: Path) -> str:
+        st = file.stat()
+        entry = self.entries.get(str(file))
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+            return str(entry[2])
+        digest = file_digest(file)
+        self.entries[str(file)] = [st.st_size, st.st_mtime_ns, digest]
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.dirty:
+            write_json(self.path, {"version": RECORD_VERSION, "entries": self.entries})
+            self.dirty = False
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

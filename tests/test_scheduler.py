@@ -1,0 +1,146 @@
+"""The scheduling loop with a fake clock and a fake backend: limits, order, failures, budget."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+from runner.scheduler import WINDOW, Outcome, Pool, Task, schedule
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+
+class FakeJobs:
+    """Jobs that take a fixed time on the fake clock; records what ran when."""
+
+    def __init__(
+        self,
+        clock: FakeClock,
+        pool_of: dict[str, str],
+        seconds: float = 10.0,
+        fail: frozenset[str] = frozenset(),
+    ) -> None:
+        self.clock = clock
+        self.pool_of = pool_of
+        self.seconds = seconds
+        self.fail = fail
+        self.heap: list[tuple[float, str]] = []
+        self.starts: list[tuple[float, str]] = []
+        self.ends: dict[str, float] = {}
+        self.in_flight: dict[str, int] = {}
+        self.max_in_flight: dict[str, int] = {}
+        self.events: list[tuple[str, str]] = []
+
+    def start(self, node_id: str) -> None:
+        pool = self.pool_of[node_id]
+        self.in_flight[pool] = self.in_flight.get(pool, 0) + 1
+        self.max_in_flight[pool] = max(self.max_in_flight.get(pool, 0), self.in_flight[pool])
+        self.starts.append((self.clock.t, node_id))
+        heapq.heappush(self.heap, (self.clock.t + self.seconds, node_id))
+
+    def wait(self, timeout: float | None) -> tuple[str, str | None] | None:
+        if not self.heap:
+            assert timeout is not None, "the loop waited forever with nothing running"
+            self.clock.t += timeout
+            return None
+        finish, node_id = self.heap[0]
+        if timeout is not None and self.clock.t + timeout < finish:
+            self.clock.t += timeout
+            return None
+        heapq.heappop(self.heap)
+        self.clock.t = max(self.clock.t, finish)
+        self.in_flight[self.pool_of[node_id]] -= 1
+        self.ends[node_id] = self.clock.t
+        return node_id, ("moderation: refused" if node_id in self.fail else None)
+
+
+def run(
+    tasks: list[Task],
+    pools: dict[str, Pool],
+    fail: frozenset[str] = frozenset(),
+    keep_going: bool = False,
+    fresh: Callable[[str], bool] = lambda _: False,
+) -> tuple[Outcome, FakeJobs]:
+    clock = FakeClock()
+    jobs = FakeJobs(clock, {t.id: t.pool for t in tasks}, fail=fail)
+    outcome = schedule(
+        tasks,
+        pools,
+        jobs,
+        clock,
+        fresh=fresh,
+        keep_going=keep_going,
+        report=lambda e, n, d: jobs.events.append((e, n)),
+    )
+    return outcome, jobs
+
+
+def test_concurrency_and_rpm_are_never_exceeded() -> None:
+    tasks = [Task(f"s{i}", "openai", []) for i in range(30)]
+    outcome, jobs = run(tasks, {"openai": Pool("openai", concurrency=3, rpm=5)})
+    assert sorted(outcome.done) == sorted(t.id for t in tasks)
+    assert jobs.max_in_flight["openai"] == 3
+    times = sorted(t for t, _ in jobs.starts)
+    for i, t in enumerate(times):
+        in_window = [u for u in times[i:] if u < t + WINDOW]
+        assert len(in_window) <= 5, f"{len(in_window)} starts in the 60 s after t={t}"
+    # 30 starts at 5 per minute cannot finish before 5 full windows have passed.
+    assert times[-1] >= 5 * WINDOW
+
+
+def test_pools_are_independent() -> None:
+    tasks = [Task(f"a{i}", "slow", []) for i in range(4)] + [
+        Task(f"b{i}", "fast", []) for i in range(4)
+    ]
+    _outcome, jobs = run(tasks, {"slow": Pool("slow", 1), "fast": Pool("fast", 4)})
+    assert jobs.max_in_flight == {"slow": 1, "fast": 4}
+    assert all(t == 0.0 for t, n in jobs.starts if n.startswith("b"))
+
+
+def test_needs_order_is_respected() -> None:
+    tasks = [
+        Task("river", "p", []),
+        Task("sky", "p", ["river"]),
+        Task("edit", "p", ["sky", "river"]),
+    ]
+    _outcome, jobs = run(tasks, {"p": Pool("p", 8)})
+    started = {n: t for t, n in jobs.starts}
+    assert started["sky"] >= jobs.ends["river"]
+    assert started["edit"] >= jobs.ends["sky"]
+
+
+def test_failure_skips_dependents_and_stops_without_keep_going() -> None:
+    tasks = [Task("a", "p", []), Task("b", "p", ["a"]), Task("c", "p", ["b"]), Task("x", "p", [])]
+    outcome, jobs = run(tasks, {"p": Pool("p", 1)}, fail=frozenset({"a"}))
+    assert outcome.failed == {"a": "moderation: refused"}
+    assert set(outcome.skipped) == {"b", "c", "x"}
+    assert [n for _, n in jobs.starts] == ["a"]
+
+
+def test_keep_going_finishes_independent_branches() -> None:
+    tasks = [Task("a", "p", []), Task("b", "p", ["a"]), Task("x", "p", []), Task("y", "p", ["x"])]
+    outcome, jobs = run(tasks, {"p": Pool("p", 1)}, fail=frozenset({"a"}), keep_going=True)
+    assert outcome.done == ["x", "y"]
+    assert outcome.skipped == {"b": "a failed"}
+    assert ("skipped", "b") in jobs.events
+
+
+def test_budget_cap_stops_before_the_submit_that_would_cross_it() -> None:
+    tasks = [Task(f"s{i}", "veo", [], cost_usd=0.4) for i in range(5)]
+    outcome, jobs = run(tasks, {"veo": Pool("veo", 10, max_cost_usd=1.0)})
+    assert len(jobs.starts) == 2  # 0.8 committed; a third would make 1.2
+    assert len(outcome.skipped) == 3
+    assert all("max_cost_usd" in why for why in outcome.skipped.values())
+
+
+def test_fresh_nodes_are_not_started() -> None:
+    tasks = [Task("a", "p", []), Task("b", "p", ["a"])]
+    outcome, jobs = run(tasks, {"p": Pool("p", 1)}, fresh=lambda nid: nid == "b")
+    assert outcome.cached == ["b"]
+    assert [n for _, n in jobs.starts] == ["a"]
