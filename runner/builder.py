@@ -81,6 +81,11 @@ def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) 
                 "seed": settings.seed,
             }
             request = ShotRequest(**{**fields, "avoid": tuple(manifest.style.avoid)})
+            problem = backend.check(request)
+            if problem is not None:
+                raise UserError(
+                    f"{source}: shots.{shot_id}: {settings.backend} cannot render it: {problem}"
+                )
             recipe = {
                 "kind": "shot",
                 "v": RECIPE_VERSION,

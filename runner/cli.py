@@ -116,8 +116,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from runner.render import render
 
     project = _open(args)
-    total = sum(1 for n in project.graph.nodes.values() if n.kind != "asset")
-    with Progress(project.graph, total) as progress:
+    with Progress(project.graph) as progress:
         result = render(project, keep_going=args.keep_going, report=progress)
     out = result.outcome
     rendered = len(out.done)

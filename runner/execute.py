@@ -106,7 +106,11 @@ class NodeJobs:
         self.digests[node.id] = digest
 
     def _input(self, node: Node, role: str) -> Path:
-        return self.store.blob(self.digests[node.inputs[role]])
+        upstream = self.graph.nodes[node.inputs[role]]
+        if upstream.kind == "asset":  # assets live in the film's folder, not the cache
+            assert upstream.path is not None
+            return Path(upstream.path)
+        return self.store.blob(self.digests[upstream.id])
 
     def _shot(self, node: Node, work: Path, record: dict[str, Any]) -> Path:
         from runner import ffmpeg

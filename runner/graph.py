@@ -73,9 +73,13 @@ def toposort(nodes: dict[str, Node], source: str) -> dict[str, Node]:
     try:
         order = list(sorter.static_order())
     except graphlib.CycleError as err:
-        cycle = [shot_name(n) for n in err.args[1]]
-        # graphlib lists the cycle backwards (each node needs the one before it).
-        path = " -> ".join(reversed(cycle))
+        # graphlib lists the cycle backwards (each node needs the one before it); a shot's
+        # takes and frames collapse to the shot's name.
+        cycle: list[str] = []
+        for name in reversed([shot_name(n) for n in err.args[1]]):
+            if not cycle or cycle[-1] != name:
+                cycle.append(name)
+        path = " -> ".join(cycle)
         raise UserError(
             f"{source}: dependency cycle: {path}; remove one of these `needs` or `image` links"
         ) from None

@@ -14,9 +14,9 @@ FINAL = {"done": "done", "cached": "cached", "failed": "FAILED", "skipped": "ski
 class Progress:
     """Receives scheduler events (event, node id, detail) and shows them."""
 
-    def __init__(self, graph: Graph, total: int, stream: TextIO | None = None) -> None:
+    def __init__(self, graph: Graph, stream: TextIO | None = None) -> None:
         self.graph = graph
-        self.total = total
+        self.total = 0  # set by the "plan" event: how many nodes this run may make
         self.stream = stream or sys.stderr
         self.finished = 0
         self.spend = 0.0
@@ -43,7 +43,9 @@ class Progress:
             self.live.__exit__(None, None, None)
 
     def __call__(self, event: str, node_id: str, detail: str) -> None:
-        if event == "start":
+        if event == "plan":
+            self.total = int(detail)
+        elif event == "start":
             self.running[node_id] = time.monotonic()
         else:
             started = self.running.pop(node_id, None)

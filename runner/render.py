@@ -60,6 +60,7 @@ def render(project: Project, *, keep_going: bool, report: Report) -> RenderResul
         )
         for nid in todo
     ]
+    report("plan", "", str(len(tasks)))
     pools = pools_for(project, {t.pool for t in tasks})
     jobs = NodeJobs(graph, plan, project.store, workers=sum(p.concurrency for p in pools.values()))
     try:

@@ -24,6 +24,8 @@ from typing import Any
 from runner.digest import file_digest
 
 RECORD_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -31,6 +33,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; files should look like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

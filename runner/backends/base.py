@@ -57,6 +57,10 @@ class Backend(Protocol):
 
     def price_per_second(self, model: str, width: int, height: int) -> float: ...
 
+    def check(self, shot: ShotRequest) -> str | None:
+        """What the backend cannot render about this shot, in words; None when it can."""
+        ...
+
     def request(self, shot: ShotRequest) -> dict[str, Any]:
         """The JSON-able part of the shot that changes the output: it goes into the node key."""
         ...

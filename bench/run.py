@@ -1,0 +1,196 @@
+"""`make bench`: start-up, no-op plan and render of big cached films, assembly of 100 clips.
+
+Writes BENCHMARKS.md with the figures and the commands that produced them. Wall-clock
+figures are the best of several runs on this machine; they are not asserted by the test suite.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "out"
+RUNNER = [sys.executable, "-m", "runner"]
+
+
+def best_of(runs: int, fn: Callable[[], object]) -> tuple[float, float]:
+    """(best, median) wall seconds of fn over runs."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def sh(*args: str | Path, env: dict[str, str] | None = None) -> None:
+    subprocess.run([str(a) for a in args], check=True, capture_output=True, env=env)
+
+
+def make_film(folder: Path, shots: int) -> Path:
+    """A film of `shots` tiny previz shots; the edit cuts the first two."""
+    lines = [
+        "[film]",
+        f'title = "Bench {shots}"',
+        'size = "64x64"',
+        "fps = 12",
+        "[defaults]",
+        "seconds = 1",
+        "[style]",
+        'look = "35mm, soft grain"',
+        "[edit]",
+        'sequence = ["s0", "s1"]',
+        "loudness_lufs = -16",
+    ]
+    for i in range(shots):
+        lines += [f"[shots.s{i}]", f'scene = "Bench shot number {i}: a lantern on the water."']
+        if i % 10:
+            lines.append(f'needs = ["s{i - i % 10}"]')  # chains of ten, like scenes
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "film.toml"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def seed_cache(manifest: Path, cache: Path) -> None:
+    """Make every node cached: render the edited shots for real, record the rest directly.
+
+    Rendering 10,000 previz clips would take longer than the benchmark is worth; a cached
+    node is a record plus a blob, whatever the blob holds, so the rest get small blobs.
+    """
+    sys.path.insert(0, str(ROOT))
+    from runner.backends.previz import PrevizBackend
+    from runner.digest import key_of
+    from runner.plan import full_recipe
+    from runner.project import Project
+
+    project = Project.open(manifest, cache, None)
+    store = project.store
+    store.tmp.mkdir(parents=True, exist_ok=True)
+    previz = PrevizBackend(store.tmp / "previz")
+    digests: dict[str, str] = {}
+    for node in project.graph.nodes.values():
+        if node.kind != "shot":
+            continue
+        recipe = full_recipe(node, digests)
+        tmp = store.tmp / "seed"
+        if node.id in ("shots.s0", "shots.s1"):  # the edit's clips: real video
+            previz.download(previz.submit(node.request(None)), tmp)
+        else:
+            tmp.write_bytes(f"seeded output of {node.id}\n".encode())
+        digests[node.id] = store.put(tmp)
+        store.record(key_of(recipe), {"node": node.id, "kind": "shot", "output": digests[node.id]})
+    env = {**os.environ, "RUNNER_CACHE_DIR": str(cache)}
+    sh(*RUNNER, "render", manifest, env=env)  # renders what is left for real, then assembles
+
+
+def main() -> None:
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    rows: list[tuple[str, str, str, str]] = []
+
+    best, median = best_of(10, lambda: sh(*RUNNER, "--help"))
+    rows.append(("`runner --help` start-up", f"{best:.3f} s", f"{median:.3f} s", "<= 0.15 s"))
+
+    for shots, target in ((1000, "0.25"), (10000, "1.5")):
+        folder = WORK / f"film{shots}"
+        manifest = make_film(folder, shots)
+        cache = folder / "cache"
+        seed_cache(manifest, cache)
+        env = {**os.environ, "RUNNER_CACHE_DIR": str(cache)}
+        best, median = best_of(5, lambda m=manifest, e=env: sh(*RUNNER, "plan", m, env=e))
+        rows.append(
+            (
+                f"no-op `runner plan`, {shots:,} shots",
+                f"{best:.3f} s",
+                f"{median:.3f} s",
+                f"<= {target} s",
+            )
+        )
+        best, median = best_of(3, lambda m=manifest, e=env: sh(*RUNNER, "render", m, env=e))
+        rows.append(
+            (f"no-op `runner render`, {shots:,} shots", f"{best:.3f} s", f"{median:.3f} s", "")
+        )
+
+    rows.append(assembly_of_100_clips())
+    write_report(rows)
+
+
+def assembly_of_100_clips() -> tuple[str, str, str, str]:
+    """100 previz clips of 4 s at 1280x720, cut together cold (no cached segments)."""
+    folder = WORK / "film100"
+    lines = [
+        "[film]",
+        'title = "Bench 100"',
+        'size = "1280x720"',
+        "fps = 24",
+        "[defaults]",
+        "seconds = 4",
+    ]
+    for i in range(100):
+        lines += [f"[shots.s{i}]", f'scene = "Assembly bench shot {i}."']
+    folder.mkdir(parents=True)
+    manifest = folder / "film.toml"
+    manifest.write_text("\n".join(lines) + "\n")
+    cache = folder / "cache"
+    env = {**os.environ, "RUNNER_CACHE_DIR": str(cache)}
+    sh(*RUNNER, "render", manifest, env=env)
+    # Drop the edit's results (film, segments) but keep the shots: time the assembly alone.
+    sys.path.insert(0, str(ROOT))
+    from runner.project import Project
+
+    times = []
+    for _ in range(2):
+        project = Project.open(manifest, cache, None)
+        edit_key = project.plan().decisions["edit"].key
+        assert edit_key is not None
+        for record in (cache / "actions").rglob("*.json"):
+            if (
+                record.name.startswith(("segment-", edit_key))
+                or '"kind": "tag"' in record.read_text()
+            ):
+                record.unlink()
+        start = time.perf_counter()
+        sh(*RUNNER, "render", manifest, env=env)
+        times.append(time.perf_counter() - start)
+    return (
+        "assembly of 100 clips (4 s, 1280x720), cold",
+        f"{min(times):.2f} s",
+        f"{statistics.median(times):.2f} s",
+        "",
+    )
+
+
+def write_report(rows: list[tuple[str, str, str, str]]) -> None:
+    cpu = os.cpu_count()
+    lines = [
+        "# Benchmarks",
+        "",
+        "Produced by `make bench` (`python bench/run.py`), which writes this file. Each figure is",
+        "the wall time of the real command in a child process (Python start-up included), best",
+        "and median of several runs. Big films are made by `bench/run.py`: tiny previz shots in",
+        "chains of ten; the shots the edit uses are rendered for real, the rest of the cache is",
+        "seeded with records and small blobs (a cached node is a record plus a blob).",
+        "",
+        f"Machine: {platform.machine()}, {cpu} cores, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}.",
+        "",
+        "| what | best | median | target |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        "",
+    ]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

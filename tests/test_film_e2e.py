@@ -1,0 +1,260 @@
+"""End to end: the real command line, the real previz backend and the real ffmpeg."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.digest import file_digest
+from tests.films import gen, runner
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "sk-test-DO-NOT-LEAK-4242"
+
+FILM = """\
+[film]
+title = "Small Lantern"
+size = "320x180"
+fps = 24
+
+[defaults]
+seconds = 1.5
+
+[limits.previz]
+concurrency = 2
+
+[style]
+look = "35mm film, soft grain"
+avoid = ["on-screen text"]
+
+[characters.mara]
+description = "a girl of ten in a blue raincoat"
+
+[assets.ref]
+path = "assets/ref.png"
+
+[shots.harbor]
+scene = "A river town at dusk."
+
+[shots.river]
+scene = "Mara kneels at the water's edge."
+cast = ["mara"]
+image = "assets.ref"
+
+[shots.sky]
+needs = ["river"]
+image = { shot = "river", frame = "last" }
+scene = "The lantern rises."
+takes = 2
+pick = 2
+
+[shots.end]
+scene = "Lanterns fill the sky."
+
+[edit]
+sequence = ["harbor", { shot = "river", start = 0.25 }, "sky",
+            { shot = "end", transition = { kind = "crossfade", seconds = 0.5 } }]
+"""
+
+
+def png() -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    out = BytesIO()
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def film(tmp_path: Path) -> Path:
+    gen(tmp_path / "film", {"film.toml": FILM, "assets/ref.png": png()})
+    return tmp_path / "film" / "film.toml"
+
+
+def render(manifest: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = runner("render", manifest, *args, cache=manifest.parent.parent / "cache")
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def rendered(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """Node ids the run made (not taken from the cache), from its plain progress lines."""
+    return sorted(re.findall(r"\] done\s+(\S+)", result.stderr))
+
+
+def plan_json(manifest: Path) -> dict[str, object]:
+    result = runner("plan", manifest, "--json", cache=manifest.parent.parent / "cache")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_render_then_rerender_nothing_and_identical_bytes(film: Path) -> None:
+    first = render(film)
+    assert first.returncode == 0, first.stderr
+    out = film.parent / "out"
+    assert rendered(first) == [
+        "edit",
+        "frames.river.last",
+        "shots.end",
+        "shots.harbor",
+        "shots.river",
+        "shots.sky.take1",
+        "shots.sky.take2",
+    ]
+    movie = (out / "film.mp4").read_bytes()
+    second = render(film)
+    assert second.returncode == 0, second.stderr
+    assert rendered(second) == []
+    assert (out / "film.mp4").read_bytes() == movie
+    assert plan_json(film)["to_render"] == 0
+
+
+def test_editing_one_prompt_rerenders_that_shot_its_dependents_and_the_edit(film: Path) -> None:
+    assert render(film).returncode == 0
+    film.write_text(FILM.replace("Mara kneels at the water's edge.", "Mara stands on the bridge."))
+    plan = plan_json(film)
+    statuses = {n["id"]: n["status"] for n in plan["nodes"]}  # type: ignore[attr-defined]
+    assert {k for k, v in statuses.items() if v != "cached"} == {
+        "shots.river",
+        "frames.river.last",
+        "shots.sky.take1",
+        "shots.sky.take2",
+        "edit",
+    }
+    river = next(n for n in plan["nodes"] if n["id"] == "shots.river")  # type: ignore[attr-defined]
+    assert river["reasons"] == ["prompt changed"]
+    again = render(film)
+    assert again.returncode == 0, again.stderr
+    assert rendered(again) == [
+        "edit",
+        "frames.river.last",
+        "shots.river",
+        "shots.sky.take1",
+        "shots.sky.take2",
+    ]
+
+
+def test_changing_pick_renders_no_shot(film: Path) -> None:
+    assert render(film).returncode == 0
+    film.write_text(FILM.replace("pick = 2", "pick = 1"))
+    assert rendered(render(film)) == ["edit"]
+
+
+def test_deleted_out_is_reassembled_byte_identical_from_the_cache(film: Path) -> None:
+    assert render(film).returncode == 0
+    out = film.parent / "out"
+    movie = (out / "film.mp4").read_bytes()
+    record = (out / "film.provenance.json").read_bytes()
+    shutil.rmtree(out)
+    again = render(film)
+    assert again.returncode == 0
+    assert rendered(again) == []
+    assert (out / "film.mp4").read_bytes() == movie
+    assert (out / "film.provenance.json").read_bytes() == record
+
+
+def test_provenance_is_complete_tagged_into_the_film_and_holds_no_secret(
+    film: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    assert render(film).returncode == 0
+    out = film.parent / "out"
+    record = json.loads((out / "film.provenance.json").read_text())
+    assert record["version"] == 1
+    nodes = {n["id"]: n for n in record["nodes"]}
+    river = nodes["shots.river"]
+    assert river["backend"] == "previz"
+    assert river["prompt"].startswith("Mara kneels at the water's edge.")
+    assert river["inputs"]["image"]["node"] == "assets.ref"
+    assert river["output_sha256"] == file_digest(
+        film.parent.parent / "cache" / "cas" / river["output_sha256"][:2] / river["output_sha256"]
+    )
+    assert record["assembly"]["ffmpeg"]
+    # The record's digest is in the MP4's metadata.
+    from runner import ffmpeg
+
+    digest = file_digest(out / "film.provenance.json")
+    meta = subprocess.run(
+        [ffmpeg.ffmpeg_exe(), "-hide_banner", "-i", str(out / "film.mp4"), "-f", "ffmetadata", "-"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert f"runner-provenance-sha256:{digest}" in meta
+    # The API key is in the environment, and in no file the runner wrote.
+    for path in [*out.rglob("*"), *(film.parent.parent / "cache").rglob("*")]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_killed_mid_render_resumes_without_redoing_finished_shots(tmp_path: Path) -> None:
+    shots = "".join(f'[shots.s{i}]\nscene = "Shot {i}."\n' for i in range(8))
+    toml = FILM.split("[shots.harbor]")[0].replace("concurrency = 2", "concurrency = 1") + shots
+    manifest = gen(tmp_path / "film", {"film.toml": toml, "assets/ref.png": png()}) / "film.toml"
+    cache = tmp_path / "cache"
+    env = {**os.environ, "RUNNER_CACHE_DIR": str(cache)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "render", str(manifest)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    finished: list[str] = []
+    for line in proc.stderr:
+        finished += re.findall(r"\] done\s+(\S+)", line)
+        if len(finished) == 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    time.sleep(0.1)
+    # Nothing half-written looks finished: every blob's name is its content's digest.
+    for blob in (cache / "cas").rglob("*"):
+        if blob.is_file():
+            assert file_digest(blob) == blob.name
+    again = render(manifest)
+    assert again.returncode == 0, again.stderr
+    redone = set(rendered(again)) & set(finished)
+    assert redone == set(), f"rendered twice: {redone}"
+    assert len(rendered(again)) == 8 + 1 - len(finished)
+
+
+def test_status_graph_and_show(film: Path) -> None:
+    cache = film.parent.parent / "cache"
+    status = runner("status", film, cache=cache)
+    assert "missing  shots.river" in status.stdout
+    assert render(film).returncode == 0
+    film.write_text(FILM.replace("A river town at dusk.", "A river town at night."))
+    status = runner("status", film, cache=cache)
+    assert re.search(r"stale\s+shots.harbor\s+prompt changed", status.stdout), status.stdout
+    graph = runner("graph", film, "--format", "dot", cache=cache)
+    assert '"frames.river.last" -> "shots.sky.take2";' in graph.stdout
+    show = runner("show", film, "river", cache=cache)
+    assert show.stdout.startswith("Mara kneels at the water's edge.\nMara: a girl of ten")
+    assert show.stdout.endswith("Avoid: on-screen text.\n")
+
+
+def test_example_film_renders(tmp_path: Path) -> None:
+    shutil.copytree(
+        ROOT / "films" / "lantern", tmp_path / "lantern", ignore=shutil.ignore_patterns("out")
+    )
+    manifest = tmp_path / "lantern" / "film.toml"
+    result = runner("render", manifest, cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    from runner import ffmpeg
+
+    info = ffmpeg.probe(tmp_path / "lantern" / "out" / "film.mp4")
+    assert (info.width, info.height) == (1280, 720)
+    assert info.has_audio
+    # 6 clips of 4 s, minus the river trim (0.25), the together trim (0.25), two crossfades.
+    assert abs(info.duration - (24 - 0.25 - 0.25 - 0.5 - 0.75)) < 0.1

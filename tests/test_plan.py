@@ -1,0 +1,153 @@
+"""The planner by hand: no disk, no ffmpeg; the cache is a dictionary."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from runner.digest import key_of
+from runner.graph import Graph, Node
+from runner.plan import Plan, full_recipe, make_plan
+
+
+def shot(nid: str, prompt: str, **inputs: str) -> Node:
+    take = int(nid[-1]) if "take" in nid else 1
+    request = {"prompt": prompt, "seconds": 4, "take": take}
+    recipe = {"kind": "shot", "v": 1, "backend": "previz", "request": request}
+    return Node(nid, "shot", "previz", recipe, inputs=dict(inputs), cost_usd=0.4)
+
+
+def film() -> Graph:
+    nodes = [
+        Node("assets.ref", "asset", "local", {"kind": "asset"}, path="ref.png"),
+        shot("shots.river", "a river", image="assets.ref"),
+        Node(
+            "frames.river.last",
+            "frame",
+            "local",
+            {"kind": "frame"},
+            inputs={"video": "shots.river"},
+        ),
+        shot("shots.sky.take1", "the sky", image="frames.river.last"),
+        shot("shots.sky.take2", "the sky", image="frames.river.last"),
+        Node(
+            "edit",
+            "edit",
+            "local",
+            {"kind": "edit", "cuts": ["clip0", "clip1"]},
+            inputs={"clip0": "shots.river", "clip1": "shots.sky.take2"},
+        ),
+    ]
+    return Graph("T", 320, 180, 24, {n.id: n for n in nodes}, {})
+
+
+class World:
+    """What the runner would find on disk: cached outputs by key, the last recipes."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, str] = {}
+        self.previous: dict[str, dict[str, Any]] = {}
+
+    def plan(self, graph: Graph) -> Plan:
+        return make_plan(
+            graph,
+            lookup=self.cache.get,
+            asset_digest=lambda n: "ref-digest",
+            previous=self.previous,
+        )
+
+    def build_all(self, graph: Graph) -> None:
+        """Render everything: each output's digest is a function of its key."""
+        digests: dict[str, str] = {}
+        for node in graph.nodes.values():
+            if node.kind == "asset":
+                digests[node.id] = "ref-digest"
+                continue
+            recipe = full_recipe(node, digests)
+            key = key_of(recipe)
+            digests[node.id] = self.cache.setdefault(key, f"out-{key[:8]}")
+            self.previous[node.id] = recipe
+
+
+def statuses(plan: Plan) -> dict[str, str]:
+    return {d.id: d.status for d in plan.decisions.values()}
+
+
+def test_a_new_film_renders_roots_and_blocks_what_waits_on_them() -> None:
+    plan = World().plan(film())
+    assert statuses(plan) == {
+        "assets.ref": "cached",
+        "shots.river": "render",
+        "frames.river.last": "blocked",
+        "shots.sky.take1": "blocked",
+        "shots.sky.take2": "blocked",
+        "edit": "blocked",
+    }
+    assert plan.decisions["shots.river"].reasons == ["never rendered"]
+    assert plan.decisions["frames.river.last"].reasons[0] == "waits for shots.river"
+    assert plan.to_json()["to_render"] == 5
+    assert plan.to_json()["estimated_cost_usd"] == 1.2  # three shots at $0.40
+
+
+def test_a_built_film_is_all_cached() -> None:
+    world = World()
+    world.build_all(film())
+    plan = world.plan(film())
+    assert set(statuses(plan).values()) == {"cached"}
+    assert plan.to_json()["to_render"] == 0
+
+
+def test_changing_one_prompt_renders_that_shot_and_only_what_depends_on_it() -> None:
+    world = World()
+    world.build_all(film())
+    graph = film()
+    graph.nodes["shots.sky.take1"].recipe["request"]["prompt"] = "the night sky"
+    plan = world.plan(graph)
+    assert statuses(plan) == {
+        "assets.ref": "cached",
+        "shots.river": "cached",
+        "frames.river.last": "cached",
+        "shots.sky.take1": "render",
+        "shots.sky.take2": "cached",
+        "edit": "cached",  # take 1 is not the picked take: the cut does not change
+    }
+    assert plan.decisions["shots.sky.take1"].reasons == ["prompt changed"]
+
+
+def test_an_upstream_change_propagates_with_reasons() -> None:
+    world = World()
+    world.build_all(film())
+    graph = film()
+    graph.nodes["shots.river"].recipe["request"]["seconds"] = 8
+    plan = world.plan(graph)
+    assert plan.decisions["shots.river"].reasons == ["seconds changed"]
+    for nid in ("frames.river.last", "shots.sky.take1", "shots.sky.take2", "edit"):
+        assert plan.decisions[nid].status == "blocked"
+    assert plan.decisions["edit"].reasons == ["waits for shots.river", "waits for shots.sky.take2"]
+
+
+def test_changing_the_pick_only_re_edits() -> None:
+    world = World()
+    world.build_all(film())
+    graph = film()
+    graph.nodes["edit"].inputs["clip1"] = "shots.sky.take1"
+    plan = world.plan(graph)
+    assert [d.id for d in plan.to_render] == ["edit"]
+    assert plan.decisions["edit"].reasons == ["upstream shots.sky.take1 changed"]
+
+
+def test_a_lost_output_is_rendered_again_and_says_so() -> None:
+    world = World()
+    world.build_all(film())
+    graph = film()
+    river_key = key_of(full_recipe(graph.nodes["shots.river"], {"assets.ref": "ref-digest"}))
+    del world.cache[river_key]
+    plan = world.plan(graph)
+    assert plan.decisions["shots.river"].reasons == ["output missing from cache"]
+
+
+def test_plan_is_pure() -> None:
+    graph = film()
+    before = copy.deepcopy(graph.to_json())
+    World().plan(graph)
+    assert graph.to_json() == before
