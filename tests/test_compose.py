@@ -47,7 +47,8 @@ def test_structured_fields_compile_in_the_guides_layout() -> None:
     assert text == (
         "Riverbank at dusk; Mara kneels at the water's edge.\n"
         "Mara: a girl of ten with short curly black hair and a blue raincoat\n\n"
-        "Cinematography:\nCamera shot: Slow push-in, 50mm\nLighting: Blue dusk fill, warm lantern key\n\n"
+        "Cinematography:\nCamera shot: Slow push-in, 50mm\n"
+        "Lighting: Blue dusk fill, warm lantern key\n\n"
         "Actions:\n- 0-2s: she lights the lantern\n- 2-4s: she lets it drift\n\n"
         'Dialogue:\nMara: "Go on. Find her."\n\n'
         "Sound:\ncrickets, water lapping\n\n"
