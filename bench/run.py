@@ -68,8 +68,7 @@ def seed_cache(manifest: Path, cache: Path) -> None:
     """
     sys.path.insert(0, str(ROOT))
     from runner.backends.previz import PrevizBackend
-    from runner.digest import key_of
-    from runner.plan import full_recipe
+    from runner.plan import node_key
     from runner.project import Project
 
     project = Project.open(manifest, cache, None)
@@ -80,14 +79,14 @@ def seed_cache(manifest: Path, cache: Path) -> None:
     for node in project.graph.nodes.values():
         if node.kind != "shot":
             continue
-        recipe = full_recipe(node, digests)
+        key = node_key(node, digests)
         tmp = store.tmp / "seed"
         if node.id in ("shots.s0", "shots.s1"):  # the edit's clips: real video
             previz.download(previz.submit(node.request(None)), tmp)
         else:
             tmp.write_bytes(f"seeded output of {node.id}\n".encode())
         digests[node.id] = store.put(tmp)
-        store.record(key_of(recipe), {"node": node.id, "kind": "shot", "output": digests[node.id]})
+        store.record(key, {"node": node.id, "kind": "shot", "output": digests[node.id]})
     env = {**os.environ, "RUNNER_CACHE_DIR": str(cache)}
     sh(*RUNNER, "render", manifest, env=env)  # renders what is left for real, then assembles
 

@@ -145,7 +145,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             label, why = "failed", state["failed"][d.id]
         elif d.status == "cached":
             label, why = "cached", ""
-        elif d.id not in state["recipes"]:
+        elif d.id not in state["built"]:
             label, why = "missing", "never rendered"
         else:
             label, why = "stale", "; ".join(d.reasons)

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends import registry
-from runner.digest import key_of
 from runner.errors import NodeFailed
 from runner.graph import Graph, Node
-from runner.plan import Plan, full_recipe
+from runner.plan import Plan, full_recipe, node_key
 from runner.store import SegmentCache, Store
 
 POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
@@ -47,9 +46,10 @@ class NodeJobs:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def recipe(self, node_id: str) -> tuple[str, dict[str, Any]]:
-        recipe = full_recipe(self.graph.nodes[node_id], self.digests)
+        node = self.graph.nodes[node_id]
+        recipe = full_recipe(node, self.digests)
         self.recipes[node_id] = recipe
-        return key_of(recipe), recipe
+        return node_key(node, self.digests), recipe
 
     def fresh(self, node_id: str) -> bool:
         """True when the node's output is already cached, now that its inputs are known."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends.base import ShotRequest
+from runner.digest import key_of
 from runner.errors import UserError
 
 RECIPE_VERSION = 1  # bump when the meaning of a recipe field changes: every key changes
@@ -30,6 +31,13 @@ class Node:
     cost_usd: float = 0.0
     shot: dict[str, Any] | None = None  # ShotRequest fields, for shots
     path: str | None = None  # the file, for assets
+    digest: str = ""  # sha256 of the canonical recipe, computed once (see recipe_digest)
+
+    @property
+    def recipe_digest(self) -> str:
+        if not self.digest:
+            self.digest = key_of(self.recipe)
+        return self.digest
 
     @property
     def deps(self) -> list[str]:

@@ -6,7 +6,7 @@ planner is tested with dictionaries.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,12 +53,21 @@ class Plan:
         }
 
 
-def full_recipe(node: Node, digests: dict[str, str]) -> dict[str, Any]:
-    """The node's recipe with its inputs' content digests: hashing this gives the node key."""
+def input_digests(node: Node, digests: dict[str, str]) -> dict[str, Any]:
     inputs: dict[str, Any] = {role: digests[dep] for role, dep in node.inputs.items()}
     if node.after:
         inputs["after"] = [digests[dep] for dep in node.after]
-    return {**node.recipe, "inputs": inputs}
+    return inputs
+
+
+def full_recipe(node: Node, digests: dict[str, str]) -> dict[str, Any]:
+    """The node's recipe with its inputs' content digests, as recorded and explained."""
+    return {**node.recipe, "inputs": input_digests(node, digests)}
+
+
+def node_key(node: Node, digests: dict[str, str]) -> str:
+    """The node key: a hash over the recipe (hashed once, when compiled) and its inputs."""
+    return key_of({"recipe": node.recipe_digest, "inputs": input_digests(node, digests)})
 
 
 def make_plan(
@@ -66,9 +75,10 @@ def make_plan(
     *,
     lookup: Callable[[str], str | None],
     asset_digest: Callable[[Node], str],
-    previous: dict[str, dict[str, Any]],
+    previous: Mapping[str, dict[str, Any]],
 ) -> Plan:
-    """Decide every node. lookup(key) gives the cached output digest or None."""
+    """Decide every node. lookup(key) gives the cached output digest or None; previous holds
+    the recipes last built per node id (read only when something must be explained)."""
     digests: dict[str, str] = {}
     decisions: dict[str, Decision] = {}
     for node in graph.nodes.values():
@@ -84,15 +94,13 @@ def make_plan(
                 node.id, node.kind, BLOCKED, reasons, cost_usd=node.cost_usd
             )
             continue
-        recipe = full_recipe(node, digests)
-        key = key_of(recipe)
+        key = node_key(node, digests)
         output = lookup(key)
         if output is not None:
             digests[node.id] = output
-            decisions[node.id] = Decision(
-                node.id, node.kind, CACHED, key=key, output=output, recipe=recipe
-            )
+            decisions[node.id] = Decision(node.id, node.kind, CACHED, key=key, output=output)
         else:
+            recipe = full_recipe(node, digests)
             reasons = explain(recipe, previous.get(node.id), node=node)
             decisions[node.id] = Decision(
                 node.id, node.kind, RENDER, reasons, key, recipe=recipe, cost_usd=node.cost_usd

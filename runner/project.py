@@ -1,14 +1,18 @@
-"""A film on disk: its manifest, its compiled graph, its cache and its last plan.
+"""A film on disk: its manifest, its compiled graph, its cache and its build log.
 
 Compiling a manifest (pydantic validation, prompt composition) costs more than the whole no-op
 plan may take, so the compiled graph is kept in the cache keyed by the manifest's bytes, the
-profile and the runner's version, the way Python keeps .pyc files.
+profile and the runner's version, the way Python keeps .pyc files. The build log (ninja's
+.ninja_log) remembers each node's last key and output, so a no-op plan reads one small file
+instead of one record per node; the recipes behind those keys are read only to explain.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +21,10 @@ from runner import __version__
 from runner.errors import UserError
 from runner.graph import Graph, Node
 from runner.plan import Plan, make_plan
-from runner.store import StatCache, Store, read_json, write_json
+from runner.store import StatCache, Store, read_json, write_atomic, write_json
 
 COMPILED_VERSION = 1
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def find_root(start: Path) -> Path:
@@ -75,26 +79,25 @@ class Project:
         compiled_key = hashlib.sha256(
             f"{COMPILED_VERSION}\0{__version__}\0{profile}\0{manifest_sha}".encode()
         ).hexdigest()
-        compiled_path = store.state_path(film_id, ".graph")
-        compiled = read_json(compiled_path)
-        if compiled and compiled.get("key") == compiled_key:
-            graph = Graph.from_json(compiled["graph"])
-        else:
+        compiled_path = store.root / "state" / f"{film_id}.graph.pickle"
+        graph = _load_compiled(compiled_path, compiled_key)
+        if graph is None:
             graph = _compile(manifest_path, profile)
-            write_json(
-                compiled_path,
-                {"version": COMPILED_VERSION, "key": compiled_key, "graph": graph.to_json()},
-            )
+            write_atomic(compiled_path, pickle.dumps((compiled_key, graph)))
         return cls(manifest_path, film_dir, store, graph, profile, film_id, manifest_sha)
 
     def state(self) -> dict[str, Any]:
+        """The build log: {"built": {node: {"key", "output"}}, "failed": {node: message}}."""
         state = read_json(self.store.state_path(self.film_id))
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            return {"version": STATE_VERSION, "recipes": {}, "failed": {}}
+            return {"version": STATE_VERSION, "built": {}, "failed": {}}
         return state
 
     def save_state(self, state: dict[str, Any]) -> None:
         write_json(self.store.state_path(self.film_id), state)
+
+    def recipes(self) -> LazyRecipes:
+        return LazyRecipes(self.store.state_path(self.film_id, ".recipes"))
 
     def plan(self) -> Plan:
         stats = StatCache(self.store.state_path("assets"))
@@ -109,18 +112,57 @@ class Project:
                     "add the file or fix the path"
                 ) from None
 
+        logged = {e["key"]: e["output"] for e in self.state()["built"].values()}
+
         def lookup(key: str) -> str | None:
+            output = logged.get(key)
+            if output is not None and self.store.has_blob(output):
+                return str(output)
             record = self.store.lookup(key)
             return str(record["output"]) if record else None
 
         plan = make_plan(
-            self.graph,
-            lookup=lookup,
-            asset_digest=asset_digest,
-            previous=self.state()["recipes"],
+            self.graph, lookup=lookup, asset_digest=asset_digest, previous=self.recipes()
         )
         stats.save()
         return plan
+
+
+class LazyRecipes(Mapping[str, dict[str, Any]]):
+    """The recipes last built per node, loaded on first use (a no-op plan never needs them)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._data: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def data(self) -> dict[str, dict[str, Any]]:
+        if self._data is None:
+            loaded = read_json(self.path)
+            self._data = loaded.get("recipes", {}) if isinstance(loaded, dict) else {}
+        return self._data
+
+    def __getitem__(self, node_id: str) -> dict[str, Any]:
+        return self.data[node_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def save(self, changed: dict[str, dict[str, Any]]) -> None:
+        if changed:
+            write_json(self.path, {"version": STATE_VERSION, "recipes": {**self.data, **changed}})
+
+
+def _load_compiled(path: Path, key: str) -> Graph | None:
+    """The compiled graph if it was compiled from these bytes by this version, else None."""
+    try:
+        saved_key, graph = pickle.loads(path.read_bytes())
+    except (OSError, pickle.UnpicklingError, ValueError, EOFError, AttributeError, TypeError):
+        return None
+    return graph if saved_key == key and isinstance(graph, Graph) else None
 
 
 def _compile(manifest_path: Path, profile: str | None) -> Graph:

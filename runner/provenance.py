@@ -17,7 +17,7 @@ from typing import Any
 
 from runner import __version__
 from runner.digest import file_digest, key_of
-from runner.plan import full_recipe
+from runner.plan import full_recipe, node_key
 from runner.project import Project, find_root
 from runner.store import write_atomic
 
@@ -42,7 +42,7 @@ def build(project: Project, digests: dict[str, str]) -> dict[str, Any]:
             nodes.append(entry)
             continue
         recipe = full_recipe(node, digests)
-        key = key_of(recipe)
+        key = node_key(node, digests)
         record = project.store.lookup(key) or {}
         entry["key"] = key
         entry["inputs"] = {

@@ -6,9 +6,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.execute import NodeJobs
-from runner.plan import CACHED, Plan
+from runner.plan import CACHED, Plan, full_recipe
 from runner.project import Project
 from runner.scheduler import Outcome, Pool, Report, Task, schedule
 
@@ -76,18 +77,7 @@ def render(project: Project, *, keep_going: bool, report: Report) -> RenderResul
     finally:
         jobs.close()
 
-    state = project.state()
-    for nid, recipe in jobs.recipes.items():
-        if nid in outcome.done or nid in outcome.cached:
-            state["recipes"][nid] = recipe
-            state["failed"].pop(nid, None)
-    for d in plan.decisions.values():
-        if d.status == CACHED and d.recipe is not None:
-            state["recipes"][d.id] = d.recipe
-            state["failed"].pop(d.id, None)
-    state["failed"].update(outcome.failed)
-    project.save_state(state)
-
+    _remember(project, plan, jobs, outcome)
     film = prov = None
     if "edit" in jobs.digests:
         from runner import provenance
@@ -97,3 +87,25 @@ def render(project: Project, *, keep_going: bool, report: Report) -> RenderResul
         float(r.get("cost_usd") or 0.0) for nid, r in jobs.records.items() if nid in outcome.done
     )
     return RenderResult(plan, outcome, film, prov, round(spend, 4))
+
+
+def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) -> None:
+    """Update the build log (key and output per node) and the recipes that explain it."""
+    state = project.state()
+    built, failed = state["built"], state["failed"]
+    recipes = project.recipes()
+    changed: dict[str, dict[str, Any]] = {}
+    for d in plan.decisions.values():
+        if d.status == CACHED and d.key is not None:
+            if built.get(d.id, {}).get("key") != d.key:
+                changed[d.id] = full_recipe(project.graph.nodes[d.id], jobs.digests)
+            built[d.id] = {"key": d.key, "output": d.output}
+            failed.pop(d.id, None)
+    for nid in [*outcome.done, *outcome.cached]:
+        record = jobs.records[nid]
+        built[nid] = {"key": record["key"], "output": record["output"]}
+        changed[nid] = jobs.recipes[nid]
+        failed.pop(nid, None)
+    failed.update(outcome.failed)
+    project.save_state(state)
+    recipes.save(changed)

@@ -1,0 +1,409 @@
+"""Deterministic film assembly: conform each piece once into a cached segment, then join.
+
+A piece is either the body of a clip (its trimmed range minus the crossfade overlaps) or a
+crossfade between two clips. Each piece becomes a video-only H.264 MP4 of an exact frame count
+at the film's size, rate and pixel format, plus a PCM WAV of exactly the matching sample count.
+Both are cached under the sha256 of a canonical recipe (source digests, trims, size, rate,
+crossfade, SEGMENT_VERSION, ffmpeg version), so changing one clip re-encodes only its pieces.
+The join copies the video and encodes the audio once: PCM joins add no AAC priming, so the
+audio cannot drift from the video however many clips the film has. Loudness is matched with one
+measured gain (EBU R128 integrated loudness, capped by the true peak).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import wave
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from runner import ffmpeg
+from runner.errors import NodeFailed, UserError
+
+SEGMENT_VERSION = 1
+"""Bumped whenever the way a segment is made changes, so cached segments are rebuilt."""
+
+TRUE_PEAK_CEILING = -1.5
+"""dBTP the loudness gain never pushes the film's true peak past (EBU R128 delivery)."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip of the edit, as cut into the film."""
+
+    path: Path  # a verified source video (any size/fps; audio optional)
+    digest: str  # sha256 of the source file's bytes (segment keys use this, never paths)
+    start: float = 0.0  # trim in, seconds into the source
+    end: float | None = None  # trim out; None = source end
+    crossfade_in: float = 0.0  # overlap with the previous clip in seconds (0 = a cut)
+
+
+class SegmentCache(Protocol):
+    """Where conformed segments live between runs (the store's blob cache, or a test dict)."""
+
+    def lookup(self, key: str) -> Path | None: ...
+
+    def save(self, key: str, path: Path) -> Path:
+        """Move the file in; return the cached path."""
+        ...
+
+
+@dataclass
+class Assembly:
+    """How a film was assembled, for the provenance record."""
+
+    ffmpeg_version: str
+    segments: list[str]  # segment keys in film order: each piece's video key, then audio key
+    join_argv: list[str]  # the join command; its paths are relative to a scratch directory
+    rendered: list[str] = field(default_factory=list)  # the keys encoded by this run
+
+
+@dataclass(frozen=True)
+class _Film:
+    width: int
+    height: int
+    fps: int
+
+    def samples(self, frames: int) -> int:
+        """Audio samples matching `frames` video frames."""
+        return round(frames * ffmpeg.SAMPLE_RATE / self.fps)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    kind: str  # "body" | "crossfade"
+    clip: int  # index of the clip (for a crossfade: the incoming clip)
+    video_key: str
+    audio_key: str
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A clip resolved against its probed source: the trimmed range in film frames."""
+
+    info: ffmpeg.MediaInfo
+    first: int  # first frame of the trimmed range, counted at the film's rate
+    last: int  # one past its last frame
+
+
+def assemble(
+    clips: list[Clip],
+    *,
+    width: int,
+    height: int,
+    fps: int,
+    loudness_lufs: float | None,
+    dest: Path,
+    cache: SegmentCache,
+    workdir: Path,
+) -> Assembly:
+    """Assemble `clips` into one MP4 at `dest`; identical inputs give identical bytes."""
+    film = _Film(width, height, fps)
+    _check_edit(clips, film)
+    version = ffmpeg.ffmpeg_version()
+    pieces = _pieces(clips, film, version)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="assemble-", dir=workdir) as tmp_name:
+        tmp = Path(tmp_name)
+        found = {k: cache.lookup(k) for p in pieces for k in (p.video_key, p.audio_key)}
+        unique: dict[str, _Piece] = {}  # a clip cut in twice is encoded once
+        for p in pieces:
+            if found[p.video_key] is None or found[p.audio_key] is None:
+                unique.setdefault(p.video_key + p.audio_key, p)
+        missing = list(unique.values())
+        rendered = _render_missing(clips, missing, film, found, cache, tmp)
+        paths = {k: v for k, v in found.items() if v is not None}
+        video_list = tmp / "video.ffconcat"
+        video_list.write_text(
+            "ffconcat version 1.0\n"
+            + "".join(f"file {_quote(paths[p.video_key])}\n" for p in pieces),
+            encoding="utf-8",
+        )
+        _join_wavs([paths[p.audio_key] for p in pieces], tmp / "audio.wav")
+        gain = None
+        if loudness_lufs is not None:
+            gain = loudness_gain(*ffmpeg.loudness(tmp / "audio.wav"), target=loudness_lufs)
+        args = ffmpeg.join_args(
+            video_list="video.ffconcat", audio="audio.wav", gain_db=gain, out="film.mp4"
+        )
+        ffmpeg.run(args, cwd=tmp)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(tmp / "film.mp4", dest)
+    return Assembly(
+        ffmpeg_version=version,
+        segments=[k for p in pieces for k in (p.video_key, p.audio_key)],
+        join_argv=ffmpeg.command(args),
+        rendered=rendered,
+    )
+
+
+def tag(src: Path, dest: Path, comment: str) -> None:
+    """Copy src to dest with `comment` (the provenance digest) in its metadata, by remux."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tag-", suffix=".mp4", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        ffmpeg.run(ffmpeg.tag_args(src=str(src), comment=comment, out=str(tmp)))
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def loudness_gain(integrated: float, true_peak: float, *, target: float) -> float | None:
+    """The gain (dB) that brings the film to `target` LUFS without its true peak passing
+    TRUE_PEAK_CEILING; None for silence. Rounded, so the join command is stable.
+    """
+    if integrated < -70 or true_peak == float("-inf"):
+        return None  # silence (R128 gates everything below -70 LUFS)
+    gain = min(target - integrated, TRUE_PEAK_CEILING - true_peak)
+    return round(gain, 2)
+
+
+# --- the plan: pieces and their keys (pure) ------------------------------------------------
+
+
+def _frames(seconds: float, film: _Film) -> int:
+    return round(seconds * film.fps)
+
+
+def _check_edit(clips: list[Clip], film: _Film) -> None:
+    """Reject edits that cannot be cut, before anything is probed or encoded."""
+    if not clips:
+        raise UserError("the edit has no clips to assemble")
+    if film.width < 2 or film.height < 2 or film.width % 2 or film.height % 2:
+        raise UserError(f"film size {film.width}x{film.height} must be even in both sides")
+    if not 1 <= film.fps <= 240:
+        raise UserError(f"film fps {film.fps} must be from 1 to 240")
+    for i, clip in enumerate(clips):
+        where = _where(i, clip)
+        if clip.start < 0:
+            raise UserError(f"{where}: start {clip.start:g} s is negative")
+        if clip.end is not None and _frames(clip.end, film) <= _frames(clip.start, film):
+            raise UserError(f"{where}: end {clip.end:g} s is not after start {clip.start:g} s")
+        if clip.crossfade_in < 0:
+            raise UserError(f"{where}: crossfade {clip.crossfade_in:g} s is negative")
+        if i == 0 and _frames(clip.crossfade_in, film) > 0:
+            raise UserError(f"{where}: the first clip has nothing to crossfade from")
+
+
+def _key(recipe: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a recipe."""
+    text = json.dumps(recipe, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _pieces(clips: list[Clip], film: _Film, version: str) -> list[_Piece]:
+    """The film's pieces in order, each with the keys of its video and audio segments."""
+    base = {"segment_version": SEGMENT_VERSION, "ffmpeg": version, "fps": film.fps}
+    video = {**base, "track": "video", "size": [film.width, film.height], "pix_fmt": "yuv420p"}
+    audio = {**base, "track": "audio", "sample_rate": ffmpeg.SAMPLE_RATE, "channels": 2}
+    fades = [_frames(c.crossfade_in, film) for c in clips] + [0]
+
+    def trim(clip: Clip) -> dict[str, Any]:
+        end = None if clip.end is None else _frames(clip.end, film)
+        return {"source": clip.digest, "first": _frames(clip.start, film), "end": end}
+
+    pieces = []
+    for i, clip in enumerate(clips):
+        if fades[i] > 0:
+            prev = trim(clips[i - 1])
+            xfade = {
+                "kind": "crossfade",
+                "frames": fades[i],
+                "a": {"source": prev["source"], "end": prev["end"]},
+                "b": {"source": clip.digest, "first": trim(clip)["first"]},
+            }
+            pieces.append(
+                _Piece("crossfade", i, _key({**video, **xfade}), _key({**audio, **xfade}))
+            )
+        body = {"kind": "body", **trim(clip), "fade_in": fades[i], "fade_out": fades[i + 1]}
+        pieces.append(_Piece("body", i, _key({**video, **body}), _key({**audio, **body})))
+    return pieces
+
+
+def _where(i: int, clip: Clip) -> str:
+    return f"edit clip {i + 1} ({clip.path.name})"
+
+
+# --- rendering missing segments ------------------------------------------------------------
+
+
+def _render_missing(
+    clips: list[Clip],
+    missing: list[_Piece],
+    film: _Film,
+    found: dict[str, Path | None],
+    cache: SegmentCache,
+    tmp: Path,
+) -> list[str]:
+    """Encode the missing segments in parallel (each ffmpeg single-threaded), then cache them.
+
+    Saves happen on this thread, in film order, so the cache needs no locking.
+    """
+    if not missing:
+        return []
+    fades = [_frames(c.crossfade_in, film) for c in clips] + [0]
+    needed = sorted({p.clip for p in missing} | {p.clip - 1 for p in missing if p.kind != "body"})
+    pool = ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1)))
+    try:
+        return _render_pieces(clips, missing, film, found, cache, tmp, fades, needed, pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on failure, start nothing more
+
+
+def _render_pieces(
+    clips: list[Clip],
+    missing: list[_Piece],
+    film: _Film,
+    found: dict[str, Path | None],
+    cache: SegmentCache,
+    tmp: Path,
+    fades: list[int],
+    needed: list[int],
+    pool: ThreadPoolExecutor,
+) -> list[str]:
+    """Probe the sources, check the cut fits, encode each piece, save in film order."""
+    probes = {i: pool.submit(_resolve, clips[i], i, film) for i in needed}
+    sources = {i: f.result() for i, f in probes.items()}
+    for i in needed:
+        lead = fades[i] + fades[i + 1]
+        if sources[i].last - sources[i].first <= lead:
+            raise UserError(
+                f"{_where(i, clips[i])}: {(sources[i].last - sources[i].first) / film.fps:g}"
+                f" s after trimming, too short for its crossfades of {lead / film.fps:g} s"
+            )
+    jobs: list[tuple[_Piece, Future[tuple[Path, Path]]]] = []
+    for n, piece in enumerate(missing):
+        out = tmp / f"piece-{n:05d}"
+        out.mkdir()
+        i = piece.clip
+        job: Callable[[], tuple[Path, Path]]
+        if piece.kind == "body":
+            job = _body_job(clips[i], sources[i], fades[i], fades[i + 1], film, out)
+        else:
+            job = _crossfade_job(
+                clips[i - 1], sources[i - 1], clips[i], sources[i], fades[i], film, out
+            )
+        jobs.append((piece, pool.submit(job)))
+    rendered = []
+    for piece, future in jobs:
+        video, audio = future.result()
+        for key, path in ((piece.video_key, video), (piece.audio_key, audio)):
+            if found[key] is None:
+                found[key] = cache.save(key, path)
+                rendered.append(key)
+    return rendered
+
+
+def _resolve(clip: Clip, i: int, film: _Film) -> _Source:
+    """Probe a clip's source and place its trim in film frames."""
+    info = ffmpeg.probe(clip.path)
+    if not info.has_video:
+        raise NodeFailed(f"{_where(i, clip)}: {clip.path} has no video stream")
+    length = _frames(info.duration, film)
+    first = _frames(clip.start, film)
+    last = length if clip.end is None else _frames(clip.end, film)
+    if last > length + 1:
+        raise UserError(
+            f"{_where(i, clip)}: end {clip.end:g} s is past the end of the source "
+            f"({info.duration:g} s)"
+        )
+    if first >= last:
+        raise UserError(
+            f"{_where(i, clip)}: start {clip.start:g} s is not before the end of the source "
+            f"({info.duration:g} s)"
+        )
+    return _Source(info, first, last)
+
+
+def _body_job(
+    clip: Clip, src: _Source, fade_in: int, fade_out: int, film: _Film, out: Path
+) -> Callable[[], tuple[Path, Path]]:
+    """Encode a clip's body: the frames between its crossfades."""
+    first = src.first + fade_in
+    frames = src.last - fade_out - first
+
+    def job() -> tuple[Path, Path]:
+        args = ffmpeg.segment_args(
+            source=str(clip.path),
+            has_audio=src.info.has_audio,
+            video_chain=_video(film, first, frames),
+            audio_filter=_audio(film, first, frames),
+            frames=frames,
+            fps=film.fps,
+            video_out="video.mp4",
+            audio_out="audio.wav",
+        )
+        ffmpeg.run(args, cwd=out)
+        return out / "video.mp4", out / "audio.wav"
+
+    return job
+
+
+def _crossfade_job(
+    a: Clip, a_src: _Source, b: Clip, b_src: _Source, frames: int, film: _Film, out: Path
+) -> Callable[[], tuple[Path, Path]]:
+    """Encode a crossfade: the last `frames` of A dissolving into the first `frames` of B."""
+    a_first = a_src.last - frames
+
+    def job() -> tuple[Path, Path]:
+        args = ffmpeg.crossfade_args(
+            a=str(a.path),
+            a_has_audio=a_src.info.has_audio,
+            a_video=_video(film, a_first, frames),
+            a_audio=_audio(film, a_first, frames),
+            b=str(b.path),
+            b_has_audio=b_src.info.has_audio,
+            b_video=_video(film, b_src.first, frames),
+            b_audio=_audio(film, b_src.first, frames),
+            frames=frames,
+            samples=film.samples(frames),
+            fps=film.fps,
+            video_out="video.mp4",
+            audio_out="audio.wav",
+        )
+        ffmpeg.run(args, cwd=out)
+        return out / "video.mp4", out / "audio.wav"
+
+    return job
+
+
+def _video(film: _Film, first: int, frames: int) -> str:
+    return ffmpeg.conform_chain(
+        width=film.width, height=film.height, fps=film.fps, start_frame=first, frames=frames
+    )
+
+
+def _audio(film: _Film, first: int, frames: int) -> str:
+    return ffmpeg.audio_chain(start_sample=film.samples(first), samples=film.samples(frames))
+
+
+# --- the join ------------------------------------------------------------------------------
+
+
+def _quote(path: Path) -> str:
+    """A path quoted for an ffconcat `file` line."""
+    return "'" + str(path.resolve()).replace("'", "'\\''") + "'"
+
+
+def _join_wavs(parts: list[Path], dest: Path) -> None:
+    """Concatenate PCM WAVs sample for sample: no gaps, no priming, no drift."""
+    with wave.open(str(dest), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(ffmpeg.SAMPLE_RATE)
+        for part in parts:
+            with wave.open(str(part), "rb") as src:
+                params = (src.getnchannels(), src.getsampwidth(), src.getframerate())
+                if params != (2, 2, ffmpeg.SAMPLE_RATE):
+                    raise NodeFailed(f"{part}: audio segment is {params}, not 48 kHz s16 stereo")
+                while chunk := src.readframes(1 << 16):
+                    out.writeframes(chunk)

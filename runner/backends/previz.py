@@ -1,0 +1,307 @@
+"""The default backend: offline, free, deterministic animatic clips (a shot card on screen).
+
+Each clip is a real H.264/AAC MP4 of the requested size, length and frame rate, so the whole
+pipeline (cache, assembly, provenance) runs end to end without a provider. The card shows the
+film title, shot, take and an excerpt of the compiled prompt; a running timecode is burned in;
+the audio is a quiet seeded noise bed. The same request gives the same bytes on every machine:
+the font is Pillow's embedded Aileron, the layout engine is Pillow's basic one, and ffmpeg is
+the pinned build.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner import ffmpeg
+from runner.backends.base import Capabilities, JobStatus, ShotRequest
+from runner.errors import NodeFailed
+
+if TYPE_CHECKING:
+    from PIL.ImageFont import FreeTypeFont
+
+MIN_SIDE = 64
+MAX_SIDE = 3840
+MAX_SECONDS = 60.0
+MAX_FPS = 120
+FONT_NAME = "previz-aileron.ttf"
+RECIPE_VERSION = 1
+"""Bumped when the look of a previz clip changes, so cached clips re-render."""
+
+
+class PrevizBackend:
+    """Renders shot cards locally with Pillow and ffmpeg; synchronous, $0."""
+
+    name = "previz"
+    default_model = "previz"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    def capabilities(self, model: str) -> Capabilities:
+        """Any even size from 64 to 3840, any length up to 60 s (see `check` for the bounds)."""
+        return Capabilities(
+            sizes=(),
+            seconds=(),
+            max_seconds=MAX_SECONDS,
+            image=True,
+            seed=True,
+            negative_prompt=False,  # like Sora: `avoid` goes into the text, so previz shows it
+        )
+
+    def check(self, shot: ShotRequest) -> str | None:
+        """A problem with the shot's parameters, in words, or None when previz can render it."""
+        for side, value in (("width", shot.width), ("height", shot.height)):
+            if not MIN_SIDE <= value <= MAX_SIDE or value % 2:
+                return f"{side} {value} is not an even number from {MIN_SIDE} to {MAX_SIDE}"
+        if not 0 < shot.seconds <= MAX_SECONDS:
+            return f"seconds {shot.seconds:g} is not in (0, {MAX_SECONDS:g}]"
+        if not 1 <= shot.fps <= MAX_FPS:
+            return f"fps {shot.fps} is not from 1 to {MAX_FPS}"
+        if round(shot.seconds * shot.fps) < 1:
+            return f"{shot.seconds:g} s at {shot.fps} fps is less than one frame"
+        return None
+
+    def price_per_second(self, model: str, width: int, height: int) -> float:
+        """Previz is free."""
+        return 0.0
+
+    def request(self, shot: ShotRequest) -> dict[str, Any]:
+        """Everything that changes the clip's bytes, except the image (hashed by the caller)."""
+        return {
+            "backend": self.name,
+            "version": RECIPE_VERSION,
+            "film": shot.film,
+            "shot": shot.shot,
+            "take": shot.take,
+            "model": shot.model,
+            "prompt": shot.prompt,
+            "avoid": list(shot.avoid),
+            "seconds": shot.seconds,
+            "width": shot.width,
+            "height": shot.height,
+            "fps": shot.fps,
+            "seed": shot.seed,
+        }
+
+    def job_id(self, shot: ShotRequest) -> str:
+        """sha256 of the canonical request JSON and the first-frame image's bytes."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.request(shot), sort_keys=True, separators=(",", ":")).encode())
+        if shot.image is not None:
+            h.update(b"\0image\0")
+            h.update(_file_digest(shot.image).encode())
+        return h.hexdigest()
+
+    def submit(self, shot: ShotRequest) -> str:
+        """Render the clip now (previz is synchronous) and return its job id."""
+        problem = self.check(shot)
+        if problem is not None:
+            raise NodeFailed(f"previz cannot render shot {shot.shot!r}: {problem}")
+        job = self.job_id(shot)
+        out = self._job_path(job)
+        if not out.is_file():
+            render(shot, out, self.workdir, noise_seed=int(job[:8], 16))
+        return job
+
+    def poll(self, job_id: str) -> JobStatus:
+        """Done once rendered; there is never anything to wait for."""
+        if self._job_path(job_id).is_file():
+            return JobStatus(state="done")
+        return JobStatus(state="failed", error=f"no previz job {job_id}")
+
+    def download(self, job_id: str, dest: Path) -> None:
+        """Move the rendered clip to dest."""
+        src = self._job_path(job_id)
+        if not src.is_file():
+            raise NodeFailed(f"no previz job {job_id} to download")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(src, dest)
+
+    def _job_path(self, job_id: str) -> Path:
+        return self.workdir / "jobs" / f"{job_id}.mp4"
+
+
+def frames_for(shot: ShotRequest) -> int:
+    """The clip's frame count: round(seconds × fps)."""
+    return max(1, round(shot.seconds * shot.fps))
+
+
+def render(shot: ShotRequest, out: Path, workdir: Path, *, noise_seed: int = 0) -> None:
+    """Render one previz clip to `out` (written to a temp file, then renamed into place)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    font = _font_file(workdir)
+    frames = frames_for(shot)
+    samples = round(frames * ffmpeg.SAMPLE_RATE / shot.fps)
+    with tempfile.TemporaryDirectory(prefix="previz-", dir=workdir) as tmp_name:
+        tmp = Path(tmp_name)
+        draw_card(shot).save(tmp / "card.png", optimize=False, compress_level=1)
+        shutil.copyfile(font, tmp / "font.ttf")
+        args = ffmpeg.previz_args(
+            card_png="card.png",
+            fontfile="font.ttf",
+            out="clip.mp4",
+            frames=frames,
+            fps=shot.fps,
+            samples=samples,
+            font_size=max(8, shot.height // 22),
+            noise_seed=noise_seed,
+        )
+        ffmpeg.run(args, cwd=tmp)
+        os.replace(tmp / "clip.mp4", out)
+
+
+def _font_file(workdir: Path) -> Path:
+    """Pillow's embedded Aileron font, written once into workdir for ffmpeg's drawtext."""
+    path = workdir / FONT_NAME
+    if not path.is_file():
+        fd, tmp = tempfile.mkstemp(dir=workdir, suffix=".ttf")
+        with os.fdopen(fd, "wb") as f:
+            f.write(_font_bytes())
+        os.replace(tmp, path)
+    return path
+
+
+@cache
+def _font_bytes() -> bytes:
+    """The TrueType bytes of Pillow's embedded default font (Aileron)."""
+    from PIL import ImageFont
+
+    data: bytes = ImageFont.load_default(size=12).font_bytes  # type: ignore[union-attr]
+    return data
+
+
+@cache
+def _load_font(size: int) -> FreeTypeFont:
+    """Aileron at `size` px with the basic layout engine (raqm varies by machine)."""
+    from io import BytesIO
+
+    from PIL import ImageFont
+
+    return ImageFont.truetype(BytesIO(_font_bytes()), size, layout_engine=ImageFont.Layout.BASIC)
+
+
+def background(shot_id: str) -> tuple[int, int, int]:
+    """A dark colour derived from the shot id, so each shot is recognisable at a glance."""
+    d = hashlib.sha256(shot_id.encode()).digest()
+    r, g, b = colorsys.hsv_to_rgb(d[0] / 255, 0.35 + d[1] / 255 * 0.3, 0.22 + d[2] / 255 * 0.16)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def draw_card(shot: ShotRequest) -> Any:
+    """The shot card as a Pillow image: title, shot and take, parameters, prompt excerpt."""
+    from PIL import Image, ImageDraw
+
+    w, h = shot.width, shot.height
+    card = Image.new("RGB", (w, h), background(shot.shot))
+    draw = ImageDraw.Draw(card)
+    margin = max(3, w // 32)
+    text_right = w - margin
+    thumb_bottom = 0
+    if shot.image is not None:
+        thumb = _thumbnail(shot.image, (w // 3, h // 3))
+        x = w - margin - thumb.width
+        card.paste(thumb, (x, margin))
+        draw.rectangle(
+            (x - 1, margin - 1, x + thumb.width, margin + thumb.height), outline=(230, 230, 230)
+        )
+        text_right = x - margin
+        thumb_bottom = margin + thumb.height
+    title_font = _load_font(max(8, h // 14))
+    body_font = _load_font(max(7, h // 30))
+    bottom = h - max(8, h // 22) * 2 - margin  # keep clear of the burned-in timecode
+    y = margin
+    lines: list[tuple[str, FreeTypeFont, tuple[int, int, int]]] = [
+        (shot.film, title_font, (255, 255, 255)),
+        (f"shot {shot.shot} · take {shot.take}", title_font, (255, 214, 140)),
+        (
+            f"{shot.model} · {shot.seconds:g}s · {w}x{h} · {shot.fps} fps"
+            + (f" · seed {shot.seed}" if shot.seed is not None else ""),
+            body_font,
+            (200, 200, 200),
+        ),
+    ]
+    for text, font, colour in lines:
+        for line in _wrap(text, font, text_right - margin, 2)[:2]:
+            if y + _line_height(font) > bottom:
+                return card
+            draw.text((margin, y), line, font=font, fill=colour)
+            y += _line_height(font)
+    y = max(y, thumb_bottom) + _line_height(body_font) // 2
+    paragraphs = shot.prompt.splitlines()
+    if shot.avoid:
+        paragraphs.append("avoid: " + ", ".join(shot.avoid))
+    fits = max(0, (bottom - y) // _line_height(body_font))
+    wrapped: list[str] = []
+    for para in paragraphs:
+        if len(wrapped) > fits:
+            break  # wrapping the rest would only be cut off
+        wrapped.extend(_wrap(para, body_font, w - 2 * margin, fits + 1) or [""])
+    if len(wrapped) > fits > 0:
+        wrapped = [*wrapped[: fits - 1], wrapped[fits - 1].rstrip() + " …"]
+    for line in wrapped[:fits]:
+        draw.text((margin, y), line, font=body_font, fill=(235, 235, 235))
+        y += _line_height(body_font)
+    return card
+
+
+def _line_height(font: FreeTypeFont) -> int:
+    return round(font.size * 1.25)
+
+
+def _wrap(text: str, font: FreeTypeFont, width: int, max_lines: int = 1000) -> list[str]:
+    """Greedy word wrap to a pixel width; a word wider than the line is cut."""
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        if len(lines) >= max_lines:
+            return lines
+        candidate = f"{line} {word}" if line else word
+        if font.getlength(candidate) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        while len(word) > 1 and font.getlength(word) > width:
+            cut = len(word) - 1
+            while cut > 1 and font.getlength(word[:cut]) > width:
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line:
+        lines.append(line)
+    return lines
+
+
+def _thumbnail(image: Path, box: tuple[int, int]) -> Any:
+    """The first-frame reference image scaled to fit `box`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as im:
+            thumb = im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise NodeFailed(f"{image}: cannot read the first-frame image: {exc}") from None
+    thumb.thumbnail((max(1, box[0]), max(1, box[1])), Image.Resampling.BICUBIC)
+    return thumb
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise NodeFailed(f"{path}: cannot read the first-frame image: {exc}") from None
+    return h.hexdigest()

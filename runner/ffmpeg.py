@@ -1,0 +1,422 @@
+"""Every ffmpeg command line the runner builds, runs and parses, in one place.
+
+The ffmpeg build is the one pinned by the imageio-ffmpeg wheel, so output bytes do not depend
+on the machine. Every encode here is deterministic: bitexact flags, no metadata, no creation
+time, and x264 pinned to one thread (its output bytes change with the thread count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from runner.errors import NodeFailed
+
+SAMPLE_RATE = 48_000
+"""Audio sample rate of every clip and film the runner writes."""
+
+GLOBAL_ARGS = ["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+"""Prepended to every command: no prompts, no banner, errors only, overwrite outputs."""
+
+BITEXACT = [
+    "-fflags",
+    "+bitexact",
+    "-flags:v",
+    "+bitexact",
+    "-flags:a",
+    "+bitexact",
+    "-map_metadata",
+    "-1",
+    "-map_chapters",
+    "-1",
+]
+"""Output options that keep encoder versions, timestamps and source metadata out of the bytes."""
+
+X264 = ["-c:v", "libx264", "-threads", "1", "-pix_fmt", "yuv420p"]
+"""x264 pinned to one thread: its output depends on the thread count."""
+
+PREVIZ_VIDEO = [*X264, "-preset", "ultrafast", "-tune", "stillimage", "-crf", "23"]
+"""Previz clips: a still card and a timecode, so the fastest real H.264 is good enough."""
+
+SEGMENT_VIDEO = [*X264, "-preset", "veryfast", "-crf", "18", "-profile:v", "high", "-bf", "0"]
+"""Conformed film segments: visually clean, no B-frames so segments join by copy exactly."""
+
+AAC = ["-c:a", "aac", "-b:a", "192k", "-ar", str(SAMPLE_RATE), "-ac", "2"]
+"""The film's audio codec; audio is encoded exactly once, at the join."""
+
+PCM = ["-c:a", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-ac", "2"]
+"""Intermediate audio: sample-exact WAV, so joins neither drift nor add priming."""
+
+
+@cache
+def ffmpeg_exe() -> str:
+    """Path of the pinned ffmpeg binary shipped by imageio-ffmpeg."""
+    import imageio_ffmpeg  # lazy: keeps `runner --help` fast
+
+    return str(imageio_ffmpeg.get_ffmpeg_exe())
+
+
+@cache
+def ffmpeg_version() -> str:
+    """The ffmpeg build's version string, e.g. "9.0.2-17-g2a571b6068-20260930"."""
+    out = _capture([ffmpeg_exe(), "-hide_banner", "-version"])
+    match = re.match(r"ffmpeg version n?(\S+)", out)
+    if match is None:
+        raise NodeFailed(f"cannot read the ffmpeg version from: {out[:200]!r}")
+    return match.group(1)
+
+
+def command(args: list[str]) -> list[str]:
+    """The full argv for ffmpeg `args`, with "ffmpeg" as argv[0] (for provenance records)."""
+    return ["ffmpeg", *GLOBAL_ARGS, *args]
+
+
+def run(args: list[str], *, cwd: Path | None = None) -> None:
+    """Run ffmpeg with `args`; on failure raise NodeFailed with the tail of its stderr."""
+    argv = [ffmpeg_exe(), *GLOBAL_ARGS, *args]
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace")
+    except OSError as exc:
+        raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
+    if proc.returncode != 0:
+        raise NodeFailed(f"ffmpeg failed (exit {proc.returncode}): {_tail(proc.stderr)}")
+
+
+def _capture(argv: list[str], *, cwd: Path | None = None) -> str:
+    """Run a command that may exit non-zero by design; return stdout and stderr together."""
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace")
+    except OSError as exc:
+        raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
+    return proc.stdout + proc.stderr
+
+
+def _tail(stderr: str, lines: int = 12) -> str:
+    """The last few non-empty lines of a command's stderr, for an error message."""
+    kept = [line for line in stderr.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:]) or "(no output)"
+
+
+# --- probing and verification -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What `ffmpeg -i` reports about a media file (the pinned build ships no ffprobe)."""
+
+    duration: float  # container duration in seconds (10 ms resolution)
+    width: int  # 0 when there is no video stream
+    height: int
+    fps: float  # 0.0 when unknown
+    has_audio: bool
+    video_codec: str | None
+    audio_codec: str | None
+    pix_fmt: str | None = None
+    sample_rate: int | None = None
+    frames: int | None = None  # decoded video frames; only verify_video counts them
+
+    @property
+    def has_video(self) -> bool:
+        """Whether the file has a video stream."""
+        return self.video_codec is not None
+
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        """Codec names of the first video and audio streams, in that order."""
+        return tuple(c for c in (self.video_codec, self.audio_codec) if c is not None)
+
+
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #\d+:\d+\S*: Video: (\w+)(.*)")
+_AUDIO = re.compile(r"Stream #\d+:\d+\S*: Audio: (\w+)(.*)")
+_SIZE = re.compile(r", (\d+)x(\d+)[ ,\n]")
+_FPS = re.compile(r", (\d+(?:\.\d+)?)(k?) fps")
+_RATE = re.compile(r", (\d+) Hz")
+
+
+def probe(path: Path) -> MediaInfo:
+    """Read a file's duration, size, frame rate and codecs by parsing `ffmpeg -i` output."""
+    if not path.is_file():
+        raise NodeFailed(f"{path}: file not found")
+    out = _capture([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)])
+    return parse_probe(out, path)
+
+
+def parse_probe(out: str, path: Path) -> MediaInfo:
+    """Parse the stream report `ffmpeg -i FILE` prints to stderr."""
+    if "Input #0" not in out:
+        raise NodeFailed(f"{path}: not a readable media file: {_tail(out, 3)}")
+    duration = 0.0
+    if m := _DURATION.search(out):
+        duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    width = height = 0
+    fps = 0.0
+    video_codec = audio_codec = pix_fmt = None
+    sample_rate = None
+    if v := _VIDEO.search(out):
+        video_codec, rest = v.group(1), v.group(2) + "\n"
+        if s := _SIZE.search(rest):
+            width, height = int(s.group(1)), int(s.group(2))
+        if f := _FPS.search(rest):
+            fps = float(f.group(1)) * (1000 if f.group(2) else 1)
+        if p := re.search(r", (\w+)(?:\([^)]*\))?, \d+x\d+", rest):
+            pix_fmt = p.group(1)
+    if a := _AUDIO.search(out):
+        audio_codec = a.group(1)
+        if r := _RATE.search(a.group(2)):
+            sample_rate = int(r.group(1))
+    return MediaInfo(
+        duration=duration,
+        width=width,
+        height=height,
+        fps=fps,
+        has_audio=audio_codec is not None,
+        video_codec=video_codec,
+        audio_codec=audio_codec,
+        pix_fmt=pix_fmt,
+        sample_rate=sample_rate,
+    )
+
+
+def verify_video(path: Path, seconds: float | None, tolerance: float = 0.1) -> MediaInfo:
+    """Check a rendered or downloaded video before it is recorded as a success.
+
+    It must exist, have a video stream, decode from start to end without errors, and (when
+    `seconds` is given) last `seconds` within `tolerance`. Raises NodeFailed otherwise.
+    """
+    info = probe(path)
+    if not info.has_video:
+        raise NodeFailed(f"{path}: has no video stream")
+    argv = [ffmpeg_exe(), *GLOBAL_ARGS, "-xerror", "-i", str(path)]
+    argv += ["-map", "0:v:0", "-f", "null", "-progress", "pipe:1", "-"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace")
+    except OSError as exc:
+        raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
+    # Any error counts: a cut-short file whose index comes first decodes to the cut and
+    # exits 0, reporting only "partial file".
+    if proc.returncode != 0 or proc.stderr.strip():
+        raise NodeFailed(f"{path}: does not decode cleanly: {_tail(proc.stderr, 4)}")
+    counts = re.findall(r"^frame=(\d+)", proc.stdout, flags=re.MULTILINE)
+    frames = int(counts[-1]) if counts else 0
+    if frames == 0:
+        raise NodeFailed(f"{path}: the video stream has no frames")
+    if seconds is not None and abs(info.duration - seconds) > tolerance:
+        raise NodeFailed(
+            f"{path}: lasts {info.duration:.3f} s, expected {seconds:.3f} s (±{tolerance} s)"
+        )
+    return dataclasses.replace(info, frames=frames)
+
+
+def extract_last_frame(video: Path, dest_png: Path) -> None:
+    """Write the video's last frame as a PNG (deterministic bytes), e.g. to chain shots."""
+    info = probe(video)
+    if not info.has_video:
+        raise NodeFailed(f"{video}: has no video stream")
+    # Seek close to the end: every frame decoded after the seek point is written as a PNG.
+    back = min(max(info.duration, 0.1), max(0.25, 3 / info.fps if info.fps else 0.5))
+    dest_png.parent.mkdir(parents=True, exist_ok=True)
+    dest_png.unlink(missing_ok=True)
+    out = ["-map", "0:v:0", "-update", "1", "-pix_fmt", "rgb24", "-c:v", "png", *BITEXACT]
+    run(["-sseof", f"-{back:.3f}", "-i", str(video), *out, "-f", "image2", str(dest_png)])
+    if not dest_png.is_file():  # the video ends well before the audio: decode it all
+        run(["-i", str(video), *out, "-f", "image2", str(dest_png)])
+    if not dest_png.is_file():
+        raise NodeFailed(f"{video}: could not extract its last frame")
+
+
+# --- argv builders -----------------------------------------------------------------------
+
+
+def previz_args(
+    *,
+    card_png: str,
+    fontfile: str,
+    out: str,
+    frames: int,
+    fps: int,
+    samples: int,
+    font_size: int,
+    noise_seed: int,
+) -> list[str]:
+    """A previz clip: a still card, a burned-in running timecode, a quiet seeded audio bed.
+
+    Paths are relative to the working directory the command runs in, so no path needs
+    escaping inside the filter graph.
+    """
+    margin = max(2, font_size // 2)
+    timecode = (
+        f"drawtext=fontfile={fontfile}:text='%{{pts\\:hms}}  #%{{frame_num}}'"
+        f":fontsize={font_size}:fontcolor=white:box=1:boxcolor=black@0.6"
+        f":boxborderw={max(1, font_size // 6)}:x={margin}:y=h-th-{margin}"
+    )
+    video = f"[0:v]format=yuv420p,loop=loop={frames - 1}:size=1,setpts=N/{fps}/TB,{timecode}[v]"
+    audio = f"[1:a]lowpass=f=900,pan=stereo|c0=c0|c1=c0,atrim=end_sample={samples}[a]"
+    bed = f"anoisesrc=color=brown:amplitude=0.01:sample_rate={SAMPLE_RATE}:seed={noise_seed}"
+    return [
+        *["-framerate", str(fps), "-i", card_png],
+        *["-f", "lavfi", "-i", bed],
+        *["-filter_complex", f"{video};{audio}", "-map", "[v]", "-map", "[a]"],
+        *["-frames:v", str(frames), "-r", str(fps)],
+        *PREVIZ_VIDEO,
+        *["-c:a", "aac", "-aac_coder", "fast", "-b:a", "96k", "-ar", str(SAMPLE_RATE), "-ac", "2"],
+        *["-video_track_timescale", str(fps * 1000)],
+        *BITEXACT,
+        *["-movflags", "+faststart", out],
+    ]
+
+
+def conform_chain(*, width: int, height: int, fps: int, start_frame: int, frames: int) -> str:
+    """Video filter: to the film's rate, frames [start, start+frames), fitted and padded.
+
+    Frames missing at the end (a source shorter than its trim) repeat the last one, so the
+    output always has exactly `frames` frames.
+    """
+    return (
+        f"fps={fps}:start_time=0,trim=start_frame={start_frame},setpts=PTS-STARTPTS,"
+        f"tpad=stop_mode=clone:stop=-1,trim=end_frame={frames},"
+        f"scale={width}:{height}:force_original_aspect_ratio=decrease:flags=bicubic,"
+        f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2:color=black,setsar=1,format=yuv420p"
+    )
+
+
+def audio_chain(*, start_sample: int, samples: int) -> str:
+    """Audio filter: 48 kHz stereo samples [start, start+samples), padded with silence."""
+    return (
+        f"aresample={SAMPLE_RATE}:async=1:first_pts=0,"
+        f"aformat=sample_fmts=s16:channel_layouts=stereo,"
+        f"atrim=start_sample={start_sample},asetpts=N/SR/TB,"
+        f"apad=whole_len={samples},atrim=end_sample={samples}"
+    )
+
+
+def silence_input() -> list[str]:
+    """An input of endless stereo silence, for sources without audio."""
+    return ["-f", "lavfi", "-i", f"anullsrc=r={SAMPLE_RATE}:cl=stereo"]
+
+
+def segment_args(
+    *,
+    source: str,
+    has_audio: bool,
+    video_chain: str,
+    audio_filter: str,
+    frames: int,
+    fps: int,
+    video_out: str | None,
+    audio_out: str | None,
+) -> list[str]:
+    """One clip body: an exact-length video-only H.264 MP4 and/or a PCM WAV."""
+    args = ["-i", source]
+    audio_in = "0:a:0"
+    if not has_audio:
+        args += silence_input()
+        audio_in = "1:a:0"
+    graph = []
+    if video_out is not None:
+        graph.append(f"[0:v:0]{video_chain}[v]")
+    if audio_out is not None:
+        graph.append(f"[{audio_in}]{audio_filter}[a]")
+    args += ["-filter_complex", ";".join(graph)]
+    if video_out is not None:
+        args += ["-map", "[v]", *_segment_video_out(frames, fps), video_out]
+    if audio_out is not None:
+        args += ["-map", "[a]", *PCM, *BITEXACT, "-f", "wav", audio_out]
+    return args
+
+
+def crossfade_args(
+    *,
+    a: str,
+    a_has_audio: bool,
+    a_video: str,
+    a_audio: str,
+    b: str,
+    b_has_audio: bool,
+    b_video: str,
+    b_audio: str,
+    frames: int,
+    samples: int,
+    fps: int,
+    video_out: str,
+    audio_out: str,
+) -> list[str]:
+    """A crossfade: xfade of A's tail into B's head, and acrossfade of their audio."""
+    args = ["-i", a, "-i", b]
+    a_in, b_in = "0:a:0", "1:a:0"
+    if not (a_has_audio and b_has_audio):
+        args += silence_input()
+        a_in = a_in if a_has_audio else "2:a:0"
+        b_in = b_in if b_has_audio else "2:a:0"
+    seconds = frames / fps
+    graph = [
+        f"[0:v:0]{a_video}[va]",
+        f"[1:v:0]{b_video}[vb]",
+        f"[va][vb]xfade=transition=fade:duration={seconds!r}:offset=0,"
+        f"trim=end_frame={frames},format=yuv420p[v]",
+    ]
+    if a_in == b_in:  # both silent: one silence input cannot feed two chains
+        graph.append(f"[{a_in}]{a_audio}[a]")
+    else:
+        graph += [
+            f"[{a_in}]{a_audio}[aa]",
+            f"[{b_in}]{b_audio}[ab]",
+            f"[aa][ab]acrossfade=ns={samples}:c1=tri:c2=tri,apad=whole_len={samples},"
+            f"atrim=end_sample={samples}[a]",
+        ]
+    args += ["-filter_complex", ";".join(graph)]
+    args += ["-map", "[v]", *_segment_video_out(frames, fps), video_out]
+    args += ["-map", "[a]", *PCM, *BITEXACT, "-f", "wav", audio_out]
+    return args
+
+
+def _segment_video_out(frames: int, fps: int) -> list[str]:
+    """Output options shared by every conformed video segment."""
+    return [
+        *["-frames:v", str(frames), "-r", str(fps), *SEGMENT_VIDEO, "-an"],
+        *["-video_track_timescale", str(fps * 1000), *BITEXACT, "-f", "mp4"],
+    ]
+
+
+def join_args(*, video_list: str, audio: str, gain_db: float | None, out: str) -> list[str]:
+    """The film: video segments joined by stream copy, the audio encoded once to AAC.
+
+    `gain_db` is the loudness correction, a plain gain: it keeps the mix's dynamics and every
+    sample's timing (loudnorm's dynamic mode does neither, and runs 6x slower).
+    """
+    args = ["-f", "concat", "-safe", "0", "-i", video_list, "-i", audio]
+    args += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"]
+    if gain_db:
+        args += ["-af", f"volume={gain_db:.2f}dB"]
+    args += [*AAC, "-threads", "1", *BITEXACT, "-movflags", "+faststart", "-f", "mp4", out]
+    return args
+
+
+def loudness(path: Path) -> tuple[float, float]:
+    """Integrated loudness (LUFS) and true peak (dBTP) of a file's audio, by EBU R128.
+
+    Silence measures as -inf for both.
+    """
+    argv = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a:0"]
+    argv += ["-af", "ebur128=framelog=quiet:peak=true", "-f", "null", "-"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace")
+    except OSError as exc:
+        raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
+    integrated = re.findall(r"I:\s+(-?(?:\d+(?:\.\d+)?|inf)) LUFS", proc.stderr)
+    peak = re.findall(r"Peak:\s+(-?(?:\d+(?:\.\d+)?|inf)) dBFS", proc.stderr)
+    if proc.returncode != 0 or not integrated or not peak:
+        raise NodeFailed(f"{path}: cannot measure loudness: {_tail(proc.stderr, 4)}")
+    return float(integrated[-1]), float(peak[-1])
+
+
+def tag_args(*, src: str, comment: str, out: str) -> list[str]:
+    """Stream-copy remux that sets the file's comment (the provenance digest)."""
+    return [
+        *["-i", src, "-map", "0", "-c", "copy", *BITEXACT],
+        *["-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", out],
+    ]

@@ -1,0 +1,260 @@
+"""Film assembly with real ffmpeg: exact lengths, A/V sync, determinism, segment reuse."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from runner import ffmpeg
+from runner.assemble import Assembly, Clip, assemble, loudness_gain, tag
+from runner.errors import UserError
+from tests.conftest_media import (
+    DirCache,
+    audio_samples,
+    beep_onsets,
+    ff,
+    flash_onsets,
+    make_clip,
+    make_clips,
+    sha256,
+    video_frames,
+)
+
+FPS = 24
+FRAME = 1 / FPS
+
+
+def clip(path: Path, start: float = 0.0, end: float | None = None, fade: float = 0.0) -> Clip:
+    return Clip(path=path, digest=sha256(path), start=start, end=end, crossfade_in=fade)
+
+
+def build(
+    clips: list[Clip],
+    tmp: Path,
+    cache: DirCache,
+    name: str = "film.mp4",
+    *,
+    width: int = 160,
+    height: int = 90,
+    loudness_lufs: float | None = None,
+) -> tuple[Path, Assembly]:
+    dest = tmp / name
+    result = assemble(
+        clips,
+        width=width,
+        height=height,
+        fps=FPS,
+        loudness_lufs=loudness_lufs,
+        dest=dest,
+        cache=cache,
+        workdir=tmp / "work",
+    )
+    return dest, result
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Four 2 s clips with different beeps, one at another size and rate."""
+    d = tmp_path_factory.mktemp("sources")
+    return make_clips(
+        [
+            (d / "a.mp4", {"seconds": 2.0, "beep_hz": 440}),
+            (d / "b.mp4", {"seconds": 2.0, "beep_hz": 660}),
+            (d / "c.mp4", {"seconds": 2.0, "beep_hz": 880, "size": "320x240", "fps": 30}),
+            (d / "d.mp4", {"seconds": 2.0, "beep_hz": 990}),
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_100_clip_film_keeps_audio_within_one_frame_of_video(tmp_path: Path) -> None:
+    specs = [(tmp_path / f"src{i:03d}.mp4", {"beep_hz": 400 + 10 * i}) for i in range(100)]
+    clips = [clip(p) for p in make_clips(specs)]
+
+    started = time.perf_counter()
+    film, _ = build(clips, tmp_path, DirCache(tmp_path / "cache"))
+    print(f"assembled 100 clips in {time.perf_counter() - started:.2f} s")
+
+    frames = video_frames(film)
+    assert frames == 100 * FPS
+    samples = audio_samples(film, tmp_path)
+    assert abs(samples / 48000 - frames / FPS) < FRAME
+    flashes, beeps = flash_onsets(film), beep_onsets(film)
+    assert len(flashes) == len(beeps) == 100
+    for k, (seen, heard) in enumerate(zip(flashes, beeps, strict=True)):
+        assert abs(seen - k) < FRAME, f"clip {k} picture starts at {seen}"
+        assert abs(heard - seen) < FRAME, f"clip {k}: beep at {heard}, flash at {seen}"
+    assert abs(beeps[-1] - 99.0) < FRAME
+
+
+def test_film_has_exact_length_size_and_streams(sources: list[Path], tmp_path: Path) -> None:
+    a, b, c, _ = sources
+    clips = [clip(a), clip(b, start=0.5, end=1.5, fade=0.25), clip(c, fade=0.5)]
+    film, _ = build(clips, tmp_path, DirCache(tmp_path / "cache"))
+
+    info = ffmpeg.verify_video(film, None)
+    assert (info.width, info.height, info.fps) == (160, 90, 24.0)
+    assert info.codecs == ("h264", "aac") and info.pix_fmt == "yuv420p"
+    expected = (2.0 + 1.0 + 2.0 - 0.25 - 0.5) * FPS
+    assert info.frames == expected
+    assert audio_samples(film, tmp_path) == expected * 2000
+
+
+def test_identical_inputs_give_byte_identical_films(sources: list[Path], tmp_path: Path) -> None:
+    clips = [clip(sources[0], end=1.5), clip(sources[2], fade=0.5), clip(sources[1])]
+    first, _ = build(clips, tmp_path / "one", DirCache(tmp_path / "one" / "c"), loudness_lufs=-16)
+    second, _ = build(clips, tmp_path / "two", DirCache(tmp_path / "two" / "c"), loudness_lufs=-16)
+    assert sha256(first) == sha256(second)
+
+
+def test_a_second_assembly_reuses_every_segment(sources: list[Path], tmp_path: Path) -> None:
+    cache = DirCache(tmp_path / "cache")
+    clips = [clip(sources[0]), clip(sources[1], fade=0.5)]
+    first, result = build(clips, tmp_path, cache, "one.mp4")
+    assert len(cache.saved) == len(result.segments) == 6  # body, crossfade, body; video + audio
+    second, again = build(clips, tmp_path, cache, "two.mp4")
+    assert len(cache.saved) == 6 and again.rendered == []
+    assert sha256(first) == sha256(second)
+
+
+def test_changing_one_clip_reencodes_only_its_segments(sources: list[Path], tmp_path: Path) -> None:
+    a, b, c, d = sources
+    cache = DirCache(tmp_path / "cache")
+    _, before = build([clip(a), clip(b), clip(c, fade=0.5), clip(d)], tmp_path, cache)
+    cache.saved.clear()
+
+    changed = make_clip(tmp_path / "b2.mp4", seconds=2.0, beep_hz=770)
+    _, after = build([clip(a), clip(changed), clip(c, fade=0.5), clip(d)], tmp_path, cache)
+
+    # b's body and the crossfade b -> c, each a video and an audio segment; a, c and d reused.
+    assert len(cache.saved) == 4
+    assert sorted(cache.saved) == sorted(set(after.segments) - set(before.segments))
+
+
+def test_resizing_the_film_reuses_the_audio_segments(sources: list[Path], tmp_path: Path) -> None:
+    cache = DirCache(tmp_path / "cache")
+    clips = [clip(sources[0]), clip(sources[1])]
+    build(clips, tmp_path, cache)
+    cache.saved.clear()
+    build(clips, tmp_path, cache, width=320, height=180)
+    assert len(cache.saved) == 2  # two video segments; the audio did not change
+
+
+def test_trim_cuts_on_the_requested_frames(tmp_path: Path) -> None:
+    # Red for the first second, green for the second, blue for the third.
+    colours = "color=red:s=64x64:r=24:d=1[r];color=green:s=64x64:r=24:d=1[g];"
+    colours += "color=blue:s=64x64:r=24:d=1[b];[r][g][b]concat=n=3"
+    src = make_clip(tmp_path / "rgb.mp4", seconds=3.0, video=colours, beep_hz=None)
+    film, _ = build([clip(src, start=1.0, end=2.0)], tmp_path, DirCache(tmp_path / "c"))
+
+    assert video_frames(film) == FPS
+    ff("-loglevel", "error", "-i", str(film), "-frames:v", "1", str(tmp_path / "first.png"))
+    ffmpeg.extract_last_frame(film, tmp_path / "last.png")
+    for png in ("first.png", "last.png"):
+        pixel = Image.open(tmp_path / png).convert("RGB").getpixel((80, 45))
+        assert isinstance(pixel, tuple)
+        r, g, b = pixel[:3]
+        assert g > 100 and r < 60 and b < 60, (png, r, g, b)
+
+
+def test_source_without_audio_becomes_exact_silence(tmp_path: Path) -> None:
+    mute = make_clip(tmp_path / "mute.mp4", seconds=1.0, beep_hz=None)
+    film, _ = build([clip(mute)], tmp_path, DirCache(tmp_path / "c"))
+    assert ffmpeg.probe(film).has_audio
+    assert audio_samples(film, tmp_path) == 48000
+    err = ff("-i", str(film), "-af", "volumedetect", "-vn", "-f", "null", "-")
+    assert "max_volume: -91" in err
+
+
+def test_crossfade_blends_both_clips_audio(sources: list[Path], tmp_path: Path) -> None:
+    mute = make_clip(tmp_path / "mute.mp4", seconds=2.0, beep_hz=None)
+    clips = [clip(sources[0]), clip(mute, fade=0.5), clip(sources[1], fade=0.5)]
+    film, _ = build(clips, tmp_path, DirCache(tmp_path / "c"))
+    assert video_frames(film) == (6.0 - 1.0) * FPS
+    assert audio_samples(film, tmp_path) == 5 * 48000
+
+
+def test_loudness_normalisation_reaches_the_target(tmp_path: Path) -> None:
+    tone = make_clip(tmp_path / "tone.mp4", seconds=6.0, beep_hz=440, beep_seconds=6.0)
+    film, result = build([clip(tone)], tmp_path, DirCache(tmp_path / "c"), loudness_lufs=-20)
+    err = ff("-i", str(film), "-af", "ebur128", "-vn", "-f", "null", "-")
+    integrated = float(re.findall(r"I:\s+(-?\d+\.\d) LUFS", err)[-1])
+    assert abs(integrated - -20) < 2
+    assert any(arg.startswith("volume=") for arg in result.join_argv)
+    assert abs(audio_samples(film, tmp_path) / 48000 - video_frames(film) / FPS) < FRAME
+
+
+@pytest.mark.parametrize(
+    ("integrated", "peak", "target", "gain"),
+    [
+        (-20.0, -6.0, -16.0, 4.0),  # quiet film: raised to the target
+        (-10.0, -0.5, -16.0, -6.0),  # loud film: lowered to the target
+        (-30.0, -3.0, -16.0, 1.5),  # raising to -16 would clip: stops at the peak ceiling
+        (float("-inf"), float("-inf"), -16.0, None),  # silence stays silence
+    ],
+)
+def test_loudness_gain_reaches_the_target_within_the_peak_ceiling(
+    integrated: float, peak: float, target: float, gain: float | None
+) -> None:
+    assert loudness_gain(integrated, peak, target=target) == gain
+
+
+def test_join_argv_holds_no_absolute_paths(sources: list[Path], tmp_path: Path) -> None:
+    _, result = build([clip(sources[0])], tmp_path, DirCache(tmp_path / "c"))
+    assert result.join_argv[0] == "ffmpeg"
+    assert not [arg for arg in result.join_argv if arg.startswith(os.sep)]
+    assert result.ffmpeg_version == ffmpeg.ffmpeg_version()
+
+
+@pytest.mark.parametrize(
+    ("clips", "message"),
+    [
+        ([], "no clips"),
+        ([{"fade": 0.5}], "nothing to crossfade from"),
+        ([{"start": 1.5, "end": 1.0}], "not after start"),
+        ([{}, {"fade": 1.5}, {"fade": 1.0}], "too short for its crossfades"),
+        ([{"end": 9.0}], "past the end of the source"),
+    ],
+)
+def test_impossible_edits_are_user_errors(
+    sources: list[Path], tmp_path: Path, clips: list[dict[str, float]], message: str
+) -> None:
+    edit = [clip(sources[0], **kw) for kw in clips]
+    with pytest.raises(UserError, match=message):
+        build(edit, tmp_path, DirCache(tmp_path / "c"))
+
+
+def test_tag_adds_a_comment_by_stream_copy_deterministically(
+    sources: list[Path], tmp_path: Path
+) -> None:
+    film, _ = build([clip(sources[0])], tmp_path, DirCache(tmp_path / "c"))
+    tag(film, tmp_path / "one.mp4", "provenance sha256:abc123")
+    tag(film, tmp_path / "two.mp4", "provenance sha256:abc123")
+
+    assert sha256(tmp_path / "one.mp4") == sha256(tmp_path / "two.mp4")
+    report = ff("-i", str(tmp_path / "one.mp4"), "-f", "null", "-")
+    assert re.search(r"comment\s*: provenance sha256:abc123", report)
+
+    def packets(path: Path) -> str:
+        md5 = tmp_path / f"{path.stem}.md5"
+        ff(
+            "-loglevel",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0",
+            "-c",
+            "copy",
+            "-f",
+            "framemd5",
+            str(md5),
+        )
+        return md5.read_text()
+
+    assert packets(film) == packets(tmp_path / "one.mp4")

@@ -1,0 +1,166 @@
+"""The previz backend renders real, exact, byte-identical animatic clips, fast and offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from runner import ffmpeg
+from runner.backends.base import Backend, ShotRequest
+from runner.backends.previz import PrevizBackend
+from runner.errors import NodeFailed
+from tests.conftest_media import audio_samples, sha256
+
+PROMPT = """Riverbank at dusk; Mara kneels at the water's edge holding a paper lantern.
+
+Cinematography:
+Slow push-in, 50mm, handheld feel
+
+Actions:
+- 0-2s: she lights the lantern
+- 2-4s: she lets it drift onto the water"""
+
+
+def shot(**changes: object) -> ShotRequest:
+    base = ShotRequest(
+        film="The Lantern",
+        shot="river",
+        take=1,
+        model="previz",
+        prompt=PROMPT,
+        avoid=("logos",),
+        seconds=2.0,
+        width=320,
+        height=180,
+        fps=24,
+        seed=7,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def render(backend: PrevizBackend, request: ShotRequest, dest: Path) -> Path:
+    job = backend.submit(request)
+    assert backend.poll(job).state == "done"
+    backend.download(job, dest)
+    return dest
+
+
+def test_previz_speaks_the_backend_protocol(tmp_path: Path) -> None:
+    backend: Backend = PrevizBackend(tmp_path)
+    assert backend.name == "previz"
+    assert backend.price_per_second("previz", 1280, 720) == 0.0
+    caps = backend.capabilities("previz")
+    assert caps.sizes == () and caps.max_seconds == 60.0
+
+
+def test_clip_has_the_requested_size_rate_frames_and_audio(tmp_path: Path) -> None:
+    clip = render(PrevizBackend(tmp_path / "w"), shot(seconds=1.5, fps=30), tmp_path / "c.mp4")
+    info = ffmpeg.verify_video(clip, 1.5, 0.01)
+    assert (info.width, info.height, info.fps, info.frames) == (320, 180, 30.0, 45)
+    assert info.codecs == ("h264", "aac") and info.pix_fmt == "yuv420p"
+    assert info.sample_rate == 48000
+    assert audio_samples(clip, tmp_path) == 72000
+
+
+def test_same_request_gives_byte_identical_clips(tmp_path: Path) -> None:
+    one = render(PrevizBackend(tmp_path / "a"), shot(), tmp_path / "one.mp4")
+    two = render(PrevizBackend(tmp_path / "b"), shot(), tmp_path / "two.mp4")
+    assert sha256(one) == sha256(two)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"take": 2}, {"prompt": PROMPT + " More wind."}, {"seed": 8}, {"shot": "sky"}],
+)
+def test_anything_in_the_request_changes_the_job_and_the_bytes(
+    tmp_path: Path, change: dict[str, object]
+) -> None:
+    backend = PrevizBackend(tmp_path / "w")
+    assert backend.request(shot()) != backend.request(shot(**change))
+    assert backend.job_id(shot()) != backend.job_id(shot(**change))
+    one = render(backend, shot(), tmp_path / "one.mp4")
+    two = render(backend, shot(**change), tmp_path / "two.mp4")
+    assert sha256(one) != sha256(two)
+
+
+def test_request_leaves_out_the_image_path_but_the_job_hashes_its_bytes(tmp_path: Path) -> None:
+    first, moved, other = tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png"
+    Image.new("RGB", (64, 36), (200, 40, 40)).save(first)
+    Image.new("RGB", (64, 36), (200, 40, 40)).save(moved)
+    Image.new("RGB", (64, 36), (40, 40, 200)).save(other)
+    backend = PrevizBackend(tmp_path / "w")
+
+    assert "image" not in backend.request(shot(image=first))
+    assert backend.job_id(shot(image=first)) == backend.job_id(shot(image=moved))
+    assert backend.job_id(shot(image=first)) != backend.job_id(shot(image=other))
+    assert backend.job_id(shot(image=first)) != backend.job_id(shot())
+    clip = render(backend, shot(image=first), tmp_path / "with-image.mp4")
+    ffmpeg.verify_video(clip, 2.0, 0.01)
+
+
+def test_first_frame_image_shows_as_a_thumbnail(tmp_path: Path) -> None:
+    image = tmp_path / "ref.png"
+    Image.new("RGB", (640, 360), (250, 0, 0)).save(image)
+    clip = render(PrevizBackend(tmp_path / "w"), shot(image=image), tmp_path / "c.mp4")
+    ffmpeg.extract_last_frame(clip, tmp_path / "last.png")
+    with Image.open(tmp_path / "last.png") as frame:
+        pixel = frame.convert("RGB").getpixel((320 - 10 - 50, 10 + 25))
+    assert isinstance(pixel, tuple)
+    assert pixel[0] > 200 and pixel[1] < 60
+
+
+def test_tiny_odd_length_clip_renders(tmp_path: Path) -> None:
+    clip = render(
+        PrevizBackend(tmp_path / "w"), shot(width=64, height=64, seconds=0.1), tmp_path / "c.mp4"
+    )
+    assert ffmpeg.verify_video(clip, None).frames == 2
+
+
+def test_long_prompts_and_non_latin_text_render(tmp_path: Path) -> None:
+    long = shot(prompt=("Lanterns " * 400) + "\n灯笼 — ½ ünïcödé " + "x" * 300, film="Ж" * 80)
+    clip = render(PrevizBackend(tmp_path / "w"), long, tmp_path / "c.mp4")
+    ffmpeg.verify_video(clip, 2.0, 0.01)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"width": 321}, "width 321"),
+        ({"height": 32}, "height 32"),
+        ({"width": 4096}, "width 4096"),
+        ({"seconds": 0.0}, "seconds 0"),
+        ({"seconds": 61.0}, "seconds 61"),
+        ({"fps": 0}, "fps 0"),
+        ({"seconds": 0.01}, "less than one frame"),
+    ],
+)
+def test_check_names_what_previz_cannot_render(
+    tmp_path: Path, change: dict[str, object], problem: str
+) -> None:
+    backend = PrevizBackend(tmp_path)
+    assert backend.check(shot()) is None
+    message = backend.check(shot(**change))
+    assert message is not None and problem in message
+    with pytest.raises(NodeFailed, match=problem):
+        backend.submit(shot(**change))
+
+
+def test_unknown_job_polls_as_failed(tmp_path: Path) -> None:
+    backend = PrevizBackend(tmp_path)
+    assert backend.poll("nope").state == "failed"
+    with pytest.raises(NodeFailed):
+        backend.download("nope", tmp_path / "x.mp4")
+
+
+def test_previz_is_fast_enough_for_ci(tmp_path: Path) -> None:
+    backend = PrevizBackend(tmp_path / "w")
+    render(backend, shot(shot="warm-up"), tmp_path / "warm.mp4")
+    started = time.perf_counter()
+    for take in range(1, 6):
+        render(backend, shot(take=take), tmp_path / f"t{take}.mp4")
+    per_clip = (time.perf_counter() - started) / 5
+    assert per_clip < 1.0, f"{per_clip:.3f} s per 2 s 320x180 clip"
