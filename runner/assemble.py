@@ -12,8 +12,6 @@ measured gain (EBU R128 integrated loudness, capped by the true peak).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runner import ffmpeg
+from runner.digest import key_of
 from runner.errors import NodeFailed, UserError
 
 SEGMENT_VERSION = 1
@@ -194,12 +193,6 @@ def _check_edit(clips: list[Clip], film: _Film) -> None:
             raise UserError(f"{where}: the first clip has nothing to crossfade from")
 
 
-def _key(recipe: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a recipe."""
-    text = json.dumps(recipe, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _pieces(clips: list[Clip], film: _Film, version: str) -> list[_Piece]:
     """The film's pieces in order, each with the keys of its video and audio segments."""
     base = {"segment_version": SEGMENT_VERSION, "ffmpeg": version, "fps": film.fps}
@@ -222,10 +215,10 @@ def _pieces(clips: list[Clip], film: _Film, version: str) -> list[_Piece]:
                 "b": {"source": clip.digest, "first": trim(clip)["first"]},
             }
             pieces.append(
-                _Piece("crossfade", i, _key({**video, **xfade}), _key({**audio, **xfade}))
+                _Piece("crossfade", i, key_of({**video, **xfade}), key_of({**audio, **xfade}))
             )
         body = {"kind": "body", **trim(clip), "fade_in": fades[i], "fade_out": fades[i + 1]}
-        pieces.append(_Piece("body", i, _key({**video, **body}), _key({**audio, **body})))
+        pieces.append(_Piece("body", i, key_of({**video, **body}), key_of({**audio, **body})))
     return pieces
 
 

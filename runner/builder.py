@@ -41,6 +41,8 @@ def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) 
         nid = f"assets.{name}"
         nodes[nid] = Node(nid, "asset", "local", {"kind": "asset"}, path=str(path))
 
+    for name in manifest.limits:
+        _backend(name, f"{source}: limits.{name}")
     for shot_id, shot in manifest.shots.items():
         settings = compose.resolve(manifest, shot_id, profile)
         backend = _backend(settings.backend, f"{source}: shots.{shot_id}.backend")

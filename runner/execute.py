@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends import registry
-from runner.errors import NodeFailed
+from runner.errors import NodeFailed, UserError
 from runner.graph import Graph, Node
 from runner.plan import Plan, full_recipe, node_key
 from runner.store import SegmentCache, Store
@@ -73,7 +73,7 @@ class NodeJobs:
     def _run(self, node_id: str) -> None:
         try:
             self._make(self.graph.nodes[node_id])
-        except NodeFailed as err:
+        except (NodeFailed, UserError) as err:  # e.g. a trim longer than the rendered clip
             self._done.put((node_id, str(err)))
         except Exception as err:  # a bug or an environment problem: report, don't hang
             detail = traceback.format_exception_only(err)[-1].strip()

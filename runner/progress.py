@@ -27,7 +27,7 @@ class Progress:
             from rich.live import Live
 
             self.live = Live(
-                self._view(),
+                self,
                 console=Console(file=self.stream),
                 transient=True,
                 refresh_per_second=8,
@@ -60,19 +60,19 @@ class Progress:
                 self.live.console.print(line, markup=False, highlight=False)
             else:
                 print(line, file=self.stream, flush=True)
-        if self.live is not None:
-            self.live.update(self._view())
 
-    def _view(self) -> Any:
+    def __rich__(self) -> Any:
+        """The live view, rebuilt on every refresh so elapsed times tick."""
         from rich.table import Table
+        from rich.text import Text
 
         table = Table.grid(padding=(0, 2))
         now = time.monotonic()
         for nid, started in sorted(self.running.items()):
             node = self.graph.nodes[nid]
-            table.add_row("[yellow]rendering[/]", nid, node.pool, f"{now - started:.1f}s")
+            table.add_row(Text("rendering", "yellow"), nid, node.pool, f"{now - started:.1f}s")
         table.add_row(
-            f"[bold]{self.finished}/{self.total}[/]",
+            Text(f"{self.finished}/{self.total}", "bold"),
             "nodes finished",
             "",
             f"spend ${self.spend:.2f}",

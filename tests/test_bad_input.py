@@ -105,3 +105,7 @@ def test_unknown_profile(tmp_path: Path) -> None:
     result = runner("plan", film / "film.toml", "--profile", "final", cache=tmp_path / "c")
     assert result.returncode == 2
     assert "no [profiles.final]" in result.stderr
+
+
+def test_limits_for_an_unknown_backend(tmp_path: Path) -> None:
+    check(tmp_path, MINIMAL + "\n[limits.previs]\nconcurrency = 2\n", "limits.previs", "previz")

@@ -1,0 +1,44 @@
+"""The progress view: plain lines when not a terminal, a live rich view on one."""
+
+from __future__ import annotations
+
+import io
+
+from runner.graph import Graph, Node
+from runner.progress import Progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def graph() -> Graph:
+    nodes = {n: Node(n, "shot", "veo", {}, cost_usd=0.8) for n in ("shots.a", "shots.b")}
+    return Graph("T", 64, 64, 24, nodes, {})
+
+
+def run(stream: io.StringIO) -> str:
+    with Progress(graph(), stream) as progress:
+        progress("plan", "", "2")
+        progress("start", "shots.a", "")
+        progress("start", "shots.b", "")
+        progress("done", "shots.a", "")
+        progress("failed", "shots.b", "moderation: refused")
+    return stream.getvalue()
+
+
+def test_plain_lines_when_not_a_terminal() -> None:
+    lines = run(io.StringIO()).splitlines()
+    assert lines[0].startswith("[1/2] done    shots.a")
+    assert lines[1].startswith("[2/2] FAILED  shots.b") and lines[1].endswith(
+        ": moderation: refused"
+    )
+
+
+def test_live_view_on_a_terminal_shows_state_counts_and_spend() -> None:
+    text = run(Terminal())
+    assert "rendering" in text and "shots.b" in text
+    assert "spend $0.80" in text
+    assert "[2/2] FAILED  shots.b" in text
+    assert "[bold]" not in text and "[yellow]" not in text  # markup rendered, not printed
