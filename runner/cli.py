@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"runner: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `runner graph | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("runner: interrupted; finished nodes are cached", file=sys.stderr)
         return 130

@@ -25,7 +25,7 @@ PROVENANCE_VERSION = 1
 TAG_VERSION = 1
 
 
-def build(project: Project, digests: dict[str, str]) -> dict[str, Any]:
+def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None) -> dict[str, Any]:
     graph = project.graph
     nodes: list[dict[str, Any]] = []
     spend = 0.0
@@ -75,7 +75,7 @@ def build(project: Project, digests: dict[str, str]) -> dict[str, Any]:
         "runner": __version__,
         "manifest": {"path": _repo_path(project.manifest_path), "sha256": project.manifest_sha256},
         "profile": project.profile,
-        "git": _git(project.manifest_path),
+        "git": git,
         "film": {
             "title": graph.title,
             "size": f"{graph.width}x{graph.height}",
@@ -92,13 +92,12 @@ def publish(project: Project, digests: dict[str, str]) -> tuple[Path, Path]:
     """Write out/<stem>.provenance.json and out/<stem>.mp4 (the edit tagged with its digest)."""
     from runner import assemble
 
-    record = build(project, digests)
-    text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-    prov_sha = hashlib.sha256(text.encode()).hexdigest()
+    store = project.store
+    text = _record_text(project, digests)
+    prov_sha = hashlib.sha256(text).hexdigest()
     out = project.out_dir
     film = out / f"{project.stem}.mp4"
     prov = out / f"{project.stem}.provenance.json"
-    store = project.store
     tag_key = key_of({"kind": "tag", "v": TAG_VERSION, "edit": digests["edit"], "prov": prov_sha})
     tagged = store.lookup(tag_key)
     if tagged is None:
@@ -110,7 +109,7 @@ def publish(project: Project, digests: dict[str, str]) -> tuple[Path, Path]:
     else:
         digest = tagged["output"]
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(prov, text.encode())
+    write_atomic(prov, text)
     if not (
         film.is_file()
         and film.stat().st_size == store.blob(digest).stat().st_size
@@ -120,6 +119,40 @@ def publish(project: Project, digests: dict[str, str]) -> tuple[Path, Path]:
         shutil.copyfile(store.blob(digest), tmp)  # a copy: editing out/ never touches the cache
         os.replace(tmp, film)
     return film, prov
+
+
+def _record_text(project: Project, digests: dict[str, str]) -> bytes:
+    """The provenance record's bytes, cached under everything it is made from.
+
+    Building it reads every node's cache record; a no-op render of a big film skips that.
+    """
+    store = project.store
+    git = _git(project.manifest_path)
+    parts = {
+        nid: node_key(node, digests) if node.kind != "asset" else digests[nid]
+        for nid, node in project.graph.nodes.items()
+    }
+    key = key_of(
+        {
+            "kind": "provenance",
+            "v": PROVENANCE_VERSION,
+            "runner": __version__,
+            "manifest": [_repo_path(project.manifest_path), project.manifest_sha256],
+            "profile": project.profile,
+            "git": git,
+            "nodes": parts,
+        }
+    )
+    cached = store.lookup(key)
+    if cached is not None:
+        return store.blob(cached["output"]).read_bytes()
+    record = build(project, digests, git)
+    text = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    with store.workdir() as work:
+        (work / "provenance.json").write_bytes(text)
+        digest = store.put(work / "provenance.json")
+    store.record(key, {"kind": "provenance", "output": digest})
+    return text
 
 
 def _repo_path(path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ def render(project: Project, *, keep_going: bool, report: Report) -> RenderResul
 def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) -> None:
     """Update the build log (key and output per node) and the recipes that explain it."""
     state = project.state()
+    before = json.dumps(state, sort_keys=True)
     built, failed = state["built"], state["failed"]
     recipes = project.recipes()
     changed: dict[str, dict[str, Any]] = {}
@@ -107,5 +109,6 @@ def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) ->
         changed[nid] = jobs.recipes[nid]
         failed.pop(nid, None)
     failed.update(outcome.failed)
-    project.save_state(state)
+    if json.dumps(state, sort_keys=True) != before:
+        project.save_state(state)
     recipes.save(changed)
