@@ -89,7 +89,7 @@ def _open(args: argparse.Namespace) -> Project:
     from runner.project import Project, default_manifest
 
     project = Project.open(args.film or default_manifest(), args.cache_dir, args.profile)
-    registry.set_scratch(project.store.tmp / "backends")
+    registry.configure(project.store.tmp / "backends", project.tool_config().get("backends", {}))
     return project
 
 
@@ -120,7 +120,12 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     project = _open(args)
     with Progress(project.graph) as progress:
-        result = render(project, keep_going=args.keep_going, report=progress)
+        result = render(
+            project,
+            keep_going=args.keep_going,
+            rerender_expired=args.rerender_expired,
+            report=progress,
+        )
     out = result.outcome
     rendered = len(out.done)
     print(

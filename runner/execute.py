@@ -18,10 +18,11 @@ from typing import Any
 from runner.backends import registry
 from runner.errors import NodeFailed, UserError
 from runner.graph import Graph, Node
+from runner.job import PoolPause, ShotJob
+from runner.journal import Journal
 from runner.plan import Plan, full_recipe, node_key
+from runner.scheduler import Retry
 from runner.store import SegmentCache, Store
-
-POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
 
 
 def _now() -> str:
@@ -31,15 +32,25 @@ def _now() -> str:
 class NodeJobs:
     """Runs graph nodes in threads; completions come back through wait()."""
 
-    def __init__(self, graph: Graph, plan: Plan, store: Store, workers: int) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        plan: Plan,
+        store: Store,
+        workers: int,
+        *,
+        rerender_expired: bool = False,
+    ) -> None:
         self.graph = graph
         self.store = store
+        self.journal = Journal(store.root / "journal")
+        self.rerender_expired = rerender_expired
         self.digests: dict[str, str] = {
             d.id: d.output for d in plan.decisions.values() if d.output is not None
         }
         self.records: dict[str, dict[str, Any]] = {}
         self.recipes: dict[str, dict[str, Any]] = {}
-        self._done: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self._done: queue.Queue[tuple[str, str | Retry | None]] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="node")
 
     def close(self) -> None:
@@ -50,6 +61,13 @@ class NodeJobs:
         recipe = full_recipe(node, self.digests)
         self.recipes[node_id] = recipe
         return node_key(node, self.digests), recipe
+
+    def journaled(self, node_id: str) -> bool:
+        """A previous run sent this node's create (its key is known only once inputs are)."""
+        node = self.graph.nodes[node_id]
+        if node.kind != "shot" or any(dep not in self.digests for dep in node.deps):
+            return False
+        return self.journal.get(node_key(node, self.digests)) is not None
 
     def fresh(self, node_id: str) -> bool:
         """True when the node's output is already cached, now that its inputs are known."""
@@ -64,7 +82,7 @@ class NodeJobs:
     def start(self, node_id: str) -> None:
         self._pool.submit(self._run, node_id)
 
-    def wait(self, timeout: float | None) -> tuple[str, str | None] | None:
+    def wait(self, timeout: float | None) -> tuple[str, str | Retry | None] | None:
         try:
             return self._done.get(timeout=timeout)
         except queue.Empty:
@@ -75,6 +93,8 @@ class NodeJobs:
             self._make(self.graph.nodes[node_id])
         except (NodeFailed, UserError) as err:  # e.g. a trim longer than the rendered clip
             self._done.put((node_id, str(err)))
+        except PoolPause as err:
+            self._done.put((node_id, Retry(str(err), err.after)))
         except Exception as err:  # a bug or an environment problem: report, don't hang
             detail = traceback.format_exception_only(err)[-1].strip()
             self._done.put((node_id, f"internal error: {detail}"))
@@ -87,7 +107,7 @@ class NodeJobs:
         record: dict[str, Any] = {"node": node.id, "kind": node.kind, "started": _now()}
         with self.store.workdir() as work:
             if node.kind == "shot":
-                output = self._shot(node, work, record)
+                output = self._shot(node, key, work, record)
             elif node.kind == "frame":
                 output = self._frame(node, work)
             elif node.kind == "edit":
@@ -112,25 +132,26 @@ class NodeJobs:
             return Path(upstream.path)
         return self.store.blob(self.digests[upstream.id])
 
-    def _shot(self, node: Node, work: Path, record: dict[str, Any]) -> Path:
+    def _shot(self, node: Node, key: str, work: Path, record: dict[str, Any]) -> Path:
         from runner import ffmpeg
 
         backend = registry.get(node.pool)
         image = self._input(node, "image") if "image" in node.inputs else None
         request = node.request(image)
-        job_id = backend.submit(request)
-        record.update(backend=node.pool, model=request.model, job_id=job_id)
-        while True:
-            status = backend.poll(job_id)
-            if status.state == "done":
-                break
-            if status.state == "failed":
-                raise NodeFailed(f"{node.id}: {node.pool} refused the job: {status.error}")
-            time.sleep(status.poll_after or POLL_DEFAULT)
-        dest = work / "video.mp4"
-        backend.download(job_id, dest)
+        record.update(backend=node.pool, model=request.model)
         # Hosted models round lengths; allow a frame and a little more, never a wrong shot.
-        ffmpeg.verify_video(dest, request.seconds, tolerance=max(0.25, 2.0 / request.fps))
+        tolerance = max(0.25, 2.0 / request.fps)
+        dest = work / "video.mp4"
+        job = ShotJob(
+            node.id,
+            key,
+            backend,
+            request,
+            self.journal,
+            verify=lambda path: ffmpeg.verify_video(path, request.seconds, tolerance=tolerance),
+            rerender_expired=self.rerender_expired,
+        )
+        record["job_id"] = job.run(dest)
         record["cost_usd"] = node.cost_usd
         return dest
 

@@ -47,6 +47,9 @@ class Progress:
             self.total = int(detail)
         elif event == "start":
             self.running[node_id] = time.monotonic()
+        elif event == "retry":  # rate limited: the node waits for its pool to resume
+            self.running.pop(node_id, None)
+            self._print(f"rate limited: {node_id} waits ({detail})")
         else:
             started = self.running.pop(node_id, None)
             self.finished += 1
@@ -56,10 +59,13 @@ class Progress:
             line = f"[{self.finished}/{self.total}] {FINAL[event]:7} {node_id}{took}"
             if detail:
                 line += f": {detail}"
-            if self.live is not None:
-                self.live.console.print(line, markup=False, highlight=False)
-            else:
-                print(line, file=self.stream, flush=True)
+            self._print(line)
+
+    def _print(self, line: str) -> None:
+        if self.live is not None:
+            self.live.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=self.stream, flush=True)
 
     def __rich__(self) -> Any:
         """The live view, rebuilt on every refresh so elapsed times tick."""

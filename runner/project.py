@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,18 @@ class Project:
             graph = _compile(manifest_path, profile)
             write_atomic(compiled_path, pickle.dumps((compiled_key, graph)))
         return cls(manifest_path, film_dir, store, graph, profile, film_id, manifest_sha)
+
+    def tool_config(self) -> dict[str, Any]:
+        """[tool.runner] from the pyproject.toml at the root of the film's repository."""
+        path = find_root(self.film_dir.resolve()) / "pyproject.toml"
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{path}: cannot read [tool.runner]: {err}") from None
+        config = data.get("tool", {}).get("runner", {})
+        return config if isinstance(config, dict) else {}
 
     def state(self) -> dict[str, Any]:
         """The build log: {"built": {node: {"key", "output"}}, "failed": {node: message}}."""

@@ -48,7 +48,9 @@ def pools_for(project: Project, names: set[str]) -> dict[str, Pool]:
     return pools
 
 
-def render(project: Project, *, keep_going: bool, report: Report) -> RenderResult:
+def render(
+    project: Project, *, keep_going: bool, report: Report, rerender_expired: bool = False
+) -> RenderResult:
     graph = project.graph
     plan = project.plan()
     todo = [d.id for d in plan.decisions.values() if d.status != CACHED]
@@ -64,7 +66,16 @@ def render(project: Project, *, keep_going: bool, report: Report) -> RenderResul
     ]
     report("plan", "", str(len(tasks)))
     pools = pools_for(project, {t.pool for t in tasks})
-    jobs = NodeJobs(graph, plan, project.store, workers=sum(p.concurrency for p in pools.values()))
+    jobs = NodeJobs(
+        graph,
+        plan,
+        project.store,
+        workers=sum(p.concurrency for p in pools.values()),
+        rerender_expired=rerender_expired,
+    )
+    # Jobs a killed run sent go first: they are paid for and already use provider slots.
+    sent = {nid for nid in todo if jobs.journaled(nid)}
+    tasks.sort(key=lambda t: t.id not in sent)
     try:
         outcome = schedule(
             tasks,

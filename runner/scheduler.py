@@ -9,12 +9,22 @@ fake clock and a fake backend.
 from __future__ import annotations
 
 import heapq
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 WINDOW = 60.0  # seconds: the window `rpm` counts in
+MAX_RETRIES = 20  # rate-limit pauses of one node before it fails
+
+
+@dataclass
+class Retry:
+    """A job's answer meaning "rate limited, try again": pause the whole pool."""
+
+    reason: str
+    after: float | None = None  # the provider's Retry-After; None: exponential backoff
 
 
 @dataclass
@@ -26,14 +36,24 @@ class Pool:
     running: int = 0
     committed_usd: float = 0.0  # spent plus in flight
     starts: deque[float] = field(default_factory=deque)
+    paused_until: float = 0.0  # a 429 pauses every start in the pool until then
+    pauses: int = 0  # rate-limit pauses in a row, for the backoff
 
     def rate_wait(self, now: float) -> float:
-        """Seconds until another start fits in the rpm window (0: now)."""
+        """Seconds until another start is allowed (0: now)."""
+        if now < self.paused_until:
+            return self.paused_until - now
         while self.starts and self.starts[0] <= now - WINDOW:
             self.starts.popleft()
         if self.rpm is None or len(self.starts) < self.rpm:
             return 0.0
         return self.starts[0] + WINDOW - now
+
+    def pause(self, now: float, after: float | None, jitter: float) -> None:
+        """Stop starting jobs for Retry-After seconds, else back off 1, 2, 4 ... 60 s."""
+        self.pauses += 1
+        delay = after if after is not None else min(60.0, 2.0 ** (self.pauses - 1)) * jitter
+        self.paused_until = max(self.paused_until, now + delay)
 
     def affordable(self, cost: float) -> bool:
         if self.max_cost_usd is None:
@@ -50,8 +70,9 @@ class Jobs(Protocol):
 
     def start(self, node_id: str) -> None: ...
 
-    def wait(self, timeout: float | None) -> tuple[str, str | None] | None:
-        """(node id, error message or None) for one finished job; None after timeout."""
+    def wait(self, timeout: float | None) -> tuple[str, str | Retry | None] | None:
+        """(node id, None on success, an error message, or Retry) for one finished job;
+        None after timeout."""
         ...
 
 
@@ -87,6 +108,7 @@ def schedule(
     fresh: Callable[[str], bool] = lambda _: False,
     keep_going: bool = False,
     report: Report = lambda *_: None,
+    jitter: Callable[[], float] = lambda: random.uniform(0.5, 1.0),
 ) -> Outcome:
     """Run tasks (given in topological order) respecting deps and pools."""
     out = Outcome()
@@ -101,6 +123,7 @@ def schedule(
     heapq.heapify(ready)
     running = 0
     stopping = False
+    retries: dict[str, int] = {}
 
     def skip_dependents(node_id: str, why: str) -> None:
         stack = list(dependents[node_id])
@@ -160,9 +183,20 @@ def schedule(
             continue
         node_id, error = result
         task = by_id[node_id]
-        pools[task.pool].running -= 1
+        pool = pools[task.pool]
+        pool.running -= 1
         running -= 1
+        if isinstance(error, Retry):
+            pool.committed_usd -= task.cost_usd
+            retries[node_id] = retries.get(node_id, 0) + 1
+            if retries[node_id] <= MAX_RETRIES:
+                pool.pause(clock.now(), error.after, jitter())
+                report("retry", node_id, error.reason)
+                heapq.heappush(ready, rank[node_id])
+                continue
+            error = f"rate limited {MAX_RETRIES} times: {error.reason}"
         if error is None:
+            pool.pauses = 0
             out.done.append(node_id)
             report("done", node_id, "")
             finished(node_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 
-from runner.scheduler import WINDOW, Outcome, Pool, Task, schedule
+from runner.scheduler import MAX_RETRIES, WINDOW, Outcome, Pool, Retry, Task, schedule
 
 
 class FakeClock:
@@ -25,6 +25,7 @@ class FakeJobs:
         pool_of: dict[str, str],
         seconds: float = 10.0,
         fail: frozenset[str] = frozenset(),
+        limited: dict[str, list[float | None]] | None = None,
     ) -> None:
         self.clock = clock
         self.pool_of = pool_of
@@ -36,15 +37,22 @@ class FakeJobs:
         self.in_flight: dict[str, int] = {}
         self.max_in_flight: dict[str, int] = {}
         self.events: list[tuple[str, str]] = []
+        self.limited = limited or {}  # node -> Retry-After of each 429 its creates get
 
     def start(self, node_id: str) -> None:
         pool = self.pool_of[node_id]
+        if self.limited.get(node_id):  # the provider answers 429 at once
+            after = self.limited[node_id].pop(0)
+            self.starts.append((self.clock.t, node_id))
+            self.in_flight[pool] = self.in_flight.get(pool, 0) + 1
+            heapq.heappush(self.heap, (self.clock.t, f"429:{after}:{node_id}"))
+            return
         self.in_flight[pool] = self.in_flight.get(pool, 0) + 1
         self.max_in_flight[pool] = max(self.max_in_flight.get(pool, 0), self.in_flight[pool])
         self.starts.append((self.clock.t, node_id))
         heapq.heappush(self.heap, (self.clock.t + self.seconds, node_id))
 
-    def wait(self, timeout: float | None) -> tuple[str, str | None] | None:
+    def wait(self, timeout: float | None) -> tuple[str, str | Retry | None] | None:
         if not self.heap:
             assert timeout is not None, "the loop waited forever with nothing running"
             self.clock.t += timeout
@@ -55,6 +63,12 @@ class FakeJobs:
             return None
         heapq.heappop(self.heap)
         self.clock.t = max(self.clock.t, finish)
+        if node_id.startswith("429:"):
+            _, after, node_id = node_id.split(":", 2)
+            self.in_flight[self.pool_of[node_id]] -= 1
+            return node_id, Retry(
+                "429 Too Many Requests", None if after == "None" else float(after)
+            )
         self.in_flight[self.pool_of[node_id]] -= 1
         self.ends[node_id] = self.clock.t
         return node_id, ("moderation: refused" if node_id in self.fail else None)
@@ -66,9 +80,10 @@ def run(
     fail: frozenset[str] = frozenset(),
     keep_going: bool = False,
     fresh: Callable[[str], bool] = lambda _: False,
+    limited: dict[str, list[float | None]] | None = None,
 ) -> tuple[Outcome, FakeJobs]:
     clock = FakeClock()
-    jobs = FakeJobs(clock, {t.id: t.pool for t in tasks}, fail=fail)
+    jobs = FakeJobs(clock, {t.id: t.pool for t in tasks}, fail=fail, limited=limited)
     outcome = schedule(
         tasks,
         pools,
@@ -77,6 +92,7 @@ def run(
         fresh=fresh,
         keep_going=keep_going,
         report=lambda e, n, d: jobs.events.append((e, n)),
+        jitter=lambda: 1.0,
     )
     return outcome, jobs
 
@@ -144,3 +160,26 @@ def test_fresh_nodes_are_not_started() -> None:
     outcome, jobs = run(tasks, {"p": Pool("p", 1)}, fresh=lambda nid: nid == "b")
     assert outcome.cached == ["b"]
     assert [n for _, n in jobs.starts] == ["a"]
+
+
+def test_a_429_pauses_the_whole_pool_for_retry_after() -> None:
+    tasks = [Task(f"s{i}", "openai", []) for i in range(4)]
+    outcome, jobs = run(tasks, {"openai": Pool("openai", 1)}, limited={"s1": [30.0]})
+    assert sorted(outcome.done) == ["s0", "s1", "s2", "s3"]
+    starts = [(t, n) for t, n in jobs.starts]
+    # s0 runs 0-10; s1 is refused at 10; nothing starts until 40; then s1 again.
+    assert starts[:3] == [(0.0, "s0"), (10.0, "s1"), (40.0, "s1")]
+    assert ("retry", "s1") in jobs.events
+
+
+def test_without_retry_after_the_pause_backs_off_exponentially() -> None:
+    tasks = [Task("s0", "veo", [])]
+    outcome, jobs = run(tasks, {"veo": Pool("veo", 4)}, limited={"s0": [None, None, None]})
+    assert outcome.done == ["s0"]
+    assert [t for t, _ in jobs.starts] == [0.0, 1.0, 3.0, 7.0]  # pauses of 1, 2, 4 s
+
+
+def test_a_node_rate_limited_too_often_fails() -> None:
+    tasks = [Task("s0", "veo", [])]
+    outcome, _ = run(tasks, {"veo": Pool("veo", 1)}, limited={"s0": [0.0] * (MAX_RETRIES + 1)})
+    assert "rate limited" in outcome.failed["s0"]

@@ -37,6 +37,41 @@ class Capabilities:
     negative_prompt: bool = False
 
 
+class BackendError(Exception):
+    """A provider's failure, classified so the runner knows whether to retry."""
+
+
+class Refused(BackendError):
+    """The provider refused the request (content policy, invalid request, unknown model).
+
+    The message is the provider's own, made clear; never retried.
+    """
+
+
+class RateLimited(BackendError):
+    """429: the runner pauses the backend's whole pool for `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Transient(BackendError):
+    """5xx, timeouts, dropped connections: retried by the runner with backoff.
+
+    `sent` is True when a create may have reached the provider (the runner reconciles with
+    `find` before sending it again).
+    """
+
+    def __init__(self, message: str, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class Expired(BackendError):
+    """The provider no longer has the job's content; re-rendered only with --rerender-expired."""
+
+
 @dataclass
 class JobStatus:
     """A provider's answer to a poll."""
@@ -66,7 +101,13 @@ class Backend(Protocol):
         ...
 
     def submit(self, shot: ShotRequest) -> str:
-        """Start a job; return the provider's job id."""
+        """Send exactly one create request (no retries inside: the runner retries, journaled);
+        return the provider's job id."""
+        ...
+
+    def find(self, shot: ShotRequest, since: float) -> str | None:
+        """The id of a job created for this shot's request at or after `since` (Unix time), if
+        the provider lists one: reconciles a create that was sent but got no answer."""
         ...
 
     def poll(self, job_id: str) -> JobStatus: ...

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +43,8 @@ class PrevizBackend:
     name = "previz"
     default_model = "previz"
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+    def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
+        self.workdir = workdir  # previz takes no configuration
 
     def capabilities(self, model: str) -> Capabilities:
         """Any even size from 64 to 3840, any length up to 60 s (see `check` for the bounds)."""
@@ -110,6 +111,11 @@ class PrevizBackend:
         if not out.is_file():
             render(shot, out, self.workdir, noise_seed=int(job[:8], 16))
         return job
+
+    def find(self, shot: ShotRequest, since: float) -> str | None:
+        """A clip already rendered for this request (previz jobs are named by their request)."""
+        job = self.job_id(shot)
+        return job if self._job_path(job).is_file() else None
 
     def poll(self, job_id: str) -> JobStatus:
         """Done once rendered; there is never anything to wait for."""

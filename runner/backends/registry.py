@@ -6,26 +6,34 @@ import importlib
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from runner.backends.base import Backend, Capabilities
 
 __all__ = ["Backend", "Capabilities", "get", "media_version", "names"]
 
-# name -> "module:Class"; a backend's constructor takes the scratch folder for its jobs.
+# name -> "module:Class". A backend's constructor takes the scratch folder for its jobs and
+# its table from pyproject.toml [tool.runner.backends.NAME] (connection overrides, capability
+# and price tables for gateways); secrets in it are used, never written anywhere.
 _BACKENDS = {
     "previz": "runner.backends.previz:PrevizBackend",
+    "openai": "runner.backends.openai:OpenAIBackend",
+    "veo": "runner.backends.veo:VeoBackend",
 }
 _scratch: Path = Path(".cache") / "tmp"
+_config: dict[str, Any] = {}
 
 
 def names() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def set_scratch(path: Path) -> None:
-    """Where backends write jobs in progress (inside the cache, so renames are atomic)."""
-    global _scratch
-    _scratch = path
+def configure(scratch: Path, config: dict[str, Any]) -> None:
+    """Where backends write jobs in progress (inside the cache, so renames are atomic), and
+    the [tool.runner.backends] tables."""
+    global _scratch, _config
+    _scratch = scratch
+    _config = config
     get.cache_clear()
 
 
@@ -34,7 +42,7 @@ def get(name: str) -> Backend:
     """The backend called `name`; KeyError when there is none."""
     module_name, _, class_name = _BACKENDS[name].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    backend: Backend = cls(_scratch / name)
+    backend: Backend = cls(_scratch / name, dict(_config.get(name, {})))
     return backend
 
 

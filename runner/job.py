@@ -1,0 +1,167 @@
+"""One shot's job on its backend: submit (journaled, retried), poll, download, verify.
+
+Retries live here, not in the providers' SDKs, so the journal sees every create: a create that
+may have reached the provider is reconciled (`Backend.find`) before it is sent again. A 429 is
+handed back to the scheduler, which pauses the backend's whole pool.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.backends.base import (
+    Backend,
+    Expired,
+    RateLimited,
+    Refused,
+    ShotRequest,
+    Transient,
+)
+from runner.errors import NodeFailed
+from runner.journal import Journal
+
+SUBMIT_ATTEMPTS = 5
+POLL_ERRORS = 8  # transient poll failures in a row before the node fails (the job lives on)
+DOWNLOAD_ATTEMPTS = 3
+POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
+RECONCILE_SLACK = 5.0  # seconds: clocks of runner and provider differ
+
+
+class PoolPause(Exception):
+    """The provider rate-limited a create: pause the pool, then try the node again."""
+
+    def __init__(self, message: str, after: float | None) -> None:
+        super().__init__(message)
+        self.after = after
+
+
+def backoff(attempt: int, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter: 1, 2, 4 ... seconds, capped."""
+    return random.uniform(0.5, 1.0) * min(cap, 2.0**attempt)
+
+
+@dataclass
+class ShotJob:
+    node: str
+    key: str
+    backend: Backend
+    request: ShotRequest
+    journal: Journal
+    verify: Callable[[Path], object]  # raises NodeFailed when the file is not the shot
+    rerender_expired: bool = False
+    sleep: Callable[[float], None] = time.sleep
+
+    def run(self, dest: Path) -> str:
+        """Make the shot's video at dest; returns the provider's job id."""
+        job_id = self._resume() or self._submit()
+        try:
+            self._wait(job_id)
+            self._download(job_id, dest)
+        except Expired as err:
+            if not self.rerender_expired:
+                raise NodeFailed(
+                    f"{self.node}: {self.backend.name} no longer has job {job_id} ({err}); "
+                    "run again with --rerender-expired to render (and pay for) it again"
+                ) from None
+            self.journal.clear(self.key)
+            job_id = self._submit()
+            self._wait(job_id)
+            self._download(job_id, dest)
+        self.journal.clear(self.key)
+        return job_id
+
+    def _resume(self) -> str | None:
+        """A job a killed run already sent for this key, if any."""
+        entry = self.journal.get(self.key)
+        if entry is None:
+            return None
+        if entry.get("job_id"):
+            return str(entry["job_id"])
+        return self._reconcile(float(entry.get("sent_at", 0.0)))
+
+    def _reconcile(self, sent_at: float) -> str | None:
+        try:
+            found = self.backend.find(self.request, sent_at - RECONCILE_SLACK)
+        except (Transient, RateLimited) as err:
+            # Not knowing is not the same as "no job": never risk paying twice.
+            raise NodeFailed(
+                f"{self.node}: cannot check whether an earlier create reached "
+                f"{self.backend.name} ({err}); run again to retry"
+            ) from None
+        if found:
+            self.journal.submitted(self.key, found)
+        return found
+
+    def _submit(self) -> str:
+        for attempt in range(SUBMIT_ATTEMPTS):
+            sent_at = self.journal.sending(self.key, self.node, self.backend.name)
+            try:
+                job_id = self.backend.submit(self.request)
+            except RateLimited as err:
+                self.journal.clear(self.key)  # rejected: nothing was created
+                raise PoolPause(str(err), err.retry_after) from None
+            except Refused as err:
+                self.journal.clear(self.key)
+                raise NodeFailed(f"{self.node}: {self.backend.name} refused: {err}") from None
+            except Transient as err:
+                if err.sent:
+                    found = self._reconcile(sent_at)
+                    if found:
+                        return found
+                if attempt + 1 == SUBMIT_ATTEMPTS:
+                    self.journal.clear(self.key)
+                    raise NodeFailed(
+                        f"{self.node}: {self.backend.name} failed {SUBMIT_ATTEMPTS} times: {err}"
+                    ) from None
+                self.sleep(backoff(attempt))
+                continue
+            self.journal.submitted(self.key, job_id)
+            return job_id
+        raise AssertionError("unreachable")
+
+    def _wait(self, job_id: str) -> None:
+        errors = 0
+        while True:
+            try:
+                status = self.backend.poll(job_id)
+            except RateLimited as err:
+                self.sleep(err.retry_after or backoff(errors))
+                continue
+            except Transient as err:
+                errors += 1
+                if errors >= POLL_ERRORS:
+                    raise NodeFailed(
+                        f"{self.node}: cannot poll {self.backend.name} job {job_id} ({err}); "
+                        "the job is journaled: run again to resume it without paying again"
+                    ) from None
+                self.sleep(backoff(errors))
+                continue
+            errors = 0
+            if status.state == "done":
+                return
+            if status.state == "failed":
+                self.journal.clear(self.key)
+                raise NodeFailed(f"{self.node}: {self.backend.name} refused: {status.error}")
+            self.sleep(status.poll_after if status.poll_after is not None else POLL_DEFAULT)
+
+    def _download(self, job_id: str, dest: Path) -> None:
+        """Download until the video verifies: a truncated file is fetched again, never bought."""
+        problem = ""
+        for attempt in range(DOWNLOAD_ATTEMPTS):
+            try:
+                self.backend.download(job_id, dest)
+                self.verify(dest)
+                return
+            except (Transient, RateLimited, NodeFailed) as err:
+                problem = str(err)
+                dest.unlink(missing_ok=True)
+                self.sleep(backoff(attempt, cap=10.0))
+        raise NodeFailed(
+            f"{self.node}: download of {self.backend.name} job {job_id} failed "
+            f"{DOWNLOAD_ATTEMPTS} times ({problem}); the job is journaled: run again to retry "
+            "the download without paying again"
+        )

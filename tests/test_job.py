@@ -1,0 +1,185 @@
+"""One shot's job against a scripted backend: the journal never lets a create be paid twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.backends.base import (
+    Capabilities,
+    Expired,
+    JobStatus,
+    RateLimited,
+    Refused,
+    ShotRequest,
+    Transient,
+)
+from runner.errors import NodeFailed
+from runner.job import PoolPause, ShotJob
+from runner.journal import Journal
+
+REQUEST = ShotRequest("F", "river", 1, "m", "a river", (), 4.0, 64, 64, 24, None)
+
+
+class Scripted:
+    """A backend whose answers are scripted per call; it counts creates like a provider."""
+
+    name = "scripted"
+    default_model = "m"
+
+    def __init__(self) -> None:
+        self.creates = 0
+        self.jobs: list[str] = []
+        self.submit_errors: list[Exception] = []
+        self.polls: list[JobStatus | Exception] = []
+        self.downloads: list[bytes | Exception] = []
+
+    def capabilities(self, model: str) -> Capabilities:
+        return Capabilities(sizes=(), seconds=())
+
+    def price_per_second(self, model: str, width: int, height: int) -> float:
+        return 0.1
+
+    def check(self, shot: ShotRequest) -> str | None:
+        return None
+
+    def request(self, shot: ShotRequest) -> dict[str, object]:
+        return {"prompt": shot.prompt}
+
+    def submit(self, shot: ShotRequest) -> str:
+        self.creates += 1
+        job = f"job{self.creates}"
+        if self.submit_errors:
+            error = self.submit_errors.pop(0)
+            if not (isinstance(error, Transient) and error.sent):
+                raise error
+            self.jobs.append(job)  # created, but the answer was lost
+            raise error
+        self.jobs.append(job)
+        return job
+
+    def find(self, shot: ShotRequest, since: float) -> str | None:
+        return self.jobs[-1] if self.jobs else None
+
+    def poll(self, job_id: str) -> JobStatus:
+        answer = self.polls.pop(0) if self.polls else JobStatus("done")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def download(self, job_id: str, dest: Path) -> None:
+        answer = self.downloads.pop(0) if self.downloads else b"complete"
+        if isinstance(answer, Exception):
+            raise answer
+        dest.write_bytes(answer)
+
+
+def verify(path: Path) -> None:
+    if path.read_bytes() != b"complete":
+        raise NodeFailed("truncated")
+
+
+def job(backend: Scripted, tmp_path: Path, **kwargs: object) -> ShotJob:
+    journal = Journal(tmp_path / "journal")
+    return ShotJob(
+        "shots.river", "k1", backend, REQUEST, journal, verify, sleep=lambda _: None, **kwargs
+    )  # type: ignore[arg-type]
+
+
+def test_one_create_and_the_journal_is_cleared_after_success(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.polls = [JobStatus("queued", poll_after=0.05), JobStatus("running")]
+    j = job(backend, tmp_path)
+    assert j.run(tmp_path / "out.mp4") == "job1"
+    assert backend.creates == 1
+    assert j.journal.pending() == []
+
+
+def test_a_journaled_job_id_is_polled_not_submitted_again(tmp_path: Path) -> None:
+    backend = Scripted()
+    j = job(backend, tmp_path)
+    j.journal.sending("k1", "shots.river", "scripted")
+    j.journal.submitted("k1", "job-from-the-killed-run")
+    assert j.run(tmp_path / "out.mp4") == "job-from-the-killed-run"
+    assert backend.creates == 0
+
+
+def test_a_create_sent_without_an_answer_is_reconciled_before_resending(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.jobs = ["job-created-before-the-crash"]
+    j = job(backend, tmp_path)
+    j.journal.sending("k1", "shots.river", "scripted")  # killed before the answer came
+    assert j.run(tmp_path / "out.mp4") == "job-created-before-the-crash"
+    assert backend.creates == 0
+
+
+def test_a_5xx_after_the_create_reached_the_provider_does_not_create_twice(
+    tmp_path: Path,
+) -> None:
+    backend = Scripted()
+    backend.submit_errors = [Transient("502 Bad Gateway", sent=True)]
+    assert job(backend, tmp_path).run(tmp_path / "out.mp4") == "job1"
+    assert backend.creates == 1
+
+
+def test_a_create_that_never_left_is_retried(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.submit_errors = [Transient("connection refused", sent=False)]
+    assert job(backend, tmp_path).run(tmp_path / "out.mp4") == "job2"
+    assert backend.creates == 2
+
+
+def test_a_429_on_create_goes_back_to_the_scheduler(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.submit_errors = [RateLimited("slow down", retry_after=12.0)]
+    j = job(backend, tmp_path)
+    with pytest.raises(PoolPause) as raised:
+        j.run(tmp_path / "out.mp4")
+    assert raised.value.after == 12.0
+    assert j.journal.pending() == []
+
+
+def test_a_refusal_fails_with_the_providers_message_and_is_not_retried(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.submit_errors = [Refused("content policy: violence")]
+    with pytest.raises(NodeFailed, match=r"shots\.river: scripted refused: content policy"):
+        job(backend, tmp_path).run(tmp_path / "out.mp4")
+    assert backend.creates == 1
+
+
+def test_a_job_that_fails_at_the_provider_reports_its_message(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.polls = [JobStatus("failed", error="moderation_blocked: unsafe content")]
+    j = job(backend, tmp_path)
+    with pytest.raises(NodeFailed, match="moderation_blocked: unsafe content"):
+        j.run(tmp_path / "out.mp4")
+    assert j.journal.pending() == []
+
+
+def test_a_truncated_download_is_fetched_again_not_bought_again(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.downloads = [b"compl", Transient("connection reset"), b"complete"]
+    assert job(backend, tmp_path).run(tmp_path / "out.mp4") == "job1"
+    assert backend.creates == 1
+
+
+def test_a_download_that_keeps_failing_leaves_the_job_journaled(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.downloads = [b"x", b"x", b"x"]
+    j = job(backend, tmp_path)
+    with pytest.raises(NodeFailed, match="run again to retry the download without paying"):
+        j.run(tmp_path / "out.mp4")
+    assert j.journal.get("k1")["job_id"] == "job1"  # type: ignore[index]
+
+
+def test_expired_content_is_rerendered_only_when_asked(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.downloads = [Expired("gone")]
+    with pytest.raises(NodeFailed, match="--rerender-expired"):
+        job(backend, tmp_path).run(tmp_path / "out.mp4")
+    assert backend.creates == 1
+    backend.downloads = [Expired("gone")]
+    # The second run resumes the journaled job, finds it expired, and pays for one new job.
+    assert job(backend, tmp_path, rerender_expired=True).run(tmp_path / "o.mp4") == "job2"
+    assert backend.creates == 2
