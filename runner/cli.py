@@ -124,24 +124,23 @@ def cmd_render(args: argparse.Namespace) -> int:
             project,
             keep_going=args.keep_going,
             rerender_expired=args.rerender_expired,
+            resend_unconfirmed=args.resend_unconfirmed,
             report=progress,
         )
     out = result.outcome
-    rendered = len(out.done)
+    cached = len(result.plan.decisions) - len(result.plan.to_render) + len(out.cached)
     print(
-        f"{rendered} rendered, {len(result.plan.decisions) - len(result.plan.to_render)} "
-        f"cached, {len(out.failed)} failed, {len(out.skipped)} skipped; "
-        f"spent ${result.spend_usd:.2f}",
+        f"{len(out.done)} rendered, {cached} cached, {len(out.failed)} failed, "
+        f"{len(out.skipped)} skipped; spent ${result.spend_usd:.2f}",
         file=sys.stderr,
     )
     for nid, why in out.failed.items():
         print(f"runner: {nid} failed: {why}", file=sys.stderr)
+    for nid, why in sorted(out.skipped.items()):
+        print(f"runner: not rendered: {nid} ({why})", file=sys.stderr)
     if result.film is not None:
         print(result.film)
-        return EXIT_OK if out.ok else EXIT_FAILED
-    if out.skipped:
-        print(f"runner: not rendered: {', '.join(sorted(out.skipped))}", file=sys.stderr)
-    return EXIT_FAILED
+    return EXIT_OK if out.ok and result.film is not None else EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -40,11 +40,13 @@ class NodeJobs:
         workers: int,
         *,
         rerender_expired: bool = False,
+        resend_unconfirmed: bool = False,
     ) -> None:
         self.graph = graph
         self.store = store
         self.journal = Journal(store.root / "journal")
         self.rerender_expired = rerender_expired
+        self.resend_unconfirmed = resend_unconfirmed
         self.digests: dict[str, str] = {
             d.id: d.output for d in plan.decisions.values() if d.output is not None
         }
@@ -150,6 +152,7 @@ class NodeJobs:
             self.journal,
             verify=lambda path: ffmpeg.verify_video(path, request.seconds, tolerance=tolerance),
             rerender_expired=self.rerender_expired,
+            resend_unconfirmed=self.resend_unconfirmed,
         )
         record["job_id"] = job.run(dest)
         record["cost_usd"] = node.cost_usd

@@ -53,6 +53,7 @@ class ShotJob:
     journal: Journal
     verify: Callable[[Path], object]  # raises NodeFailed when the file is not the shot
     rerender_expired: bool = False
+    resend_unconfirmed: bool = False
     sleep: Callable[[float], None] = time.sleep
 
     def run(self, dest: Path) -> str:
@@ -84,6 +85,14 @@ class ShotJob:
         return self._reconcile(float(entry.get("sent_at", 0.0)))
 
     def _reconcile(self, sent_at: float) -> str | None:
+        if not self.backend.reconciles:
+            if self.resend_unconfirmed:
+                return None
+            raise NodeFailed(
+                f"{self.node}: a create for this shot may have reached {self.backend.name}, "
+                "which cannot list its jobs; check the provider's console, then run again with "
+                "--resend-unconfirmed to send it again (and pay again if it did arrive)"
+            )
         try:
             found = self.backend.find(self.request, sent_at - RECONCILE_SLACK)
         except (Transient, RateLimited) as err:
@@ -140,6 +149,11 @@ class ShotJob:
                     ) from None
                 self.sleep(backoff(errors))
                 continue
+            except Refused as err:  # e.g. credentials gone on a resumed run: keep the journal
+                raise NodeFailed(
+                    f"{self.node}: {self.backend.name} refused to report job {job_id}: {err}; "
+                    "the job is journaled: fix the problem and run again"
+                ) from None
             errors = 0
             if status.state == "done":
                 return
@@ -156,6 +170,11 @@ class ShotJob:
                 self.backend.download(job_id, dest)
                 self.verify(dest)
                 return
+            except Refused as err:
+                raise NodeFailed(
+                    f"{self.node}: {self.backend.name} refused the download of job {job_id}: "
+                    f"{err}; the job is journaled: fix the problem and run again"
+                ) from None
             except (Transient, RateLimited, NodeFailed) as err:
                 problem = str(err)
                 dest.unlink(missing_ok=True)

@@ -49,7 +49,12 @@ def pools_for(project: Project, names: set[str]) -> dict[str, Pool]:
 
 
 def render(
-    project: Project, *, keep_going: bool, report: Report, rerender_expired: bool = False
+    project: Project,
+    *,
+    keep_going: bool,
+    report: Report,
+    rerender_expired: bool = False,
+    resend_unconfirmed: bool = False,
 ) -> RenderResult:
     graph = project.graph
     plan = project.plan()
@@ -72,6 +77,7 @@ def render(
         project.store,
         workers=sum(p.concurrency for p in pools.values()),
         rerender_expired=rerender_expired,
+        resend_unconfirmed=resend_unconfirmed,
     )
     # Jobs a killed run sent go first: they are paid for and already use provider slots.
     sent = {nid for nid in todo if jobs.journaled(nid)}

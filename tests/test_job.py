@@ -27,6 +27,7 @@ class Scripted:
 
     name = "scripted"
     default_model = "m"
+    reconciles = True
 
     def __init__(self) -> None:
         self.creates = 0
@@ -183,3 +184,13 @@ def test_expired_content_is_rerendered_only_when_asked(tmp_path: Path) -> None:
     # The second run resumes the journaled job, finds it expired, and pays for one new job.
     assert job(backend, tmp_path, rerender_expired=True).run(tmp_path / "o.mp4") == "job2"
     assert backend.creates == 2
+
+
+def test_a_backend_that_cannot_list_jobs_never_resends_silently(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.reconciles = False
+    backend.submit_errors = [Transient("read timeout", sent=True)]
+    with pytest.raises(NodeFailed, match="--resend-unconfirmed"):
+        job(backend, tmp_path).run(tmp_path / "out.mp4")
+    assert backend.creates == 1
+    assert job(backend, tmp_path, resend_unconfirmed=True).run(tmp_path / "o.mp4") == "job2"

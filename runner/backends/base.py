@@ -87,6 +87,9 @@ class Backend(Protocol):
 
     name: str
     default_model: str  # used when neither the shot, its profile nor [defaults] names one
+    # Whether `find` can list the provider's jobs. When it cannot, a create that may have been
+    # sent is never re-sent silently: the user checks the provider's console first.
+    reconciles: bool
 
     def capabilities(self, model: str) -> Capabilities: ...
 

@@ -42,6 +42,7 @@ class PrevizBackend:
 
     name = "previz"
     default_model = "previz"
+    reconciles = True
 
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir  # previz takes no configuration

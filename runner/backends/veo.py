@@ -1,0 +1,565 @@
+"""Google Veo 3.x through google-genai in enterprise (Vertex AI) mode.
+
+From google-genai 3.0, `generate_videos` works only with `Client(enterprise=True, ...)`: a
+`:predictLongRunning` create that returns an operation, polled with `:fetchPredictOperation`.
+The operation's name is the job id, so a run killed mid-render resumes polling from a fresh
+client without paying again. The SDK's own retries stay off (its default): the runner retries,
+journaled, so it sees every create.
+
+Connection, first match wins: the `[tool.runner.backends.veo]` table (`project`, `location`,
+`api_key`, `base_url`), then the SDK's environment variables (GOOGLE_CLOUD_PROJECT,
+GOOGLE_CLOUD_LOCATION, GOOGLE_API_KEY / GEMINI_API_KEY, GOOGLE_VERTEX_BASE_URL). With a project
+the client authenticates with Application Default Credentials (or the `credentials` passed to
+the constructor); with only an API key it uses Vertex AI express mode (`x-goog-api-key`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from http.client import HTTPException
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.backends.base import (
+    Capabilities,
+    Expired,
+    JobStatus,
+    RateLimited,
+    Refused,
+    ShotRequest,
+    Transient,
+)
+from runner.errors import UserError
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
+    from google.genai import Client
+
+RECIPE_VERSION = 1
+"""Bumped when the meaning of a field in `request` changes, so cached clips re-render."""
+
+SIZES: dict[str, tuple[str, str]] = {
+    "1280x720": ("16:9", "720p"),
+    "1920x1080": ("16:9", "1080p"),
+    "720x1280": ("9:16", "720p"),
+    "1080x1920": ("9:16", "1080p"),
+    "3840x2160": ("16:9", "4k"),
+    "2160x3840": ("9:16", "4k"),
+}
+"""Frame sizes Veo renders, as (aspectRatio, resolution) on the wire."""
+
+HD_SIZES = ("1280x720", "1920x1080", "720x1280", "1080x1920")
+DEFAULT_LOCATION = "us-central1"  # where Google's Veo examples run; "global" may lack Veo
+CONFIG_KEYS = frozenset(
+    {"base_url", "project", "location", "api_key", "models", "timeout", "poll_seconds",
+     "storage_url"}
+)  # fmt: skip
+MODEL_KEYS = frozenset(
+    {"sizes", "seconds", "image", "audio", "price", "prices", "reference_images"}
+)
+KEY_VARS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # where google-genai looks for an API key
+CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One row of the capability and price table."""
+
+    sizes: tuple[str, ...] = HD_SIZES
+    seconds: tuple[float, ...] = (4.0, 6.0, 8.0)
+    image: bool = True  # first-frame image to video
+    audio: bool = True  # sends generateAudio=true; the price below includes it
+    price: float = 0.40  # USD per second of video
+    prices: tuple[tuple[str, float], ...] = ()  # per resolution ("4k", 0.60), overrides price
+    reference_images: bool = False  # asset reference images (not yet in ShotRequest)
+
+
+MODELS: dict[str, ModelSpec] = {
+    # Vertex AI model pages (Veo 3 / 3.1): 16:9 and 9:16, 720p and 1080p, 4, 6 or 8 s at 24 fps.
+    # Vertex AI pricing, video with audio: $0.40/s for Veo 3 and 3.1, $0.15/s for the Fast
+    # variants; 3.1 at 4K: $0.60/s ($0.35/s Fast).
+    "veo-3.1-generate-preview": ModelSpec(
+        sizes=(*HD_SIZES, "3840x2160", "2160x3840"),
+        prices=(("4k", 0.60),),
+        reference_images=True,
+    ),
+    "veo-3.1-generate-001": ModelSpec(
+        sizes=(*HD_SIZES, "3840x2160", "2160x3840"),
+        prices=(("4k", 0.60),),
+        reference_images=True,
+    ),
+    "veo-3.1-fast-generate-preview": ModelSpec(
+        sizes=(*HD_SIZES, "3840x2160", "2160x3840"), price=0.15, prices=(("4k", 0.35),)
+    ),
+    "veo-3.1-fast-generate-001": ModelSpec(
+        sizes=(*HD_SIZES, "3840x2160", "2160x3840"), price=0.15, prices=(("4k", 0.35),)
+    ),
+    "veo-3.0-generate-001": ModelSpec(),
+    "veo-3.0-fast-generate-001": ModelSpec(price=0.15, image=False),
+}
+
+
+class VeoBackend:
+    """Veo on Vertex AI: one `generate_videos` call per submit, polled by operation name."""
+
+    name = "veo"
+    default_model = "veo-3.1-generate-preview"
+    reconciles = False  # Vertex cannot list generate_videos operations (see find)
+
+    def __init__(
+        self,
+        workdir: Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        credentials: Credentials | None = None,
+    ) -> None:
+        """`credentials` (google.auth) replace Application Default Credentials in project mode:
+        for embedding, and for loopback tests with a static bearer token."""
+        self.workdir = workdir
+        cfg = dict(config or {})
+        unknown = sorted(set(cfg) - CONFIG_KEYS)
+        if unknown:
+            raise UserError(
+                f"[tool.runner.backends.veo]: unknown key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(CONFIG_KEYS))}"
+            )
+        self._config = cfg
+        self._credentials = credentials
+        self.models = _model_table(cfg.get("models") or {})
+        self.poll_seconds = float(cfg.get("poll_seconds", 5.0))
+        self.timeout = float(cfg.get("timeout", 120.0))
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._secret: str | None = None  # the API key in use, scrubbed from every message
+
+    # -- capabilities and prices -------------------------------------------------------
+
+    def capabilities(self, model: str) -> Capabilities:
+        """The model's row as the planner sees it; an unknown model gets an empty size list."""
+        spec = self.models.get(model)
+        if spec is None:
+            return Capabilities(sizes=(), seconds=(), max_seconds=0.0, image=False)
+        return Capabilities(
+            sizes=spec.sizes,
+            seconds=spec.seconds,
+            max_seconds=max(spec.seconds, default=0.0),
+            image=spec.image,
+            seed=True,
+            negative_prompt=True,
+        )
+
+    def price_per_second(self, model: str, width: int, height: int) -> float:
+        """USD per second from the price table (per resolution where the row has one)."""
+        spec = self.models.get(model)
+        if spec is None:
+            return 0.0
+        resolution = SIZES.get(f"{width}x{height}", ("", ""))[1]
+        return dict(spec.prices).get(resolution, spec.price)
+
+    def check(self, shot: ShotRequest) -> str | None:
+        """What Veo cannot render about this shot, in words; None when it can."""
+        spec = self.models.get(shot.model)
+        if spec is None:
+            return (
+                f"unknown veo model {shot.model!r} (known: {', '.join(sorted(self.models))}; "
+                "add a row under [tool.runner.backends.veo.models])"
+            )
+        size = f"{shot.width}x{shot.height}"
+        if size not in spec.sizes:
+            return f"size {size} is not one of {', '.join(spec.sizes)} for {shot.model}"
+        if shot.seconds not in spec.seconds:
+            allowed = ", ".join(f"{s:g}" for s in spec.seconds)
+            return f"seconds {shot.seconds:g} is not one of {allowed} for {shot.model}"
+        if shot.image is not None and not spec.image:
+            return f"{shot.model} does not take a first-frame image"
+        if shot.seed is not None and not 0 <= shot.seed <= 0xFFFFFFFF:
+            return f"seed {shot.seed} is not from 0 to 4294967295"
+        return None
+
+    def request(self, shot: ShotRequest) -> dict[str, Any]:
+        """Everything sent that changes the video (the image's digest is hashed by the caller)."""
+        aspect, resolution = SIZES.get(f"{shot.width}x{shot.height}", ("", ""))
+        spec = self.models.get(shot.model, ModelSpec())
+        return {
+            "backend": self.name,
+            "version": RECIPE_VERSION,
+            "model": shot.model,
+            "prompt": shot.prompt,
+            "negative_prompt": _negative_prompt(shot),
+            "seconds": shot.seconds,
+            "aspect_ratio": aspect,
+            "resolution": resolution,
+            "seed": shot.seed,
+            "audio": spec.audio,
+            "take": shot.take,  # takes of one request are separate renders
+        }
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit(self, shot: ShotRequest) -> str:
+        """One `:predictLongRunning` create; returns the operation name (the job id)."""
+        problem = self.check(shot)
+        if problem is not None:
+            raise Refused(f"veo cannot render shot {shot.shot!r}: {problem}")
+        from google.genai import types
+
+        aspect, resolution = SIZES[f"{shot.width}x{shot.height}"]
+        spec = self.models[shot.model]
+        config = types.GenerateVideosConfig(
+            number_of_videos=1,
+            duration_seconds=round(shot.seconds),
+            aspect_ratio=aspect,
+            resolution=resolution,
+            negative_prompt=_negative_prompt(shot),
+            seed=shot.seed,
+            generate_audio=True if spec.audio else None,
+        )
+        image = None
+        if shot.image is not None:
+            try:
+                data = shot.image.read_bytes()
+            except OSError as exc:
+                raise Refused(f"{shot.image}: cannot read the first-frame image: {exc}") from None
+            image = types.Image(image_bytes=data, mime_type=_image_mime(data))
+        source = types.GenerateVideosSource(prompt=shot.prompt, image=image)
+        client = self._get_client()
+        try:
+            operation = client.models.generate_videos(
+                model=shot.model, source=source, config=config
+            )
+        except Exception as exc:
+            raise self._classify(exc, creating=True) from None
+        if not operation.name:
+            raise Transient("veo answered the create without an operation name", sent=True)
+        return operation.name
+
+    def find(self, shot: ShotRequest, since: float) -> str | None:
+        """Always None: Vertex AI lists no operations of publisher models (there is no
+        `operations.list` for `:predictLongRunning`, and the SDK offers none), so a create
+        whose answer was lost cannot be found again; the runner decides what to do."""
+        return None
+
+    def poll(self, job_id: str) -> JobStatus:
+        """The operation's state: running, done, or failed with the provider's own message."""
+        operation = self._operation(job_id)
+        if not operation.done:
+            return JobStatus(state="running", poll_after=self.poll_seconds)
+        if operation.error:
+            return JobStatus(state="failed", error=self._scrub(_operation_error(operation.error)))
+        result = operation.response or operation.result
+        videos = (result.generated_videos if result else None) or []
+        if not any(v.video for v in videos):
+            return JobStatus(state="failed", error=self._scrub(_filtered_reason(result)))
+        return JobStatus(state="done")
+
+    def download(self, job_id: str, dest: Path) -> None:
+        """Write the operation's video to dest: inline bytes, or its URI streamed."""
+        operation = self._operation(job_id)
+        if not operation.done:
+            raise Transient(f"veo job {job_id} has not finished")
+        result = operation.response or operation.result
+        videos = [v.video for v in (result.generated_videos if result else None) or [] if v.video]
+        if not videos:
+            raise Expired(f"veo job {job_id} has no video: {_filtered_reason(result)}")
+        video = videos[0]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        try:
+            if video.video_bytes:
+                part.write_bytes(video.video_bytes)
+            elif video.uri:
+                self._fetch(video.uri, part)
+            else:
+                raise Expired(f"veo job {job_id}: the video has neither bytes nor a URI")
+            os.replace(part, dest)
+        finally:
+            part.unlink(missing_ok=True)
+
+    # -- the client ---------------------------------------------------------------------
+
+    def _get_client(self) -> Client:
+        """The shared SDK client, made once on first use (threads share it: httpx is safe)."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self) -> Client:
+        from google import genai
+        from google.genai import types
+
+        cfg = self._config
+        api_key = cfg.get("api_key") or os.environ.get("GOOGLE_API_KEY")
+        api_key = api_key or os.environ.get("GEMINI_API_KEY")
+        project = cfg.get("project") or (
+            None if cfg.get("api_key") else _env("GOOGLE_CLOUD_PROJECT")
+        )
+        location = cfg.get("location") or _env("GOOGLE_CLOUD_LOCATION") or DEFAULT_LOCATION
+        options = types.HttpOptions(timeout=round(self.timeout * 1000), retry_options=None)
+        if cfg.get("base_url"):
+            options.base_url = str(cfg["base_url"])
+        try:
+            if project:
+                credentials = self._credentials or _default_credentials()
+                return genai.Client(
+                    enterprise=True,
+                    project=str(project),
+                    location=str(location),
+                    credentials=credentials,
+                    http_options=options,
+                )
+            if api_key:
+                self._secret = str(api_key).strip()
+                return genai.Client(enterprise=True, api_key=self._secret, http_options=options)
+        except ValueError as exc:
+            raise Refused(f"cannot set up the Veo client: {self._scrub(str(exc))}") from None
+        raise Refused(
+            "veo needs a Google Cloud project or a Vertex AI API key: set GOOGLE_CLOUD_PROJECT "
+            "(and GOOGLE_CLOUD_LOCATION, default us-central1) with Application Default "
+            "Credentials (`gcloud auth application-default login` or "
+            "GOOGLE_APPLICATION_CREDENTIALS), or GOOGLE_API_KEY for express mode; or `project` "
+            "/ `api_key` in [tool.runner.backends.veo] of pyproject.toml"
+        )
+
+    def _operation(self, job_id: str) -> Any:
+        """Fetch a saved operation by name (works from a fresh client: resume after a crash)."""
+        from google.genai import types
+
+        client = self._get_client()
+        try:
+            return client.operations.get(
+                types.GenerateVideosOperation.model_validate({"name": job_id})
+            )
+        except Exception as exc:
+            raise self._classify(exc, creating=False, job_id=job_id) from None
+
+    def _classify(self, exc: Exception, *, creating: bool, job_id: str = "") -> Exception:
+        """An SDK or transport failure as the runner's error classes.
+
+        A create: 429 -> RateLimited, other 4xx -> Refused, 5xx and network -> Transient.
+        A poll or download (the job lives on): 404 -> Expired, other 4xx -> Transient, so the
+        journaled job is retried and never dropped over a credentials hiccup.
+        """
+        from google.genai import errors
+
+        if isinstance(exc, errors.APIError):
+            code = int(exc.code or 0)
+            status = str(exc.status or "")
+            message = self._scrub(f"{code} {status}: {exc.message or exc.details}")
+            if code == 429 or status == "RESOURCE_EXHAUSTED":
+                return RateLimited(f"veo rate limit: {message}", _retry_after(exc))
+            if not creating and code in (404, 410):
+                return Expired(f"veo no longer has job {job_id}: {message}")
+            if 400 <= code < 500 and code != 408:
+                return Refused(message) if creating else Transient(message)
+            return Transient(f"veo error: {message}", sent=True)
+        sent = _maybe_sent(exc)
+        if sent is not None:
+            kind = type(exc).__name__
+            return Transient(self._scrub(f"veo connection failed ({kind}): {exc}"), sent=sent)
+        auth = _auth_failure(exc)
+        if auth is not None:
+            auth.args = (self._scrub(str(auth)),)
+            return auth
+        return exc  # a bug, not a provider failure: let it show as it is
+
+    def _scrub(self, text: str) -> str:
+        """`text` with the API key replaced: keys never reach a message, log or record."""
+        secrets = (self._secret, self._config.get("api_key"), *map(os.environ.get, KEY_VARS))
+        for secret in secrets:
+            if secret:
+                text = text.replace(str(secret).strip(), "***")
+        return text
+
+    def _fetch(self, uri: str, dest: Path) -> None:
+        """Stream a video URI (gs:// through the Cloud Storage JSON API) into dest."""
+        url = uri
+        headers: dict[str, str] = {}
+        if uri.startswith("gs://"):
+            bucket, _, obj = uri[5:].partition("/")
+            base = str(self._config.get("storage_url") or "https://storage.googleapis.com")
+            url = (
+                f"{base.rstrip('/')}/storage/v1/b/{urllib.parse.quote(bucket, safe='')}"
+                f"/o/{urllib.parse.quote(obj, safe='')}?alt=media"
+            )
+            token = self._bearer_token()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp, dest.open("wb") as f:
+                expected = resp.headers.get("Content-Length")
+                written = 0
+                while chunk := resp.read(1 << 20):
+                    f.write(chunk)
+                    written += len(chunk)
+            if expected is not None and written != int(expected):
+                raise Transient(f"veo video download cut short: {written} of {expected} bytes")
+        except urllib.error.HTTPError as exc:
+            if exc.code in (404, 410):
+                raise Expired(f"veo video {uri} is gone ({exc.code})") from None
+            if exc.code == 429:
+                raise RateLimited(f"veo video download rate-limited ({exc.code})") from None
+            raise Transient(f"veo video download failed: {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, HTTPException, OSError) as exc:
+            raise Transient(f"veo video download failed: {exc}") from None
+
+    def _bearer_token(self) -> str | None:
+        """An OAuth token for Cloud Storage, from the client's credentials, if it has any."""
+        credentials = self._credentials
+        if credentials is None and self._secret is None:
+            credentials = _default_credentials()
+        if credentials is None:
+            return None
+        if not credentials.valid:
+            from google.auth.transport.requests import Request
+
+            try:
+                credentials.refresh(Request())  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                raise Transient(f"cannot refresh Google credentials: {exc}") from None
+        token = credentials.token
+        return str(token) if token else None
+
+
+def _model_table(overrides: Mapping[str, Any]) -> dict[str, ModelSpec]:
+    """The built-in model rows with [tool.runner.backends.veo.models] merged over them."""
+    table = dict(MODELS)
+    for model, row in overrides.items():
+        where = f"[tool.runner.backends.veo.models.{model!r}]"
+        if not isinstance(row, Mapping):
+            raise UserError(f"{where}: expected a table of {', '.join(sorted(MODEL_KEYS))}")
+        unknown = sorted(set(row) - MODEL_KEYS)
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        spec = table.get(model, ModelSpec())
+        try:
+            if "sizes" in row:
+                bad = [s for s in row["sizes"] if s not in SIZES]
+                if bad:
+                    raise UserError(f"{where}: sizes {bad} not among {', '.join(SIZES)}")
+                spec = replace(spec, sizes=tuple(str(s) for s in row["sizes"]))
+            if "seconds" in row:
+                spec = replace(spec, seconds=tuple(float(s) for s in row["seconds"]))
+            if "prices" in row:
+                spec = replace(
+                    spec, prices=tuple((str(k), float(v)) for k, v in row["prices"].items())
+                )
+            if "image" in row:
+                spec = replace(spec, image=bool(row["image"]))
+            if "audio" in row:
+                spec = replace(spec, audio=bool(row["audio"]))
+            if "reference_images" in row:
+                spec = replace(spec, reference_images=bool(row["reference_images"]))
+            if "price" in row:
+                spec = replace(spec, price=float(row["price"]))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{where}: {exc}") from None
+        table[model] = spec
+    return table
+
+
+def _negative_prompt(shot: ShotRequest) -> str | None:
+    """`[style] avoid` as Veo's negativePrompt (so it stays out of the prompt text)."""
+    return ", ".join(shot.avoid) if shot.avoid else None
+
+
+def _image_mime(data: bytes) -> str:
+    """The first-frame image's MIME type from its magic bytes (PNG unless it is a JPEG)."""
+    return "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _default_credentials() -> Credentials:
+    """Application Default Credentials, or Refused naming how to provide them."""
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        credentials, _ = google.auth.default(scopes=[CLOUD_SCOPE])
+    except DefaultCredentialsError:
+        raise Refused(
+            "veo found no Google credentials for the project: run `gcloud auth "
+            "application-default login`, set GOOGLE_APPLICATION_CREDENTIALS to a service "
+            "account key file, or set GOOGLE_API_KEY (or `api_key` in "
+            "[tool.runner.backends.veo]) for Vertex AI express mode"
+        ) from None
+    return credentials
+
+
+def _operation_error(error: Mapping[str, Any]) -> str:
+    """A failed operation's {code, message, status} in words."""
+    message = str(error.get("message") or "the operation failed")
+    status = error.get("status") or error.get("code")
+    return f"{message} ({status})" if status else message
+
+
+def _filtered_reason(result: Any) -> str:
+    """Why a finished operation has no video: Veo's responsible-AI filter reasons."""
+    reasons = list(getattr(result, "rai_media_filtered_reasons", None) or [])
+    count = getattr(result, "rai_media_filtered_count", None)
+    if reasons:
+        return "filtered by Veo's safety filters: " + "; ".join(str(r) for r in reasons)
+    if count:
+        return f"filtered by Veo's safety filters ({count} video(s))"
+    return "the operation finished without a video"
+
+
+def _retry_after(exc: Any) -> float | None:
+    """Seconds to wait from a Retry-After header or a google.rpc.RetryInfo detail."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    value = headers.get("retry-after") if headers is not None else None
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+    details = exc.details.get("error", exc.details) if isinstance(exc.details, dict) else {}
+    for detail in details.get("details") or []:
+        delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+        match = re.fullmatch(r"([\d.]+)s", str(delay or ""))
+        if match:
+            return float(match.group(1))
+    return None
+
+
+def _maybe_sent(exc: Exception) -> bool | None:
+    """For an HTTP transport error: may the request have reached the server? None when `exc`
+    is no transport error. A refused or timed-out connection certainly sent nothing."""
+    for name in ("httpx2", "httpx"):
+        try:
+            http = importlib.import_module(name)
+        except ImportError:
+            continue
+        if isinstance(exc, http.ConnectError | http.ConnectTimeout | http.PoolTimeout):
+            return False
+        if isinstance(exc, http.TransportError):
+            return True
+    if isinstance(exc, ConnectionRefusedError):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    return None
+
+
+def _auth_failure(exc: Exception) -> Exception | None:
+    """A google-auth failure: bad credentials are Refused, an unreachable token service is
+    Transient (nothing was sent). None for anything else."""
+    from google.auth import exceptions
+
+    if isinstance(exc, exceptions.RefreshError | exceptions.DefaultCredentialsError):
+        return Refused(f"cannot authenticate to Google Cloud: {exc}")
+    if isinstance(exc, exceptions.TransportError):
+        return Transient(f"cannot reach Google's token service: {exc}", sent=False)
+    return None

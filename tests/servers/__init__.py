@@ -1,0 +1,1 @@
+"""Loopback servers that speak providers' real protocols, for tests of the real SDKs."""

@@ -1,0 +1,393 @@
+"""A loopback Vertex AI server for Veo: the endpoints google-genai 3.6.1 calls in enterprise mode.
+
+- `POST /{version}/[projects/P/locations/L/]publishers/google/models/M:predictLongRunning`
+  with `{"instances": [{"prompt", "image"?}], "parameters": {...}}` answers `{"name": op}`.
+- `POST /{version}/projects/P/locations/L/publishers/google/models/M:fetchPredictOperation`
+  with `{"operationName": op}` answers the operation: `{"name", "done"}`, then `response`
+  (`videos[].bytesBase64Encoded` or `gcsUri`, `raiMediaFilteredCount/Reasons`) or `error`.
+- `GET /storage/v1/b/{bucket}/o/{object}?alt=media`: a Cloud Storage download, for `gcsUri`.
+
+Videos are real H.264/AAC MP4s (160x90, the requested length) made with the pinned ffmpeg.
+Auth: an `x-goog-api-key` equal to `api_key` (express mode) or `Authorization: Bearer` equal to
+`token` (project mode); anything else is 401, echoing the key received (a pessimistic server,
+so tests prove the backend scrubs keys from messages). Fault knobs and observations are thread-safe.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import re
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from runner import ffmpeg
+
+MODEL_PATH = re.compile(
+    r"^/(?P<version>[^/]+)/(?:projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/)?"
+    r"publishers/google/models/(?P<model>[^/:]+):(?P<method>predictLongRunning|fetchPredictOperation)$"
+)
+STORAGE_PATH = re.compile(r"^/storage/v1/b/(?P<bucket>[^/]+)/o/(?P<object>[^/]+)$")
+BUCKET = "veo-loopback"
+FILTER_REASON = (
+    "Your current safety settings for person generation prevented this video from being "
+    "generated. Support code: 58061214"
+)
+
+_clip_lock = threading.Lock()
+_clips: dict[float, bytes] = {}
+
+
+def clip_bytes(seconds: float) -> bytes:
+    """A real 160x90 H.264/AAC MP4 of `seconds`, made once per length per test run."""
+    with _clip_lock:
+        if seconds not in _clips:
+            with tempfile.TemporaryDirectory(prefix="veo-clip-") as tmp:
+                out = Path(tmp) / "clip.mp4"
+                argv = [ffmpeg.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error"]
+                argv += ["-f", "lavfi", "-i", f"testsrc2=s=160x90:r=24:d={seconds}"]
+                argv += ["-f", "lavfi", "-i", f"sine=f=440:r=48000:d={seconds}"]
+                argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+                argv += ["-threads", "1", "-c:a", "aac", "-ac", "2", "-t", str(seconds), str(out)]
+                subprocess.run(argv, check=True, capture_output=True)
+                _clips[seconds] = out.read_bytes()
+        return _clips[seconds]
+
+
+@dataclass
+class Job:
+    """One operation: created at `t`, done at `done_at`."""
+
+    name: str
+    prompt: str
+    seconds: float
+    done_at: float
+    filtered: bool = False
+
+
+class VeoServer:
+    """`with VeoServer(job_seconds=0.3) as server:` then point the backend at `server.base_url`."""
+
+    def __init__(
+        self,
+        *,
+        job_seconds: float = 0.3,
+        api_key: str | None = "loopback-key",
+        token: str | None = "loopback-token",
+        gcs_output: bool = False,
+    ) -> None:
+        self.job_seconds = job_seconds
+        self.api_key = api_key
+        self.token = token
+        self.gcs_output = gcs_output  # answer with gcsUri (served below) instead of inline bytes
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._rate_limited = 0
+        self._retry_after: float | None = None
+        self._failing = 0
+        self._fail_status = 500
+        self._dropping = 0
+        self._poll_failing = 0
+        self._poll_fail_status = 503
+        self._filters: list[str] = []
+        self.creates: list[dict[str, Any]] = []  # every create that made an operation
+        self.create_attempts = 0  # every create request received, answered or not
+        self.create_times: list[float] = []
+        self.in_flight_max = 0
+        self.log: list[tuple[str, str, int]] = []  # (method, path, status)
+        self.auth_seen: list[str] = []  # "api_key" | "bearer" per request
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> VeoServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    # -- fault knobs -----------------------------------------------------------------------
+
+    def rate_limit_next(self, n: int, retry_after: float | None = None) -> None:
+        """The next n creates get 429 RESOURCE_EXHAUSTED (with Retry-After when given)."""
+        with self._lock:
+            self._rate_limited, self._retry_after = n, retry_after
+
+    def fail_next_creates(self, n: int, status: int = 500) -> None:
+        """The next n creates fail with `status` and create nothing."""
+        with self._lock:
+            self._failing, self._fail_status = n, status
+
+    def drop_next_creates(self, n: int) -> None:
+        """The next n creates make an operation, then close the connection without answering."""
+        with self._lock:
+            self._dropping = n
+
+    def fail_next_polls(self, n: int, status: int = 503) -> None:
+        """The next n fetchPredictOperation calls fail with `status`."""
+        with self._lock:
+            self._poll_failing, self._poll_fail_status = n, status
+
+    def filter_prompts(self, substring: str) -> None:
+        """Jobs whose prompt contains `substring` finish with no video, RAI-filtered."""
+        with self._lock:
+            self._filters.append(substring)
+
+    def expire_jobs(self) -> None:
+        """Forget every operation: polls and downloads get 404 NOT_FOUND."""
+        with self._lock:
+            self._jobs.clear()
+
+    # -- observations ----------------------------------------------------------------------
+
+    def max_creates_in_window(self, seconds: float = 60.0) -> int:
+        """The most creates in any window of `seconds` (to check requests/min limits)."""
+        with self._lock:
+            times = sorted(self.create_times)
+        best, start = 0, 0
+        for end, t in enumerate(times):
+            while t - times[start] >= seconds:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # quiet: the test reads server.log instead
+
+            def do_POST(self) -> None:
+                server._post(self)
+
+            def do_GET(self) -> None:
+                server._get(self)
+
+        return Handler
+
+    def _post(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        body = json.loads(h.rfile.read(length) or b"{}")
+        path = urlsplit(h.path).path
+        match = MODEL_PATH.match(path)
+        if match is None:
+            return self._error(h, 404, "NOT_FOUND", f"no such method: {path}")
+        if not self._authorized(h):
+            return self._unauthorized(h)
+        if match["method"] == "predictLongRunning":
+            return self._create(h, match, body)
+        return self._fetch(h, body)
+
+    def _authorized(self, h: BaseHTTPRequestHandler) -> bool:
+        key = h.headers.get("x-goog-api-key")
+        bearer = h.headers.get("Authorization", "")
+        with self._lock:
+            if key is not None and key == self.api_key:
+                self.auth_seen.append("api_key")
+                return True
+            if self.token is not None and bearer == f"Bearer {self.token}":
+                self.auth_seen.append("bearer")
+                return True
+        return False
+
+    def _unauthorized(self, h: BaseHTTPRequestHandler) -> None:
+        """401, echoing the key it got: a pessimistic server, to prove keys are scrubbed."""
+        key = h.headers.get("x-goog-api-key")
+        return self._error(h, 401, "UNAUTHENTICATED", f"API key not valid: {key}")
+
+    def _create(self, h: BaseHTTPRequestHandler, match: re.Match[str], body: Any) -> None:
+        instance = (body.get("instances") or [{}])[0]
+        params = body.get("parameters") or {}
+        now = time.time()
+        with self._lock:
+            self.create_attempts += 1
+            if self._rate_limited:
+                self._rate_limited -= 1
+                retry_after = self._retry_after
+                rate_limited = True
+            else:
+                rate_limited = False
+            failing = not rate_limited and self._failing > 0
+            if failing:
+                self._failing -= 1
+        if rate_limited:
+            headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+            return self._error(
+                h,
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per"
+                "_base_model with base model: veo. Please submit a quota increase request.",
+                headers,
+            )
+        if failing:
+            return self._error(h, self._fail_status, "INTERNAL", "Internal error encountered.")
+        prompt = str(instance.get("prompt") or "")
+        seconds = float(params.get("durationSeconds") or 8)
+        project = match["project"] or "loopback"
+        location = match["location"] or "us-central1"
+        name = (
+            f"projects/{project}/locations/{location}/publishers/google/models/"
+            f"{match['model']}/operations/{uuid.uuid4()}"
+        )
+        image = instance.get("image") or {}
+        with self._lock:
+            filtered = any(s in prompt for s in self._filters)
+            self._jobs[name] = Job(name, prompt, seconds, now + self.job_seconds, filtered)
+            running = sum(1 for j in self._jobs.values() if j.done_at > now)
+            self.in_flight_max = max(self.in_flight_max, running)
+            self.create_times.append(now)
+            self.creates.append(
+                {
+                    "name": name,
+                    "model": match["model"],
+                    "version": match["version"],
+                    "project": match["project"],
+                    "location": match["location"],
+                    "prompt": prompt,
+                    "negativePrompt": params.get("negativePrompt"),
+                    "seed": params.get("seed"),
+                    "durationSeconds": params.get("durationSeconds"),
+                    "aspectRatio": params.get("aspectRatio"),
+                    "resolution": params.get("resolution"),
+                    "generateAudio": params.get("generateAudio"),
+                    "sampleCount": params.get("sampleCount"),
+                    "has_image": bool(image),
+                    "image_mime": image.get("mimeType"),
+                    "image_bytes": base64.b64decode(image.get("bytesBase64Encoded") or ""),
+                    "t": now,
+                }
+            )
+            dropping = self._dropping > 0
+            if dropping:
+                self._dropping -= 1
+        if dropping:
+            self._drop(h)
+            return None
+        return self._json(h, 200, {"name": name})
+
+    def _fetch(self, h: BaseHTTPRequestHandler, body: Any) -> None:
+        name = str(body.get("operationName") or "")
+        with self._lock:
+            failing = self._poll_failing > 0
+            if failing:
+                self._poll_failing -= 1
+            job = self._jobs.get(name)
+        if failing:
+            return self._error(h, self._poll_fail_status, "UNAVAILABLE", "The service is down.")
+        if job is None:
+            return self._error(h, 404, "NOT_FOUND", f"Operation {name} not found.")
+        if time.time() < job.done_at:
+            return self._json(h, 200, {"name": name, "done": False})
+        response: dict[str, Any] = {
+            "@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse"
+        }
+        if job.filtered:
+            response["raiMediaFilteredCount"] = 1
+            response["raiMediaFilteredReasons"] = [FILTER_REASON]
+        elif self.gcs_output:
+            object_name = name.rsplit("/", 1)[1] + "/sample_0.mp4"
+            response["videos"] = [
+                {"gcsUri": f"gs://{BUCKET}/{object_name}", "mimeType": "video/mp4"}
+            ]
+        else:
+            data = base64.b64encode(clip_bytes(job.seconds)).decode()
+            response["videos"] = [{"bytesBase64Encoded": data, "mimeType": "video/mp4"}]
+        return self._json(h, 200, {"name": name, "done": True, "response": response})
+
+    def _get(self, h: BaseHTTPRequestHandler) -> None:
+        path = urlsplit(h.path).path
+        match = STORAGE_PATH.match(path)
+        if match is None:
+            return self._error(h, 404, "NOT_FOUND", f"no such resource: {path}")
+        if not self._authorized(h):
+            return self._unauthorized(h)
+        op_id = unquote(match["object"]).split("/", 1)[0]
+        with self._lock:
+            job = next((j for j in self._jobs.values() if j.name.endswith(op_id)), None)
+        if job is None or match["bucket"] != BUCKET:
+            return self._error(h, 404, "NOT_FOUND", "No such object.")
+        data = clip_bytes(job.seconds)
+        self._reply(h, 200, data, "video/mp4")
+        return None
+
+    # -- wire helpers ----------------------------------------------------------------------
+
+    def _error(
+        self,
+        h: BaseHTTPRequestHandler,
+        code: int,
+        status: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        payload = {"error": {"code": code, "message": message, "status": status}}
+        self._json(h, code, payload, headers)
+
+    def _json(
+        self,
+        h: BaseHTTPRequestHandler,
+        code: int,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._reply(h, code, json.dumps(payload).encode(), "application/json", headers)
+
+    def _reply(
+        self,
+        h: BaseHTTPRequestHandler,
+        code: int,
+        data: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        with self._lock:
+            self.log.append((h.command, urlsplit(h.path).path, code))
+        h.send_response(code)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            h.send_header(key, value)
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _drop(self, h: BaseHTTPRequestHandler) -> None:
+        """Close the connection without a byte of answer (the create did happen)."""
+        with self._lock:
+            self.log.append((h.command, urlsplit(h.path).path, 0))
+        h.close_connection = True
+        with contextlib.suppress(OSError):
+            h.connection.shutdown(socket.SHUT_RDWR)
