@@ -50,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let independent nodes finish after a failure",
     )
+    p.add_argument(
+        "--rerender-expired",
+        action="store_true",
+        help="render again (and pay again for) shots whose provider content expired",
+    )
+    p.add_argument(
+        "--resend-unconfirmed",
+        action="store_true",
+        help="send again creates that may have reached a provider which cannot list its jobs",
+    )
 
     p = sub.add_parser("status", parents=[common], help="per node: cached, stale, missing, failed")
     film_arg(p)
