@@ -21,6 +21,7 @@ from runner.graph import Graph, Node
 from runner.job import PoolPause, ShotJob
 from runner.journal import Journal
 from runner.plan import Plan, full_recipe, node_key
+from runner.ratelimit import SendWindow
 from runner.scheduler import Retry
 from runner.store import SegmentCache, Store
 
@@ -41,12 +42,14 @@ class NodeJobs:
         *,
         rerender_expired: bool = False,
         resend_unconfirmed: bool = False,
+        gates: dict[str, SendWindow] | None = None,
     ) -> None:
         self.graph = graph
         self.store = store
         self.journal = Journal(store.root / "journal")
         self.rerender_expired = rerender_expired
         self.resend_unconfirmed = resend_unconfirmed
+        self.gates = gates or {}
         self.digests: dict[str, str] = {
             d.id: d.output for d in plan.decisions.values() if d.output is not None
         }
@@ -153,6 +156,7 @@ class NodeJobs:
             verify=lambda path: ffmpeg.verify_video(path, request.seconds, tolerance=tolerance),
             rerender_expired=self.rerender_expired,
             resend_unconfirmed=self.resend_unconfirmed,
+            gate=self.gates.get(node.pool, SendWindow(None)),
         )
         record["job_id"] = job.run(dest)
         record["cost_usd"] = node.cost_usd

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.backends.base import (
@@ -23,6 +23,7 @@ from runner.backends.base import (
 )
 from runner.errors import NodeFailed
 from runner.journal import Journal
+from runner.ratelimit import SendWindow
 
 SUBMIT_ATTEMPTS = 5
 POLL_ERRORS = 8  # transient poll failures in a row before the node fails (the job lives on)
@@ -55,6 +56,7 @@ class ShotJob:
     rerender_expired: bool = False
     resend_unconfirmed: bool = False
     sleep: Callable[[float], None] = time.sleep
+    gate: SendWindow = field(default_factory=lambda: SendWindow(None))  # the pool's rpm
 
     def run(self, dest: Path) -> str:
         """Make the shot's video at dest; returns the provider's job id."""
@@ -94,7 +96,8 @@ class ShotJob:
                 "--resend-unconfirmed to send it again (and pay again if it did arrive)"
             )
         try:
-            found = self.backend.find(self.request, sent_at - RECONCILE_SLACK)
+            owned = frozenset(self.journal.job_ids()) - {""}
+            found = self.backend.find(self.request, sent_at - RECONCILE_SLACK, owned)
         except (Transient, RateLimited) as err:
             # Not knowing is not the same as "no job": never risk paying twice.
             raise NodeFailed(
@@ -107,9 +110,10 @@ class ShotJob:
 
     def _submit(self) -> str:
         for attempt in range(SUBMIT_ATTEMPTS):
-            sent_at = self.journal.sending(self.key, self.node, self.backend.name)
             try:
-                job_id = self.backend.submit(self.request)
+                with self.gate.turn():
+                    sent_at = self.journal.sending(self.key, self.node, self.backend.name)
+                    job_id = self.backend.submit(self.request)
             except RateLimited as err:
                 self.journal.clear(self.key)  # rejected: nothing was created
                 raise PoolPause(str(err), err.retry_after) from None

@@ -50,6 +50,15 @@ class Journal:
         with suppress(FileNotFoundError):
             self._path(key).unlink()
 
+    def job_ids(self) -> list[str]:
+        """Provider job ids journaled for any node: not to be adopted by another."""
+        ids = []
+        for key in self.pending():
+            entry = self.get(key)
+            if entry and entry.get("job_id"):
+                ids.append(str(entry["job_id"]))
+        return ids
+
     def pending(self) -> list[str]:
         """Keys with an entry: jobs a previous run sent and did not finish."""
         if not self.root.is_dir():

@@ -12,6 +12,7 @@ from typing import Any
 from runner.execute import NodeJobs
 from runner.plan import CACHED, Plan, full_recipe
 from runner.project import Project
+from runner.ratelimit import SendWindow
 from runner.scheduler import Outcome, Pool, Report, Task, schedule
 
 # In-flight jobs per pool when [limits.<backend>] does not say: local work is CPU-bound.
@@ -78,6 +79,7 @@ def render(
         workers=sum(p.concurrency for p in pools.values()),
         rerender_expired=rerender_expired,
         resend_unconfirmed=resend_unconfirmed,
+        gates={name: SendWindow(pool.rpm) for name, pool in pools.items()},
     )
     # Jobs a killed run sent go first: they are paid for and already use provider slots.
     sent = {nid for nid in todo if jobs.journaled(nid)}

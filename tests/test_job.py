@@ -60,7 +60,7 @@ class Scripted:
         self.jobs.append(job)
         return job
 
-    def find(self, shot: ShotRequest, since: float) -> str | None:
+    def find(self, shot: ShotRequest, since: float, exclude: frozenset[str]) -> str | None:
         return self.jobs[-1] if self.jobs else None
 
     def poll(self, job_id: str) -> JobStatus:

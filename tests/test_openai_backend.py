@@ -253,6 +253,8 @@ def test_find_recovers_a_dropped_create(
     (dropped,) = [c["job_id"] for c in server.creates if c["prompt"] == shot().prompt]
     # A fresh process (a resumed run) knows only the journaled send time.
     fresh = OpenAIBackend(tmp_path, {"base_url": server.base_url, "api_key": KEY})
+    # A job the journal gives to another node (an identical take) is never adopted.
+    assert fresh.find(shot(), since, frozenset({dropped})) is None
     assert fresh.find(shot(), since) == dropped
     assert fresh.find(shot(), since) is None  # claimed once: a second take gets its own
 

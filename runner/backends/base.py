@@ -108,9 +108,10 @@ class Backend(Protocol):
         return the provider's job id."""
         ...
 
-    def find(self, shot: ShotRequest, since: float) -> str | None:
+    def find(self, shot: ShotRequest, since: float, exclude: frozenset[str]) -> str | None:
         """The id of a job created for this shot's request at or after `since` (Unix time), if
-        the provider lists one: reconciles a create that was sent but got no answer."""
+        the provider lists one, other than those in `exclude` (jobs other nodes own, e.g. the
+        identical requests of other takes): reconciles a create that got no answer."""
         ...
 
     def poll(self, job_id: str) -> JobStatus: ...

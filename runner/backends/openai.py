@@ -196,7 +196,9 @@ class OpenAIBackend:
             self._claimed.add(video.id)
         return video.id
 
-    def find(self, shot: ShotRequest, since: float) -> str | None:
+    def find(
+        self, shot: ShotRequest, since: float, exclude: frozenset[str] = frozenset()
+    ) -> str | None:
         """The oldest unclaimed job matching the request created at or after `since`."""
         client = self._get_client()
         want = (shot.model, shot.prompt, _wire_seconds(shot.seconds), f"{shot.width}x{shot.height}")
@@ -210,7 +212,9 @@ class OpenAIBackend:
                 for video in page.data:
                     if video.created_at < cutoff:
                         return
-                    if _identity(video) == want and not self._is_claimed(video.id):
+                    if video.id in exclude or self._is_claimed(video.id):
+                        continue
+                    if _identity(video) == want:
                         found = video.id  # keep going: the oldest match is the likeliest
                 if not page.data or not page.has_next_page():
                     return

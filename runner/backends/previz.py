@@ -113,7 +113,7 @@ class PrevizBackend:
             render(shot, out, self.workdir, noise_seed=int(job[:8], 16))
         return job
 
-    def find(self, shot: ShotRequest, since: float) -> str | None:
+    def find(self, shot: ShotRequest, since: float, exclude: frozenset[str]) -> str | None:
         """A clip already rendered for this request (previz jobs are named by their request)."""
         job = self.job_id(shot)
         return job if self._job_path(job).is_file() else None

@@ -241,7 +241,9 @@ class VeoBackend:
             raise Transient("veo answered the create without an operation name", sent=True)
         return operation.name
 
-    def find(self, shot: ShotRequest, since: float) -> str | None:
+    def find(
+        self, shot: ShotRequest, since: float, exclude: frozenset[str] = frozenset()
+    ) -> str | None:
         """Always None: Vertex AI lists no operations of publisher models (there is no
         `operations.list` for `:predictLongRunning`, and the SDK offers none), so a create
         whose answer was lost cannot be found again; the runner decides what to do."""

@@ -1,0 +1,196 @@
+"""The runner against a loopback server speaking the OpenAI videos protocol, driven by the real
+`openai` SDK over real HTTP: limits, retries, budget, crashes, and never paying twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.films import gen
+from tests.servers.openai_server import OpenAIServer
+
+KEY = "sk-loopback-SECRET-9e1c"
+
+
+def film(shots: int, *, limits: str = "concurrency = 2", takes: int = 1, extra: str = "") -> str:
+    lines = [
+        "[film]",
+        'title = "Hosted"',
+        'size = "320x180"',  # the edit's frame; the provider renders 1280x720 shots
+        "fps = 24",
+        "[defaults]",
+        'backend = "openai"',
+        'model = "sora-2"',
+        'size = "1280x720"',
+        "seconds = 4",
+        "[limits.openai]",
+        limits,
+        extra,
+    ]
+    for i in range(shots):
+        lines += [f"[shots.s{i}]", f'scene = "Shot number {i}: a lantern on the river."']
+        if takes > 1 and i == 0:
+            lines += [f"takes = {takes}", "pick = 1"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def server() -> Iterator[OpenAIServer]:
+    with OpenAIServer(job_seconds=0.3, poll_after_ms=50) as s:
+        yield s
+
+
+class Project:
+    def __init__(self, root: Path, server: OpenAIServer, toml: str) -> None:
+        self.root = root
+        self.manifest = gen(root / "film", {"film.toml": toml}) / "film.toml"
+        self.cache = root / "cache"
+        self.env = {
+            **os.environ,
+            "RUNNER_CACHE_DIR": str(self.cache),
+            "OPENAI_BASE_URL": server.base_url,
+            "OPENAI_API_KEY": KEY,
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "runner", *args, str(self.manifest)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=300,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    def start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "runner", "render", str(self.manifest)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+
+
+def prompts(server: OpenAIServer) -> Counter[str]:
+    return Counter(c["prompt"].split("\n")[0] for c in server.creates)
+
+
+def test_n_shots_make_exactly_n_creates_within_the_concurrency_limit(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    p = Project(tmp_path, server, film(6, limits="concurrency = 2"))
+    result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(server.creates) == 6
+    assert server.in_flight_max <= 2
+    assert (p.manifest.parent / "out" / "film.mp4").is_file()
+    again = p.run("render")
+    assert again.returncode == 0 and len(server.creates) == 6
+
+
+def test_plan_estimates_cost_from_the_price_table(tmp_path: Path, server: OpenAIServer) -> None:
+    p = Project(tmp_path, server, film(3))
+    plan = json.loads(p.run("plan", "--json").stdout)
+    assert plan["estimated_cost_usd"] == pytest.approx(3 * 4 * 0.10)
+    assert server.creates == []
+
+
+def test_a_429_pauses_the_pool_and_every_shot_is_still_created_once(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    server.rate_limit_next(3, retry_after=1.0)
+    p = Project(tmp_path, server, film(4, limits="concurrency = 4"))
+    result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert prompts(server) == {f"Shot number {i}: a lantern on the river.": 1 for i in range(4)}
+    assert "rate limited" in result.stderr
+
+
+def test_a_dropped_create_answer_is_reconciled_not_paid_twice(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    server.drop_next_creates(2)
+    p = Project(tmp_path, server, film(3))
+    result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(server.creates) == 3
+
+
+def test_budget_cap_stops_before_the_submit_that_would_cross_it(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    # $0.40 a shot: two fit under $1.00, a third would cross it.
+    p = Project(tmp_path, server, film(4, limits="concurrency = 1\nmax_cost_usd = 1.0"))
+    result = p.run("render")
+    assert result.returncode == 1
+    assert len(server.creates) == 2
+    assert "max_cost_usd" in result.stderr and "not rendered: shots.s2" in result.stderr
+
+
+def test_a_moderated_shot_fails_with_the_providers_message_and_is_not_retried(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    server.moderate("number 1:")
+    p = Project(tmp_path, server, film(3))
+    result = p.run("render", "--keep-going")
+    assert result.returncode == 1
+    assert "shots.s1" in result.stderr and "moderation" in result.stderr.lower()
+    assert prompts(server)["Shot number 1: a lantern on the river."] == 1
+    assert len(server.creates) == 3
+
+
+def test_takes_render_in_parallel_and_changing_pick_renders_nothing(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    p = Project(tmp_path, server, film(1, takes=3, limits="concurrency = 3"))
+    assert p.run("render").returncode == 0
+    assert len(server.creates) == 3 and server.in_flight_max == 3
+    p.manifest.write_text(p.manifest.read_text().replace("pick = 1", "pick = 3"))
+    assert p.run("render").returncode == 0
+    assert len(server.creates) == 3
+
+
+def test_killed_at_random_points_never_creates_twice(tmp_path: Path, server: OpenAIServer) -> None:
+    server.job_seconds = 0.8
+    p = Project(tmp_path, server, film(8, limits="concurrency = 4"))
+    rng = random.Random(7)
+    for _ in range(6):
+        proc = p.start()
+        time.sleep(rng.uniform(0.3, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    duplicates = {k: v for k, v in prompts(server).items() if v > 1}
+    assert duplicates == {}
+    assert len(server.creates) == 8
+
+
+def test_the_api_key_is_in_no_file_the_runner_writes(tmp_path: Path, server: OpenAIServer) -> None:
+    p = Project(tmp_path, server, film(2))
+    assert p.run("render").returncode == 0
+    assert f"Bearer {KEY}" in server.authorizations
+    for path in [*tmp_path.rglob("*")]:
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_submits_per_minute_never_exceed_rpm(tmp_path: Path, server: OpenAIServer) -> None:
+    p = Project(tmp_path, server, film(3, limits="concurrency = 3\nrpm = 2"))
+    result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(server.creates) == 3
+    assert server.max_creates_in_window(60.0) <= 2
