@@ -22,7 +22,7 @@ from runner.job import PoolPause, ShotJob
 from runner.journal import Journal
 from runner.plan import Plan, full_recipe, node_key
 from runner.ratelimit import SendWindow
-from runner.scheduler import Retry
+from runner.scheduler import RELEASED, Released, Retry
 from runner.store import SegmentCache, Store
 
 
@@ -55,7 +55,7 @@ class NodeJobs:
         }
         self.records: dict[str, dict[str, Any]] = {}
         self.recipes: dict[str, dict[str, Any]] = {}
-        self._done: queue.Queue[tuple[str, str | Retry | None]] = queue.Queue()
+        self._done: queue.Queue[tuple[str, str | Retry | Released | None]] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="node")
 
     def close(self) -> None:
@@ -87,7 +87,7 @@ class NodeJobs:
     def start(self, node_id: str) -> None:
         self._pool.submit(self._run, node_id)
 
-    def wait(self, timeout: float | None) -> tuple[str, str | Retry | None] | None:
+    def wait(self, timeout: float | None) -> tuple[str, str | Retry | Released | None] | None:
         try:
             return self._done.get(timeout=timeout)
         except queue.Empty:
@@ -157,6 +157,7 @@ class NodeJobs:
             rerender_expired=self.rerender_expired,
             resend_unconfirmed=self.resend_unconfirmed,
             gate=self.gates.get(node.pool, SendWindow(None)),
+            on_provider_done=lambda: self._done.put((node.id, RELEASED)),
         )
         record["job_id"] = job.run(dest)
         record["cost_usd"] = node.cost_usd

@@ -57,12 +57,14 @@ class ShotJob:
     resend_unconfirmed: bool = False
     sleep: Callable[[float], None] = time.sleep
     gate: SendWindow = field(default_factory=lambda: SendWindow(None))  # the pool's rpm
+    on_provider_done: Callable[[], None] = lambda: None  # frees the pool slot before download
 
     def run(self, dest: Path) -> str:
         """Make the shot's video at dest; returns the provider's job id."""
         job_id = self._resume() or self._submit()
         try:
             self._wait(job_id)
+            self.on_provider_done()
             self._download(job_id, dest)
         except Expired as err:
             if not self.rerender_expired:

@@ -28,6 +28,14 @@ class Retry:
 
 
 @dataclass
+class Released:
+    """A job's interim answer: the provider is done with it, so its pool slot is free."""
+
+
+RELEASED = Released()
+
+
+@dataclass
 class Pool:
     name: str
     concurrency: int
@@ -70,9 +78,9 @@ class Jobs(Protocol):
 
     def start(self, node_id: str) -> None: ...
 
-    def wait(self, timeout: float | None) -> tuple[str, str | Retry | None] | None:
-        """(node id, None on success, an error message, or Retry) for one finished job;
-        None after timeout."""
+    def wait(self, timeout: float | None) -> tuple[str, str | Retry | Released | None] | None:
+        """(node id, None on success, an error message, Retry, or Released before the final
+        answer) for one job; None after timeout."""
         ...
 
 
@@ -124,6 +132,7 @@ def schedule(
     running = 0
     stopping = False
     retries: dict[str, int] = {}
+    released: set[str] = set()
 
     def skip_dependents(node_id: str, why: str) -> None:
         stack = list(dependents[node_id])
@@ -184,7 +193,13 @@ def schedule(
         node_id, error = result
         task = by_id[node_id]
         pool = pools[task.pool]
-        pool.running -= 1
+        if isinstance(error, Released):
+            # The provider finished the job: its slot is free while we download and verify.
+            pool.running -= 1
+            released.add(node_id)
+            continue
+        if node_id not in released:
+            pool.running -= 1
         running -= 1
         if isinstance(error, Retry):
             pool.committed_usd -= task.cost_usd
@@ -201,7 +216,8 @@ def schedule(
             report("done", node_id, "")
             finished(node_id)
         else:
-            pools[task.pool].committed_usd -= task.cost_usd
+            if node_id not in released:  # a job the provider finished was paid for
+                pool.committed_usd -= task.cost_usd
             out.failed[node_id] = error
             report("failed", node_id, error)
             skip_dependents(node_id, f"{node_id} failed")

@@ -5,7 +5,17 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 
-from runner.scheduler import MAX_RETRIES, WINDOW, Outcome, Pool, Retry, Task, schedule
+from runner.scheduler import (
+    MAX_RETRIES,
+    RELEASED,
+    WINDOW,
+    Outcome,
+    Pool,
+    Released,
+    Retry,
+    Task,
+    schedule,
+)
 
 
 class FakeClock:
@@ -26,6 +36,7 @@ class FakeJobs:
         seconds: float = 10.0,
         fail: frozenset[str] = frozenset(),
         limited: dict[str, list[float | None]] | None = None,
+        local_seconds: float = 0.0,
     ) -> None:
         self.clock = clock
         self.pool_of = pool_of
@@ -38,6 +49,7 @@ class FakeJobs:
         self.max_in_flight: dict[str, int] = {}
         self.events: list[tuple[str, str]] = []
         self.limited = limited or {}  # node -> Retry-After of each 429 its creates get
+        self.local_seconds = local_seconds  # download and verify after the provider is done
 
     def start(self, node_id: str) -> None:
         pool = self.pool_of[node_id]
@@ -50,9 +62,11 @@ class FakeJobs:
         self.in_flight[pool] = self.in_flight.get(pool, 0) + 1
         self.max_in_flight[pool] = max(self.max_in_flight.get(pool, 0), self.in_flight[pool])
         self.starts.append((self.clock.t, node_id))
-        heapq.heappush(self.heap, (self.clock.t + self.seconds, node_id))
+        if self.local_seconds:
+            heapq.heappush(self.heap, (self.clock.t + self.seconds, f"released:{node_id}"))
+        heapq.heappush(self.heap, (self.clock.t + self.seconds + self.local_seconds, node_id))
 
-    def wait(self, timeout: float | None) -> tuple[str, str | Retry | None] | None:
+    def wait(self, timeout: float | None) -> tuple[str, str | Retry | Released | None] | None:
         if not self.heap:
             assert timeout is not None, "the loop waited forever with nothing running"
             self.clock.t += timeout
@@ -63,13 +77,19 @@ class FakeJobs:
             return None
         heapq.heappop(self.heap)
         self.clock.t = max(self.clock.t, finish)
+        released = self.local_seconds and not node_id.startswith(("429:", "released:"))
+        if node_id.startswith("released:"):
+            node_id = node_id.split(":", 1)[1]
+            self.in_flight[self.pool_of[node_id]] -= 1
+            return node_id, RELEASED
         if node_id.startswith("429:"):
             _, after, node_id = node_id.split(":", 2)
             self.in_flight[self.pool_of[node_id]] -= 1
             return node_id, Retry(
                 "429 Too Many Requests", None if after == "None" else float(after)
             )
-        self.in_flight[self.pool_of[node_id]] -= 1
+        if not released:
+            self.in_flight[self.pool_of[node_id]] -= 1
         self.ends[node_id] = self.clock.t
         return node_id, ("moderation: refused" if node_id in self.fail else None)
 
@@ -81,9 +101,16 @@ def run(
     keep_going: bool = False,
     fresh: Callable[[str], bool] = lambda _: False,
     limited: dict[str, list[float | None]] | None = None,
+    local_seconds: float = 0.0,
 ) -> tuple[Outcome, FakeJobs]:
     clock = FakeClock()
-    jobs = FakeJobs(clock, {t.id: t.pool for t in tasks}, fail=fail, limited=limited)
+    jobs = FakeJobs(
+        clock,
+        {t.id: t.pool for t in tasks},
+        fail=fail,
+        limited=limited,
+        local_seconds=local_seconds,
+    )
     outcome = schedule(
         tasks,
         pools,
@@ -183,3 +210,11 @@ def test_a_node_rate_limited_too_often_fails() -> None:
     tasks = [Task("s0", "veo", [])]
     outcome, _ = run(tasks, {"veo": Pool("veo", 1)}, limited={"s0": [0.0] * (MAX_RETRIES + 1)})
     assert "rate limited" in outcome.failed["s0"]
+
+
+def test_a_slot_is_free_once_the_provider_is_done_while_the_download_runs() -> None:
+    tasks = [Task(f"s{i}", "openai", []) for i in range(3)]
+    outcome, jobs = run(tasks, {"openai": Pool("openai", 1)}, local_seconds=4.0)
+    assert sorted(outcome.done) == ["s0", "s1", "s2"]
+    assert [t for t, _ in jobs.starts] == [0.0, 10.0, 20.0]  # not 14 and 28
+    assert jobs.max_in_flight["openai"] == 1
