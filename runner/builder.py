@@ -67,6 +67,9 @@ def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) 
             inputs["image"] = frame_id
         elif isinstance(shot.image, str):
             inputs["image"] = shot.image
+        if shot.remix is not None:
+            inputs["remix"] = picked(manifest, shot.remix.shot)
+            _check_remix(manifest, source, shot_id, shot.remix.shot, settings, caps, profile)
         after = [t for need in shot.needs for t in take_ids(manifest, need)]
         for take, nid in enumerate(take_ids(manifest, shot_id), start=1):
             fields: dict[str, Any] = {
@@ -81,8 +84,14 @@ def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) 
                 "height": settings.height,
                 "fps": manifest.film.fps,
                 "seed": settings.seed,
+                "remix_of": shot.remix.shot if shot.remix else None,
             }
-            request = ShotRequest(**{**fields, "avoid": tuple(manifest.style.avoid)})
+            # A stand-in path says "this shot has an image" to the capability check; the real
+            # file is known only once its upstream (an asset or a frame) is made.
+            has_image = Path(inputs["image"]) if "image" in inputs else None
+            request = ShotRequest(
+                **{**fields, "avoid": tuple(manifest.style.avoid), "image": has_image}
+            )
             problem = backend.check(request)
             if problem is not None:
                 raise UserError(
@@ -148,6 +157,25 @@ def _check_caps(
         raise UserError(
             f"{where}.seconds: {s.seconds:g} is longer than {s.backend} model {model} allows "
             f"(at most {caps.max_seconds:g}); split the shot"
+        )
+
+
+def _check_remix(
+    manifest: Manifest,
+    source: str,
+    shot_id: str,
+    original: str,
+    settings: compose.ShotSettings,
+    caps: registry.Capabilities,
+    profile: str | None,
+) -> None:
+    where = f"{source}: shots.{shot_id}.remix"
+    if not caps.remix:
+        raise UserError(f"{where}: backend {settings.backend} cannot remix a video")
+    if compose.resolve(manifest, original, profile).backend != settings.backend:
+        raise UserError(
+            f"{where}: shot {original!r} renders on another backend; a remix edits a job "
+            f"of the same provider, so both shots need backend = {settings.backend!r}"
         )
 
 

@@ -62,6 +62,9 @@ def compile_prompt(manifest: Manifest, shot_id: str, *, negative_prompt: bool) -
     shot: Shot = manifest.shots[shot_id]
     style = manifest.style
     blocks: list[str] = []
+    if shot.remix is not None:
+        # The change to make to an existing video; its look is already that video's.
+        return shot.remix.prompt.strip() + "\n"
     if shot.prompt is not None:
         blocks.append(shot.prompt.strip())
     else:

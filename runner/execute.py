@@ -158,10 +158,20 @@ class NodeJobs:
             resend_unconfirmed=self.resend_unconfirmed,
             gate=self.gates.get(node.pool, SendWindow(None)),
             on_provider_done=lambda: self._done.put((node.id, RELEASED)),
+            remix_source=self._job_id(node.inputs["remix"]) if "remix" in node.inputs else None,
         )
         record["job_id"] = job.run(dest)
         record["cost_usd"] = node.cost_usd
         return dest
+
+    def _job_id(self, node_id: str) -> str:
+        """The provider's job id behind a shot's cached output (what a remix edits)."""
+        record = self.records.get(node_id) or self.store.lookup(
+            node_key(self.graph.nodes[node_id], self.digests)
+        )
+        if not record or not record.get("job_id"):
+            raise NodeFailed(f"{node_id}: no provider job id is recorded for it; cannot remix it")
+        return str(record["job_id"])
 
     def _frame(self, node: Node, work: Path) -> Path:
         from runner import ffmpeg

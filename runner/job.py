@@ -58,6 +58,7 @@ class ShotJob:
     sleep: Callable[[float], None] = time.sleep
     gate: SendWindow = field(default_factory=lambda: SendWindow(None))  # the pool's rpm
     on_provider_done: Callable[[], None] = lambda: None  # frees the pool slot before download
+    remix_source: str | None = None  # the provider's job id of the video a remix edits
 
     def run(self, dest: Path) -> str:
         """Make the shot's video at dest; returns the provider's job id."""
@@ -115,7 +116,10 @@ class ShotJob:
             try:
                 with self.gate.turn():
                     sent_at = self.journal.sending(self.key, self.node, self.backend.name)
-                    job_id = self.backend.submit(self.request)
+                    if self.remix_source is not None:
+                        job_id = self.backend.remix(self.remix_source, self.request)
+                    else:
+                        job_id = self.backend.submit(self.request)
             except RateLimited as err:
                 self.journal.clear(self.key)  # rejected: nothing was created
                 raise PoolPause(str(err), err.retry_after) from None

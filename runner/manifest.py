@@ -90,6 +90,13 @@ class FrameRef(Strict):
     frame: Literal["last"] = "last"
 
 
+class RemixRef(Strict):
+    """`remix = { shot = "x", prompt = "..." }`: the provider edits another shot's video."""
+
+    shot: str
+    prompt: str
+
+
 class Line(Strict):
     who: str
     line: str
@@ -105,6 +112,7 @@ class Shot(Settings):
     sound: str | None = None
     cast: list[str] = []
     image: str | FrameRef | None = None
+    remix: RemixRef | None = None
     needs: list[str] = []
     takes: int = Field(1, ge=1, le=16)
     pick: int = Field(1, ge=1)
@@ -228,7 +236,11 @@ _TABLE_MODELS: dict[str, type[BaseModel]] = {
     "shots": Shot,
 }
 
-_SHOT_PART_MODELS: dict[str, type[BaseModel]] = {"image": FrameRef, "dialogue": Line}
+_SHOT_PART_MODELS: dict[str, type[BaseModel]] = {
+    "image": FrameRef,
+    "dialogue": Line,
+    "remix": RemixRef,
+}
 
 
 def _allowed_keys(parent: list[str]) -> list[str]:
@@ -261,7 +273,15 @@ def _check_references(path: Path, m: Manifest) -> None:
 
     for sid, shot in m.shots.items():
         where = f"shots.{sid}"
-        if shot.prompt is None and shot.scene is None:
+        if shot.remix is not None:
+            if shot.remix.shot not in m.shots:
+                unknown_shot(f"{where}.remix.shot", shot.remix.shot)
+            if shot.prompt or shot.scene or shot.image:
+                problems.append(
+                    f"{path}: {where}: a remix is described by `remix.prompt` alone; "
+                    "remove `prompt`, `scene` and `image`"
+                )
+        elif shot.prompt is None and shot.scene is None:
             problems.append(f"{path}: {where}: give the shot a `prompt` or a `scene`")
         if shot.prompt is not None and (shot.scene or shot.camera or shot.actions):
             problems.append(

@@ -109,3 +109,13 @@ def test_unknown_profile(tmp_path: Path) -> None:
 
 def test_limits_for_an_unknown_backend(tmp_path: Path) -> None:
     check(tmp_path, MINIMAL + "\n[limits.previs]\nconcurrency = 2\n", "limits.previs", "previz")
+
+
+def test_remix_of_an_unknown_shot(tmp_path: Path) -> None:
+    bad = MINIMAL + '[shots.blue]\nremix = { shot = "rivr", prompt = "blue" }\n'
+    check(tmp_path, bad, "shots.blue.remix.shot: no shot named `rivr`")
+
+
+def test_remix_on_a_backend_that_cannot(tmp_path: Path) -> None:
+    bad = MINIMAL + ('[shots.blue]\nbackend = "veo"\nremix = { shot = "river", prompt = "blue" }\n')
+    check(tmp_path, bad, "shots.blue")

@@ -194,3 +194,22 @@ def test_submits_per_minute_never_exceed_rpm(tmp_path: Path, server: OpenAIServe
     assert result.returncode == 0, result.stderr
     assert len(server.creates) == 3
     assert server.max_creates_in_window(60.0) <= 2
+
+
+def test_a_remix_edits_the_source_job_and_follows_it(tmp_path: Path, server: OpenAIServer) -> None:
+    remix = '[shots.blue]\nremix = { shot = "s0", prompt = "Same shot, the lantern glows blue." }\n'
+    server.unique_videos = True  # each render differs, as a hosted model's do
+    p = Project(tmp_path, server, film(1) + remix)
+    assert p.run("render").returncode == 0
+    source = next(c for c in server.creates if c["remix_of"] is None)
+    remixed = next(c for c in server.creates if c["remix_of"] is not None)
+    assert remixed["remix_of"] == source["job_id"]
+    assert remixed["prompt"] == "Same shot, the lantern glows blue.\n"
+    assert p.run("render").returncode == 0 and len(server.creates) == 2
+    # A new source video means a new remix of it.
+    p.manifest.write_text(p.manifest.read_text().replace("Shot number 0:", "Shot zero:"))
+    plan = json.loads(p.run("plan", "--json").stdout)
+    assert {n["id"]: n["status"] for n in plan["nodes"]}["shots.blue"] == "blocked"
+    assert p.run("render").returncode == 0
+    assert len(server.creates) == 4
+    assert server.creates[3]["remix_of"] == server.creates[2]["job_id"]

@@ -85,6 +85,7 @@ def test_round_trip_gives_a_video_that_verifies(
         "t": 0,
         "status": 200,
         "job_id": job_id,
+        "remix_of": None,
     }
     assert server.authorizations == {f"Bearer {KEY}"}
     assert not list(dest.parent.glob("*.part"))

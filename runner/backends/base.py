@@ -23,6 +23,7 @@ class ShotRequest:
     fps: int
     seed: int | None
     image: Path | None = None  # first-frame reference, when the shot has one
+    remix_of: str | None = None  # the shot whose video this one edits (`remix`)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Capabilities:
     image: bool = True
     seed: bool = True
     negative_prompt: bool = False
+    remix: bool = False  # can edit an earlier job's video (`remix = { shot, prompt }`)
 
 
 class BackendError(Exception):
@@ -112,6 +114,10 @@ class Backend(Protocol):
         """The id of a job created for this shot's request at or after `since` (Unix time), if
         the provider lists one, other than those in `exclude` (jobs other nodes own, e.g. the
         identical requests of other takes): reconciles a create that got no answer."""
+        ...
+
+    def remix(self, source_job_id: str, shot: ShotRequest) -> str:
+        """Like submit, but edits the video of an earlier job with shot.prompt."""
         ...
 
     def poll(self, job_id: str) -> JobStatus: ...

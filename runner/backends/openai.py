@@ -119,6 +119,7 @@ class OpenAIBackend:
             image=row.image,
             seed=False,
             negative_prompt=False,  # no such field: `avoid` stays in the compiled text
+            remix=True,
         )
 
     def price_per_second(self, model: str, width: int, height: int) -> float:
@@ -171,6 +172,7 @@ class OpenAIBackend:
             "seconds": _wire_seconds(shot.seconds),
             "size": f"{shot.width}x{shot.height}",
             "image": shot.image is not None,
+            "remix": shot.remix_of is not None,
         }
 
     # -- the network --
@@ -192,6 +194,16 @@ class OpenAIBackend:
                 "image/png",
             )
         video = self._call(lambda: client.videos.create(**kwargs), creating=True)
+        with self._lock:
+            self._claimed.add(video.id)
+        return video.id
+
+    def remix(self, source_job_id: str, shot: ShotRequest) -> str:
+        """Send exactly one remix of an earlier job (POST /v1/videos/{id}/remix)."""
+        client = self._get_client()
+        video = self._call(
+            lambda: client.videos.remix(source_job_id, prompt=shot.prompt), creating=True
+        )
         with self._lock:
             self._claimed.add(video.id)
         return video.id

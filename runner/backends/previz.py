@@ -55,7 +55,8 @@ class PrevizBackend:
             max_seconds=MAX_SECONDS,
             image=True,
             seed=True,
-            negative_prompt=False,  # like Sora: `avoid` goes into the text, so previz shows it
+            negative_prompt=False,
+            remix=True,  # like Sora: `avoid` goes into the text, so previz shows it
         )
 
     def check(self, shot: ShotRequest) -> str | None:
@@ -112,6 +113,10 @@ class PrevizBackend:
         if not out.is_file():
             render(shot, out, self.workdir, noise_seed=int(job[:8], 16))
         return job
+
+    def remix(self, source_job_id: str, shot: ShotRequest) -> str:
+        """A card like any other: the remix prompt is on it, the source is in its key."""
+        return self.submit(shot)
 
     def find(self, shot: ShotRequest, since: float, exclude: frozenset[str]) -> str | None:
         """A clip already rendered for this request (previz jobs are named by their request)."""

@@ -241,6 +241,10 @@ class VeoBackend:
             raise Transient("veo answered the create without an operation name", sent=True)
         return operation.name
 
+    def remix(self, source_job_id: str, shot: ShotRequest) -> str:
+        """Veo has no remix; the planner never sends one (capabilities say remix=False)."""
+        raise Refused(f"{self.name} cannot remix a video")
+
     def find(
         self, shot: ShotRequest, since: float, exclude: frozenset[str] = frozenset()
     ) -> str | None:

@@ -44,6 +44,19 @@ _clips: dict[str, bytes] = {}
 _clips_lock = threading.Lock()
 
 
+def unique_mp4_bytes(seconds: float, label: str) -> bytes:
+    """The clip of `seconds`, remuxed with `label` in its metadata: different bytes per job, as
+    a hosted model gives (its renders are not reproducible)."""
+    with tempfile.TemporaryDirectory(prefix="openai-server-") as tmp:
+        src, out = Path(tmp) / "src.mp4", Path(tmp) / "out.mp4"
+        src.write_bytes(mp4_bytes(seconds))
+        argv = [ffmpeg.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+        argv += ["-i", str(src), "-c", "copy", "-metadata", f"title={label}"]
+        argv += ["-movflags", "+faststart", str(out)]
+        subprocess.run(argv, check=True, capture_output=True)
+        return out.read_bytes()
+
+
 def mp4_bytes(seconds: float) -> bytes:
     """A real H.264/AAC MP4 of `seconds` at 160x90, made once per length (moov first)."""
     key = f"{seconds:g}"
@@ -77,6 +90,7 @@ class Job:
     has_image: bool
     image_size: tuple[int, int] | None
     expired: bool = False
+    remixed_from: str | None = None
 
     def status(self, now: float) -> tuple[str, int]:
         """(status, progress) at `now`: queued for the first fifth, then in_progress."""
@@ -107,7 +121,7 @@ class Job:
             "prompt": self.prompt,
             "seconds": self.seconds,
             "size": self.size,
-            "remixed_from_video_id": None,
+            "remixed_from_video_id": self.remixed_from,
             "error": error if status == "failed" else None,
         }
 
@@ -125,6 +139,7 @@ class OpenAIServer:
         rpm: int | None = None,
     ) -> None:
         self.job_seconds = job_seconds
+        self.unique_videos = False  # True: every job's video has its own bytes
         self.poll_after_ms = poll_after_ms  # None: no header
         self.api_key = api_key  # None: any non-empty bearer key is accepted
         self.missing_models: set[str] = set(missing_models or ())  # answer 404 model_not_found
@@ -261,7 +276,28 @@ class OpenAIServer:
 
     # -- the protocol (called by the handler) --
 
-    def _create(self, h: _Handler, fields: dict[str, str], image: bytes | None) -> None:
+    def _remix(self, h: _Handler, source_id: str, body: bytes) -> None:
+        """POST /v1/videos/{id}/remix: a new job editing a finished one, with a new prompt."""
+        try:
+            prompt = str(json.loads(body or b"{}")["prompt"])
+        except (ValueError, KeyError, TypeError):
+            h.send_error_json(400, "Missing required parameter: 'prompt'.", None, "invalid")
+            return
+        with self.lock:
+            source = self.jobs.get(source_id)
+        if source is None or source.expired:
+            h.send_error_json(404, f"No video found with id '{source_id}'.", None, "invalid")
+            return
+        fields = {"prompt": prompt, "model": source.model, "seconds": source.seconds}
+        self._create(h, {**fields, "size": source.size}, None, remix_of=source_id)
+
+    def _create(
+        self,
+        h: _Handler,
+        fields: dict[str, str],
+        image: bytes | None,
+        remix_of: str | None = None,
+    ) -> None:
         now = time.time()
         prompt = fields.get("prompt", "")
         model = fields.get("model", "sora-2")
@@ -278,6 +314,7 @@ class OpenAIServer:
             "t": now,
             "status": None,
             "job_id": None,
+            "remix_of": remix_of,
         }
         with self.lock:
             self.create_attempts.append(record)
@@ -320,6 +357,7 @@ class OpenAIServer:
                 moderated=any(s in prompt for s in self._moderated),
                 has_image=image is not None,
                 image_size=image_size,
+                remixed_from=remix_of,
             )
             self.jobs[job.id] = job
             record["job_id"] = job.id
@@ -397,7 +435,10 @@ class OpenAIServer:
             return
         with self.lock:
             truncate = self._truncations.pop(0) if self._truncations else None
-        data = mp4_bytes(float(job.seconds))
+        if self.unique_videos:
+            data = unique_mp4_bytes(float(job.seconds), job.id)
+        else:
+            data = mp4_bytes(float(job.seconds))
         if truncate is None:
             h.send_bytes(data)
         else:
@@ -461,6 +502,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self._body()
         if not self._authorised():
+            return
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        if len(parts) == 4 and parts[:2] == ["v1", "videos"] and parts[3] == "remix":
+            self.server_state._remix(self, parts[2], body)
             return
         if urlsplit(self.path).path != "/v1/videos":
             self.send_error_json(404, f"Unknown path {self.path}", None, "invalid_request_error")
