@@ -67,6 +67,14 @@ def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) 
             inputs["image"] = frame_id
         elif isinstance(shot.image, str):
             inputs["image"] = shot.image
+        for i, ref in enumerate(shot.references):
+            inputs[f"ref{i}"] = ref
+        if len(shot.references) > caps.reference_images:
+            raise UserError(
+                f"{source}: shots.{shot_id}.references: {settings.backend} model {model} takes "
+                f"{caps.reference_images or 'no'} reference images; "
+                f"this shot gives {len(shot.references)}"
+            )
         if shot.remix is not None:
             inputs["remix"] = picked(manifest, shot.remix.shot)
             _check_remix(manifest, source, shot_id, shot.remix.shot, settings, caps, profile)

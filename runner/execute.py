@@ -142,7 +142,8 @@ class NodeJobs:
 
         backend = registry.get(node.pool)
         image = self._input(node, "image") if "image" in node.inputs else None
-        request = node.request(image)
+        refs = tuple(self._input(node, r) for r in sorted(node.inputs) if r.startswith("ref"))
+        request = node.request(image, refs)
         record.update(backend=node.pool, model=request.model)
         # Hosted models round lengths; allow a frame and a little more, never a wrong shot.
         tolerance = max(0.25, 2.0 / request.fps)

@@ -43,10 +43,10 @@ class Node:
     def deps(self) -> list[str]:
         return sorted(set(self.inputs.values()) | set(self.after))
 
-    def request(self, image: Path | None) -> ShotRequest:
+    def request(self, image: Path | None, references: tuple[Path, ...] = ()) -> ShotRequest:
         assert self.shot is not None
         fields = dict(self.shot, avoid=tuple(self.shot["avoid"]))
-        return ShotRequest(**fields, image=image)
+        return ShotRequest(**fields, image=image, references=references)
 
 
 @dataclass

@@ -113,6 +113,7 @@ class Shot(Settings):
     cast: list[str] = []
     image: str | FrameRef | None = None
     remix: RemixRef | None = None
+    references: list[str] = []  # "assets.NAME" images of a character or look (Veo "asset")
     needs: list[str] = []
     takes: int = Field(1, ge=1, le=16)
     pick: int = Field(1, ge=1)
@@ -312,6 +313,13 @@ def _check_references(path: Path, m: Manifest) -> None:
                 problems.append(
                     f"{path}: {where}.image: `{shot.image}` is not a declared asset; write "
                     '"assets.NAME" for an [assets.NAME] table or { shot = "x", frame = "last" }'
+                )
+        for i, ref in enumerate(shot.references):
+            kind, _, name = ref.partition(".")
+            if kind != "assets" or name not in m.assets:
+                problems.append(
+                    f"{path}: {where}.references[{i}]: `{ref}` is not a declared asset; write "
+                    '"assets.NAME" for an [assets.NAME] table'
                 )
     for i, cut in enumerate(m.edit.sequence):
         name = cut if isinstance(cut, str) else cut.shot

@@ -111,6 +111,16 @@ def test_limits_for_an_unknown_backend(tmp_path: Path) -> None:
     check(tmp_path, MINIMAL + "\n[limits.previs]\nconcurrency = 2\n", "limits.previs", "previz")
 
 
+def test_more_reference_images_than_the_model_takes(tmp_path: Path) -> None:
+    toml = MINIMAL + "".join(f'[assets.r{i}]\npath = "r{i}.png"\n' for i in range(4))
+    toml = toml.replace(
+        'cast = ["mara"]',
+        'cast = ["mara"]\nreferences = ["assets.r0", "assets.r1", "assets.r2", "assets.r3"]',
+    )
+    files: dict[str, str | bytes] = {f"r{i}.png": b"png" for i in range(4)}
+    check(tmp_path, toml, "shots.river.references: previz model previz takes 3", files=files)
+
+
 def test_remix_of_an_unknown_shot(tmp_path: Path) -> None:
     bad = MINIMAL + '[shots.blue]\nremix = { shot = "rivr", prompt = "blue" }\n'
     check(tmp_path, bad, "shots.blue.remix.shot: no shot named `rivr`")

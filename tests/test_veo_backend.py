@@ -194,6 +194,18 @@ def test_parameters_and_first_frame_reach_the_server_as_configured(
     assert create["image_bytes"] == image.read_bytes()
 
 
+def test_reference_images_reach_the_server_as_assets(server: VeoServer, tmp_path: Path) -> None:
+    refs = []
+    for colour in ("red", "blue"):
+        refs.append(tmp_path / f"{colour}.png")
+        ff("-f", "lavfi", "-i", f"color={colour}:s=64x64", "-frames:v", "1", str(refs[-1]))
+    backend = express(server, tmp_path)
+    assert backend.capabilities("veo-3.1-generate-preview").reference_images == 3
+    backend.submit(shot(references=tuple(refs)))
+    assert server.creates[0]["reference_images"] == 2
+    assert not server.creates[0]["has_image"]
+
+
 def test_no_avoid_and_no_seed_send_neither_field(server: VeoServer, tmp_path: Path) -> None:
     express(server, tmp_path).submit(shot(avoid=(), seed=None))
     create = server.creates[0]

@@ -24,6 +24,7 @@ class ShotRequest:
     seed: int | None
     image: Path | None = None  # first-frame reference, when the shot has one
     remix_of: str | None = None  # the shot whose video this one edits (`remix`)
+    references: tuple[Path, ...] = ()  # reference images (a character, an object, a look)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Capabilities:
     seed: bool = True
     negative_prompt: bool = False
     remix: bool = False  # can edit an earlier job's video (`remix = { shot, prompt }`)
+    reference_images: int = 0  # how many reference images the model takes
 
 
 class BackendError(Exception):

@@ -55,8 +55,9 @@ class PrevizBackend:
             max_seconds=MAX_SECONDS,
             image=True,
             seed=True,
-            negative_prompt=False,
-            remix=True,  # like Sora: `avoid` goes into the text, so previz shows it
+            negative_prompt=False,  # like Sora: `avoid` goes into the text, so previz shows it
+            remix=True,
+            reference_images=3,  # accepted, so a film meant for Veo previews offline
         )
 
     def check(self, shot: ShotRequest) -> str | None:

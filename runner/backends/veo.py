@@ -69,6 +69,9 @@ KEY_VARS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # where google-genai looks for 
 CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
+MAX_REFERENCES = 3  # Veo 3.1 takes up to three asset reference images
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One row of the capability and price table."""
@@ -79,7 +82,7 @@ class ModelSpec:
     audio: bool = True  # sends generateAudio=true; the price below includes it
     price: float = 0.40  # USD per second of video
     prices: tuple[tuple[str, float], ...] = ()  # per resolution ("4k", 0.60), overrides price
-    reference_images: bool = False  # asset reference images (not yet in ShotRequest)
+    reference_images: bool = False  # takes up to MAX_REFERENCES "asset" reference images
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -154,6 +157,7 @@ class VeoBackend:
             image=spec.image,
             seed=True,
             negative_prompt=True,
+            reference_images=MAX_REFERENCES if spec.reference_images else 0,
         )
 
     def price_per_second(self, model: str, width: int, height: int) -> float:
@@ -221,14 +225,16 @@ class VeoBackend:
             negative_prompt=_negative_prompt(shot),
             seed=shot.seed,
             generate_audio=True if spec.audio else None,
+            reference_images=[
+                types.VideoGenerationReferenceImage(
+                    image=_image(types, path),
+                    reference_type=types.VideoGenerationReferenceType.ASSET,
+                )
+                for path in shot.references
+            ]
+            or None,
         )
-        image = None
-        if shot.image is not None:
-            try:
-                data = shot.image.read_bytes()
-            except OSError as exc:
-                raise Refused(f"{shot.image}: cannot read the first-frame image: {exc}") from None
-            image = types.Image(image_bytes=data, mime_type=_image_mime(data))
+        image = _image(types, shot.image) if shot.image is not None else None
         source = types.GenerateVideosSource(prompt=shot.prompt, image=image)
         client = self._get_client()
         try:
@@ -476,6 +482,15 @@ def _model_table(overrides: Mapping[str, Any]) -> dict[str, ModelSpec]:
 def _negative_prompt(shot: ShotRequest) -> str | None:
     """`[style] avoid` as Veo's negativePrompt (so it stays out of the prompt text)."""
     return ", ".join(shot.avoid) if shot.avoid else None
+
+
+def _image(types: Any, path: Path) -> Any:
+    """A google.genai Image from a PNG or JPEG file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise Refused(f"{path}: cannot read the image: {exc}") from None
+    return types.Image(image_bytes=data, mime_type=_image_mime(data))
 
 
 def _image_mime(data: bytes) -> str:

@@ -286,6 +286,7 @@ class VeoServer:
                     "generateAudio": params.get("generateAudio"),
                     "sampleCount": params.get("sampleCount"),
                     "has_image": bool(image),
+                    "reference_images": len(instance.get("referenceImages") or []),
                     "image_mime": image.get("mimeType"),
                     "image_bytes": base64.b64decode(image.get("bytesBase64Encoded") or ""),
                     "t": now,
