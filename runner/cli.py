@@ -60,6 +60,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send again creates that may have reached a provider which cannot list its jobs",
     )
+    p.add_argument(
+        "--frozen",
+        action="store_true",
+        help="fail, listing the nodes, if anything would render (a CI check on pull requests)",
+    )
+    p.add_argument("--shard", metavar="I/N", help="render only shard I of N (CI matrix jobs)")
+    p.add_argument(
+        "--rerender",
+        metavar="SHOT",
+        action="append",
+        default=[],
+        help="render this shot again on purpose (a new take of it); may be repeated",
+    )
 
     p = sub.add_parser("status", parents=[common], help="per node: cached, stale, missing, failed")
     film_arg(p)
@@ -125,18 +138,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from runner import shard
     from runner.progress import Progress
-    from runner.render import render
+    from runner.render import Options, render
 
     project = _open(args)
+    options = Options(
+        keep_going=args.keep_going,
+        rerender_expired=args.rerender_expired,
+        resend_unconfirmed=args.resend_unconfirmed,
+        rerender=_shot_nodes(project, args.rerender),
+        shard=shard.parse(args.shard) if args.shard else None,
+    )
+    if args.frozen:
+        stale = project.plan(options.rerender).to_render
+        if stale:
+            for d in stale:
+                print(f"runner: would render {d.id}: {'; '.join(d.reasons)}", file=sys.stderr)
+            print(f"runner: --frozen: {len(stale)} nodes would render", file=sys.stderr)
+            return EXIT_FAILED
     with Progress(project.graph) as progress:
-        result = render(
-            project,
-            keep_going=args.keep_going,
-            rerender_expired=args.rerender_expired,
-            resend_unconfirmed=args.resend_unconfirmed,
-            report=progress,
-        )
+        result = render(project, options, progress)
     out = result.outcome
     cached = len(result.plan.decisions) - len(result.plan.to_render) + len(out.cached)
     print(
@@ -150,7 +172,18 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"runner: not rendered: {nid} ({why})", file=sys.stderr)
     if result.film is not None:
         print(result.film)
+    if options.shard is not None:
+        return EXIT_OK if out.ok else EXIT_FAILED
     return EXIT_OK if out.ok and result.film is not None else EXIT_FAILED
+
+
+def _shot_nodes(project: Project, shots: list[str]) -> frozenset[str]:
+    """The node ids (every take) of the named shots."""
+    nodes = {n.id: n.shot["shot"] for n in project.graph.nodes.values() if n.shot}
+    unknown = sorted(set(shots) - set(nodes.values()))
+    if unknown:
+        raise UserError(f"--rerender: no shot named {', '.join(unknown)}")
+    return frozenset(nid for nid, shot in nodes.items() if shot in shots)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

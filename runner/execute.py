@@ -8,6 +8,7 @@ recorded only after its output is verified and stored (doit's rule).
 from __future__ import annotations
 
 import queue
+import sys
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +21,12 @@ from runner.errors import NodeFailed, UserError
 from runner.graph import Graph, Node
 from runner.job import PoolPause, ShotJob
 from runner.journal import Journal
+from runner.lockfile import Lock
 from runner.plan import Plan, full_recipe, node_key
 from runner.ratelimit import SendWindow
+from runner.remote import Remote, RemoteError
 from runner.scheduler import RELEASED, Released, Retry
-from runner.store import SegmentCache, Store
+from runner.store import RECORD_VERSION, SegmentCache, Store
 
 
 def _now() -> str:
@@ -43,6 +46,9 @@ class NodeJobs:
         rerender_expired: bool = False,
         resend_unconfirmed: bool = False,
         gates: dict[str, SendWindow] | None = None,
+        lock: Lock | None = None,
+        force: frozenset[str] = frozenset(),
+        remote: Remote | None = None,
     ) -> None:
         self.graph = graph
         self.store = store
@@ -50,6 +56,9 @@ class NodeJobs:
         self.rerender_expired = rerender_expired
         self.resend_unconfirmed = resend_unconfirmed
         self.gates = gates or {}
+        self.lock = lock
+        self.force = force
+        self.remote = remote
         self.digests: dict[str, str] = {
             d.id: d.output for d in plan.decisions.values() if d.output is not None
         }
@@ -77,12 +86,30 @@ class NodeJobs:
     def fresh(self, node_id: str) -> bool:
         """True when the node's output is already cached, now that its inputs are known."""
         key, _ = self.recipe(node_id)
-        record = self.store.lookup(key)
-        if record is None:
+        return node_id not in self.force and self._adopt(node_id, key)
+
+    def _adopt(self, node_id: str, key: str) -> bool:
+        """Take the node's output from the lock, this cache or the team's, if any has it."""
+        locked = self.lock.output_for(node_id, key) if self.lock else None
+        record = self.store.read_record(key)
+        if locked is None and self.remote is not None and record is None:
+            record = self.remote.pull_record(key, self.store)
+        output = locked or (record["output"] if record else None)
+        if output is None or not self._have(output):
             return False
-        self.digests[node_id] = record["output"]
-        self.records[node_id] = record
+        self.digests[node_id] = output
+        self.records[node_id] = {**(record or {}), "key": key, "output": output}
         return True
+
+    def have(self, node_id: str) -> bool:
+        """The node's output is (or can be made) local."""
+        return node_id in self.digests and self._have(self.digests[node_id])
+
+    def _have(self, digest: str) -> bool:
+        """The blob is here, or has just been pulled (verified) from the team's cache."""
+        if self.store.has_blob(digest):
+            return True
+        return self.remote is not None and self.remote.pull_blob(digest, self.store)
 
     def start(self, node_id: str) -> None:
         self._pool.submit(self._run, node_id)
@@ -108,6 +135,21 @@ class NodeJobs:
 
     def _make(self, node: Node) -> None:
         key, recipe = self.recipe(node.id)
+        with self.store.node_lock(key):  # another runner on this cache may be making it
+            if node.id not in self.force:
+                if self._adopt(node.id, key):
+                    return
+                # A paid, unrepeatable render is never made again silently; local work and
+                # previz are deterministic, so making them again gives the locked bytes.
+                reproducible = node.pool in ("local", "previz")
+                if not reproducible and self.lock and self.lock.output_for(node.id, key):
+                    raise NodeFailed(
+                        f"{node.id}: film.lock names its output, but no cache has it; run "
+                        "`runner cache pull`, or render it again on purpose with --rerender"
+                    )
+            self._make_locked(node, key, recipe)
+
+    def _make_locked(self, node: Node, key: str, recipe: dict[str, Any]) -> None:
         started = time.monotonic()
         record: dict[str, Any] = {"node": node.id, "kind": node.kind, "started": _now()}
         with self.store.workdir() as work:
@@ -129,13 +171,25 @@ class NodeJobs:
         self.store.record(key, record)
         self.records[node.id] = {**record, "key": key}
         self.digests[node.id] = digest
+        if self.remote is not None:  # at once: a crash must never lose a paid render
+            try:
+                self.remote.push_blob(digest, self.store)
+                self.remote.push_record(key, {**record, "version": RECORD_VERSION, "key": key})
+            except RemoteError as err:
+                print(
+                    f"runner: warning: {node.id} is cached here but not pushed: {err}",
+                    file=sys.stderr,
+                )
 
     def _input(self, node: Node, role: str) -> Path:
         upstream = self.graph.nodes[node.inputs[role]]
         if upstream.kind == "asset":  # assets live in the film's folder, not the cache
             assert upstream.path is not None
             return Path(upstream.path)
-        return self.store.blob(self.digests[upstream.id])
+        digest = self.digests[upstream.id]
+        if not self._have(digest):
+            raise NodeFailed(f"{node.id}: the output of {upstream.id} is in no cache")
+        return self.store.blob(digest)
 
     def _shot(self, node: Node, key: str, work: Path, record: dict[str, Any]) -> Path:
         from runner import ffmpeg

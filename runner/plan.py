@@ -76,6 +76,7 @@ def make_plan(
     lookup: Callable[[str], str | None],
     asset_digest: Callable[[Node], str],
     previous: Mapping[str, dict[str, Any]],
+    force: frozenset[str] = frozenset(),
 ) -> Plan:
     """Decide every node. lookup(key) gives the cached output digest or None; previous holds
     the recipes last built per node id (read only when something must be explained)."""
@@ -95,13 +96,16 @@ def make_plan(
             )
             continue
         key = node_key(node, digests)
-        output = lookup(key)
+        output = None if node.id in force else lookup(key)
         if output is not None:
             digests[node.id] = output
             decisions[node.id] = Decision(node.id, node.kind, CACHED, key=key, output=output)
         else:
             recipe = full_recipe(node, digests)
-            reasons = explain(recipe, previous.get(node.id), node=node)
+            if node.id in force:
+                reasons = ["rendered again on request (--rerender)"]
+            else:
+                reasons = explain(recipe, previous.get(node.id), node=node)
             decisions[node.id] = Decision(
                 node.id, node.kind, RENDER, reasons, key, recipe=recipe, cost_usd=node.cost_usd
             )

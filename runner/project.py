@@ -21,7 +21,9 @@ from typing import Any
 from runner import __version__
 from runner.errors import UserError
 from runner.graph import Graph, Node
+from runner.lockfile import Lock
 from runner.plan import Plan, make_plan
+from runner.remote import Remote, remote_from_config
 from runner.store import StatCache, Store, read_json, write_atomic, write_json
 
 COMPILED_VERSION = 1
@@ -64,6 +66,20 @@ class Project:
     @property
     def stem(self) -> str:
         return self.manifest_path.stem
+
+    @property
+    def lock(self) -> Lock:
+        """film.lock beside the manifest, read once."""
+        if not hasattr(self, "_lock"):
+            self._lock = Lock.read(self.manifest_path.with_suffix(".lock"))
+        return self._lock
+
+    @property
+    def remote(self) -> Remote | None:
+        """The team cache ([tool.runner] remote or RUNNER_REMOTE), if there is one."""
+        if not hasattr(self, "_remote"):
+            self._remote = remote_from_config(self.tool_config(), os.environ)
+        return self._remote
 
     @classmethod
     def open(cls, manifest_path: Path, cache_dir: Path | None, profile: str | None) -> Project:
@@ -112,7 +128,8 @@ class Project:
     def recipes(self) -> LazyRecipes:
         return LazyRecipes(self.store.state_path(self.film_id, ".recipes"))
 
-    def plan(self) -> Plan:
+    def plan(self, force: frozenset[str] = frozenset()) -> Plan:
+        """What renders and why. `force`: node ids to render again whatever is cached."""
         stats = StatCache(self.store.state_path("assets"))
 
         def asset_digest(node: Node) -> str:
@@ -126,19 +143,44 @@ class Project:
                 ) from None
 
         logged = {e["key"]: e["output"] for e in self.state()["built"].values()}
+        locked = {e.key: e.output for e in self.lock.entries.values()}
 
         def lookup(key: str) -> str | None:
-            output = logged.get(key)
-            if output is not None and self.store.has_blob(output):
-                return str(output)
+            # The lock decides which bytes a key stands for; then this machine's caches;
+            # then the team's. A locked output found nowhere is not re-rendered silently.
+            if key in locked:
+                return locked[key] if self._available(locked[key]) else None
+            built = logged.get(key)
+            if built is not None and self.store.has_blob(built):
+                return str(built)
             record = self.store.lookup(key)
-            return str(record["output"]) if record else None
+            if record is not None:
+                return str(record["output"])
+            return self._remote_output(key)
 
         plan = make_plan(
-            self.graph, lookup=lookup, asset_digest=asset_digest, previous=self.recipes()
+            self.graph,
+            lookup=lookup,
+            asset_digest=asset_digest,
+            previous=self.recipes(),
+            force=force,
         )
         stats.save()
         return plan
+
+    def _available(self, digest: str) -> bool:
+        if self.store.has_blob(digest):
+            return True
+        return self.remote is not None and self.remote.has(digest)
+
+    def _remote_output(self, key: str) -> str | None:
+        """A node the team rendered: its record from the remote, when its output is there."""
+        if self.remote is None:
+            return None
+        record = self.store.read_record(key) or self.remote.pull_record(key, self.store)
+        if record is None or not self._available(str(record["output"])):
+            return None
+        return str(record["output"])
 
 
 class LazyRecipes(Mapping[str, dict[str, Any]]):

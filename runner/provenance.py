@@ -43,7 +43,7 @@ def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None)
             continue
         recipe = full_recipe(node, digests)
         key = node_key(node, digests)
-        record = project.store.lookup(key) or {}
+        record = project.store.read_record(key) or {}
         entry["key"] = key
         entry["inputs"] = {
             role: {"node": dep, "sha256": digests[dep]} for role, dep in sorted(node.inputs.items())

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner import shard
 from runner.execute import NodeJobs
+from runner.lockfile import Entry
 from runner.plan import CACHED, Plan, full_recipe
 from runner.project import Project
 from runner.ratelimit import SendWindow
@@ -49,17 +51,22 @@ def pools_for(project: Project, names: set[str]) -> dict[str, Pool]:
     return pools
 
 
-def render(
-    project: Project,
-    *,
-    keep_going: bool,
-    report: Report,
-    rerender_expired: bool = False,
-    resend_unconfirmed: bool = False,
-) -> RenderResult:
+@dataclass(frozen=True)
+class Options:
+    keep_going: bool = False
+    rerender_expired: bool = False
+    resend_unconfirmed: bool = False
+    rerender: frozenset[str] = frozenset()  # node ids to render again on purpose
+    shard: tuple[int, int] | None = None  # (I, N): render only shard I of N, no edit
+
+
+def render(project: Project, options: Options, report: Report) -> RenderResult:
     graph = project.graph
-    plan = project.plan()
+    plan = project.plan(options.rerender)
     todo = [d.id for d in plan.decisions.values() if d.status != CACHED]
+    if options.shard is not None:
+        share = shard.members(graph, *options.shard)
+        todo = [nid for nid in todo if nid in share]
     todo_set = set(todo)
     tasks = [
         Task(
@@ -77,13 +84,17 @@ def render(
         plan,
         project.store,
         workers=sum(p.concurrency for p in pools.values()),
-        rerender_expired=rerender_expired,
-        resend_unconfirmed=resend_unconfirmed,
+        rerender_expired=options.rerender_expired,
+        resend_unconfirmed=options.resend_unconfirmed,
         gates={name: SendWindow(pool.rpm) for name, pool in pools.items()},
+        lock=project.lock,
+        force=options.rerender,
+        remote=project.remote,
     )
     # Jobs a killed run sent go first: they are paid for and already use provider slots.
     sent = {nid for nid in todo if jobs.journaled(nid)}
     tasks.sort(key=lambda t: t.id not in sent)
+    locker = LockWriter(project, plan, jobs)
     try:
         outcome = schedule(
             tasks,
@@ -91,15 +102,15 @@ def render(
             jobs,
             MonotonicClock(),
             fresh=jobs.fresh,
-            keep_going=keep_going,
-            report=report,
+            keep_going=options.keep_going,
+            report=locker.wrap(report),
         )
     finally:
         jobs.close()
-
+    locker.finish(outcome)
     _remember(project, plan, jobs, outcome)
     film = prov = None
-    if "edit" in jobs.digests:
+    if options.shard is None and "edit" in jobs.digests and jobs.have("edit"):
         from runner import provenance
 
         film, prov = provenance.publish(project, jobs.digests)
@@ -107,6 +118,68 @@ def render(
         float(r.get("cost_usd") or 0.0) for nid, r in jobs.records.items() if nid in outcome.done
     )
     return RenderResult(plan, outcome, film, prov, round(spend, 4))
+
+
+class LockWriter:
+    """Keeps film.lock up to date: after each rendered node (at most twice a second, and at
+    once for a paid one), and once at the end for everything the run used."""
+
+    def __init__(self, project: Project, plan: Plan, jobs: NodeJobs) -> None:
+        self.project = project
+        self.plan = plan
+        self.jobs = jobs
+        self.lock = project.lock
+        self.written = 0.0
+        self.dirty = False
+
+    def wrap(self, report: Report) -> Report:
+        def on_event(event: str, node_id: str, detail: str) -> None:
+            if event in ("done", "cached"):
+                self.put(node_id)
+                paid = self.project.graph.nodes[node_id].cost_usd > 0
+                if self.dirty and (paid or time.monotonic() - self.written > 0.5):
+                    self.write()
+            report(event, node_id, detail)
+
+        return on_event
+
+    def put(self, node_id: str) -> None:
+        node = self.project.graph.nodes[node_id]
+        record = self.jobs.records.get(node_id)
+        if node.kind == "asset" or record is None:
+            return
+        shot = node.shot or {}
+        entry = Entry(
+            key=record["key"],
+            output=record["output"],
+            kind=node.kind,
+            job_id=record.get("job_id"),
+            backend=record.get("backend"),
+            model=record.get("model"),
+            seconds=shot.get("seconds"),
+            cost_usd=record.get("cost_usd"),
+        )
+        self.dirty |= self.lock.put(node_id, entry)
+
+    def write(self) -> None:
+        self.lock.write()
+        self.written = time.monotonic()
+        self.dirty = False
+
+    def finish(self, outcome: Outcome) -> None:
+        """Lock what the plan found cached too, and forget nodes the film no longer has."""
+        store = self.project.store
+        for d in self.plan.decisions.values():
+            if d.status != CACHED or d.key is None or d.kind == "asset":
+                continue
+            if self.lock.output_for(d.id, d.key) is None:
+                record = store.read_record(d.key) or {}
+                self.jobs.records.setdefault(d.id, {**record, "key": d.key, "output": d.output})
+                self.put(d.id)
+        nodes = {n.id for n in self.project.graph.nodes.values() if n.kind != "asset"}
+        self.dirty |= self.lock.keep_only(nodes)
+        if self.dirty or (not self.lock.path.exists() and self.lock.entries):
+            self.write()
 
 
 def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) -> None:

@@ -12,6 +12,7 @@ crash at any moment leaves either the old file or the complete new one, never ha
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -87,18 +88,38 @@ class Store:
     def _action_path(self, key: str) -> Path:
         return self.root / "actions" / key[:2] / f"{key}.json"
 
-    def lookup(self, key: str) -> dict[str, Any] | None:
-        """The record for key, only when its output blob is still present."""
+    def read_record(self, key: str) -> dict[str, Any] | None:
+        """The record for key, whether or not its output is here (provenance reads these)."""
         record = read_json(self._action_path(key))
         if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
             return None
-        if not self.has_blob(str(record.get("output", ""))):
+        return record
+
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        """The record for key, only when its output blob is still present."""
+        record = self.read_record(key)
+        if record is None or not self.has_blob(str(record.get("output", ""))):
             return None  # a record whose file is gone does not count as done
         return record
 
     def record(self, key: str, record: dict[str, Any]) -> None:
         """Save a result; call only after the output is verified and stored."""
         write_json(self._action_path(key), {**record, "version": RECORD_VERSION, "key": key})
+
+    @contextmanager
+    def node_lock(self, key: str) -> Iterator[None]:
+        """Hold the lock of one node key: two runners on one cache never make a node twice.
+
+        An flock: the kernel releases it when its holder dies, however it dies.
+        """
+        path = self.root / "locks" / key[:2] / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     @contextmanager
     def workdir(self) -> Iterator[Path]:
