@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from runner import __version__
 from runner.errors import UserError
+from runner.remote import RemoteError
 
 if TYPE_CHECKING:
     from runner.project import Project
@@ -81,6 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     film_arg(p)
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
 
+    p = sub.add_parser("cache", help="push, pull, verify or gc the caches")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in [
+        ("push", "upload this film's renders the remote lacks"),
+        ("pull", "download what film.lock names"),
+        ("verify", "check that blobs, here and remote, hash to their names"),
+        ("gc", "delete blobs no film.lock in the repository references"),
+    ]:
+        a = actions.add_parser(action, parents=[common], help=text)
+        film_arg(a)
+        if action == "gc":
+            a.add_argument("--yes", action="store_true", help="delete (without it, only list)")
+
     p = sub.add_parser("show", parents=[common], help="the exact prompt text a shot sends")
     p.add_argument("film", type=Path, help="path of film.toml")
     p.add_argument("shot", help="shot id")
@@ -94,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"runner: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RemoteError as err:
+        print(f"runner: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:  # `runner graph | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
@@ -234,12 +251,39 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from runner import cache_cmd
+
+    project = _open(args)
+    if args.action == "push":
+        print(f"pushed {len(cache_cmd.push(project))} blobs")
+    elif args.action == "pull":
+        print(f"pulled {len(cache_cmd.pull(project))} blobs")
+    elif args.action == "verify":
+        bad = cache_cmd.verify(project)
+        for line in bad:
+            print(f"corrupt: {line}")
+        print(f"{len(bad)} corrupt blobs")
+        return EXIT_FAILED if bad else EXIT_OK
+    else:
+        local, remote = cache_cmd.gc(project, yes=args.yes)
+        verb = "deleted" if args.yes else "would delete"
+        for digest in local:
+            print(f"{verb} local {digest}")
+        for digest in remote:
+            print(f"{verb} remote {digest}")
+        hint = "" if args.yes else " (run with --yes to delete)"
+        print(f"{verb} {len(local)} local and {len(remote)} remote blobs{hint}")
+    return EXIT_OK
+
+
 _COMMANDS = {
     "plan": cmd_plan,
     "render": cmd_render,
     "status": cmd_status,
     "graph": cmd_graph,
     "show": cmd_show,
+    "cache": cmd_cache,
 }
 
 

@@ -24,7 +24,7 @@ from runner.journal import Journal
 from runner.lockfile import Lock
 from runner.plan import Plan, full_recipe, node_key
 from runner.ratelimit import SendWindow
-from runner.remote import Remote, RemoteError
+from runner.remote import Remote, RemoteCorrupt, RemoteError
 from runner.scheduler import RELEASED, Released, Retry
 from runner.store import RECORD_VERSION, SegmentCache, Store
 
@@ -109,7 +109,13 @@ class NodeJobs:
         """The blob is here, or has just been pulled (verified) from the team's cache."""
         if self.store.has_blob(digest):
             return True
-        return self.remote is not None and self.remote.pull_blob(digest, self.store)
+        if self.remote is None:
+            return False
+        try:
+            return self.remote.pull_blob(digest, self.store)
+        except RemoteCorrupt as err:  # refused, reported, never used
+            print(f"runner: warning: {err}", file=sys.stderr)
+            return False
 
     def start(self, node_id: str) -> None:
         self._pool.submit(self._run, node_id)
@@ -123,7 +129,7 @@ class NodeJobs:
     def _run(self, node_id: str) -> None:
         try:
             self._make(self.graph.nodes[node_id])
-        except (NodeFailed, UserError) as err:  # e.g. a trim longer than the rendered clip
+        except (NodeFailed, UserError, RemoteError) as err:  # e.g. a trim past a clip's end
             self._done.put((node_id, str(err)))
         except PoolPause as err:
             self._done.put((node_id, Retry(str(err), err.after)))

@@ -67,8 +67,9 @@ def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None)
                 "cuts": node.recipe["cuts"],
                 "loudness_lufs": node.recipe["loudness_lufs"],
             }
-        entry["started"] = record.get("started")
-        entry["finished"] = record.get("finished")
+        if node.kind == "shot":  # local work is deterministic: when it ran is not provenance
+            entry["started"] = record.get("started")
+            entry["finished"] = record.get("finished")
         nodes.append(entry)
     return {
         "version": PROVENANCE_VERSION,

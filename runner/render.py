@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from runner.lockfile import Entry
 from runner.plan import CACHED, Plan, full_recipe
 from runner.project import Project
 from runner.ratelimit import SendWindow
+from runner.remote import RemoteCorrupt
 from runner.scheduler import Outcome, Pool, Report, Task, schedule
 
 # In-flight jobs per pool when [limits.<backend>] does not say: local work is CPU-bound.
@@ -67,7 +69,8 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
     if options.shard is not None:
         share = shard.members(graph, *options.shard)
         todo = [nid for nid in todo if nid in share]
-    todo_set = set(todo)
+    todo_set = set(todo) | _pull_needed(project, plan, set(todo), options.shard is None)
+    todo = [nid for nid in graph.nodes if nid in todo_set]
     tasks = [
         Task(
             nid,
@@ -108,6 +111,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
     finally:
         jobs.close()
     locker.finish(outcome)
+    _pull_records(project, plan)
     _remember(project, plan, jobs, outcome)
     film = prov = None
     if options.shard is None and "edit" in jobs.digests and jobs.have("edit"):
@@ -180,6 +184,44 @@ class LockWriter:
         self.dirty |= self.lock.keep_only(nodes)
         if self.dirty or (not self.lock.path.exists() and self.lock.entries):
             self.write()
+
+
+def _pull_needed(project: Project, plan: Plan, todo: set[str], publish: bool) -> set[str]:
+    """Pull the cached outputs this run needs (inputs of what renders, and the edit to
+    publish) before it starts; returns cached nodes whose output no cache could give (a
+    refused corrupt blob, say): they are made again, or fail if that would cost money."""
+    store, remote = project.store, project.remote
+    graph, redo = project.graph, set[str]()
+    wanted = {dep for nid in todo for dep in graph.nodes[nid].deps}
+    if publish:
+        wanted.add("edit")
+    while wanted:
+        nid = wanted.pop()
+        d = plan.decisions[nid]
+        if d.status != CACHED or d.kind == "asset" or d.output is None or nid in redo:
+            continue
+        if store.has_blob(d.output):
+            continue
+        try:
+            if remote is not None and remote.pull_blob(d.output, store):
+                continue
+        except RemoteCorrupt as err:  # refused, reported, never used
+            print(f"runner: warning: {err}", file=sys.stderr)
+        redo.add(nid)
+        wanted |= set(graph.nodes[nid].deps)
+    return redo
+
+
+def _pull_records(project: Project, plan: Plan) -> None:
+    """Records of nodes the team made (job ids, costs, times) for provenance: a teammate's
+    record then matches the one who rendered. Nodes in the build log were recorded here."""
+    if project.remote is None:
+        return
+    logged = {e["key"] for e in project.state()["built"].values()}
+    for d in plan.decisions.values():
+        cached = d.status == CACHED and d.key is not None and d.key not in logged
+        if cached and d.key is not None and project.store.read_record(d.key) is None:
+            project.remote.pull_record(d.key, project.store)
 
 
 def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) -> None:

@@ -1,0 +1,279 @@
+"""The team workflow end to end: film.lock, a shared remote cache on a real S3-protocol server
+(moto on loopback) or a shared folder, --frozen, shards, and two runners on one cache."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runner.digest import file_digest
+from tests.films import gen
+from tests.servers.openai_server import OpenAIServer
+from tests.servers.s3_server import S3Server, s3_env
+
+KEY = "sk-team-SECRET-77"
+
+
+def hosted_film(shots: int) -> str:
+    lines = [
+        "[film]",
+        'title = "Team"',
+        'size = "160x90"',
+        "fps = 24",
+        "[defaults]",
+        'backend = "openai"',
+        'size = "1280x720"',
+        "seconds = 4",
+        "[limits.openai]",
+        "concurrency = 3",
+    ]
+    for i in range(shots):
+        lines += [f"[shots.s{i}]", f'scene = "Team shot {i}."']
+    return "\n".join(lines) + "\n"
+
+
+def previz_film(shots: int) -> str:
+    lines = [
+        "[film]",
+        'title = "Shards"',
+        'size = "64x64"',
+        "fps = 12",
+        "[defaults]",
+        "seconds = 1",
+    ]
+    for i in range(shots):
+        lines += [f"[shots.s{i}]", f'scene = "Shard shot {i}."']
+        if i % 3:
+            lines.append(f'needs = ["s{i - 1}"]')
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def openai_server() -> Iterator[OpenAIServer]:
+    with OpenAIServer(job_seconds=0.2, poll_after_ms=50) as server:
+        server.unique_videos = True  # like a hosted model: every render differs
+        yield server
+
+
+@pytest.fixture(params=["s3", "shared-folder"])
+def remote_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    if request.param == "s3":
+        with S3Server() as server:
+            s3_env(monkeypatch, server)
+            yield server.url
+    else:
+        (tmp_path / "shared").mkdir()
+        yield (tmp_path / "shared").as_uri()
+
+
+class Member:
+    """One teammate: a clone of the film folder, a cache of their own, the team's remote."""
+
+    def __init__(self, root: Path, remote: str | None, server: OpenAIServer | None) -> None:
+        self.root = root
+        self.manifest = root / "film" / "film.toml"
+        self.env = {**os.environ, "RUNNER_CACHE_DIR": str(root / "cache")}
+        if remote is not None:
+            self.env["RUNNER_REMOTE"] = remote
+        if server is not None:
+            self.env |= {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY}
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "runner", *args, str(self.manifest)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=300,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    def start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "runner", "render", str(self.manifest)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+
+
+def rendered(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return sorted(re.findall(r"\] done\s+(\S+)", result.stderr))
+
+
+def clone(src: Member, root: Path, remote: str | None, server: OpenAIServer | None) -> Member:
+    """What a teammate or CI has after `git clone`: the manifest and its lock, nothing else."""
+    (root / "film").mkdir(parents=True)
+    for name in ("film.toml", "film.lock"):
+        shutil.copy(src.manifest.parent / name, root / "film" / name)
+    return Member(root, remote, server)
+
+
+def test_a_teammate_gets_the_byte_identical_film_without_rendering_or_paying(
+    tmp_path: Path, remote_url: str, openai_server: OpenAIServer
+) -> None:
+    alice = Member(tmp_path / "alice", remote_url, openai_server)
+    gen(alice.root / "film", {"film.toml": hosted_film(4)})
+    assert alice.run("render").returncode == 0
+    assert len(openai_server.creates) == 4
+    lock = tomllib.loads(alice.manifest.with_suffix(".lock").read_text())
+    assert lock["version"] == 1
+    assert sorted(lock["nodes"]) == ["edit", "shots.s0", "shots.s1", "shots.s2", "shots.s3"]
+    assert lock["nodes"]["shots.s0"]["job_id"].startswith("video_")
+    assert lock["nodes"]["shots.s0"]["cost_usd"] == pytest.approx(0.4)
+
+    bob = clone(alice, tmp_path / "bob", remote_url, openai_server)
+    result = bob.run("render")
+    assert result.returncode == 0, result.stderr
+    assert rendered(result) == []
+    assert len(openai_server.creates) == 4  # nothing paid twice
+    assert (bob.manifest.parent / "out" / "film.mp4").read_bytes() == (
+        alice.manifest.parent / "out" / "film.mp4"
+    ).read_bytes()
+
+
+def test_a_locked_paid_shot_missing_everywhere_is_not_rendered_silently(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    alice = Member(tmp_path / "alice", None, openai_server)
+    gen(alice.root / "film", {"film.toml": hosted_film(2)})
+    assert alice.run("render").returncode == 0
+    bob = clone(alice, tmp_path / "bob", None, openai_server)  # no remote: nothing to pull
+    result = bob.run("render")
+    assert result.returncode == 1
+    assert "film.lock names its output" in result.stderr and "--rerender" in result.stderr
+    assert len(openai_server.creates) == 2
+    again = bob.run("render", "--rerender", "s0", "--rerender", "s1")
+    assert again.returncode == 0, again.stderr
+    assert len(openai_server.creates) == 4
+
+
+def test_rerender_makes_a_new_take_on_purpose_and_the_lock_follows(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    alice = Member(tmp_path / "alice", None, openai_server)
+    gen(alice.root / "film", {"film.toml": hosted_film(2)})
+    assert alice.run("render").returncode == 0
+    lock_path = alice.manifest.with_suffix(".lock")
+    before = tomllib.loads(lock_path.read_text())["nodes"]
+    result = alice.run("render", "--rerender", "s1")
+    assert result.returncode == 0
+    assert rendered(result) == ["edit", "shots.s1"]
+    after = tomllib.loads(lock_path.read_text())["nodes"]
+    assert after["shots.s0"] == before["shots.s0"]
+    assert after["shots.s1"]["output"] != before["shots.s1"]["output"]
+    assert len(openai_server.creates) == 3
+
+
+def test_a_tampered_remote_blob_is_refused_and_never_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with S3Server() as s3:
+        s3_env(monkeypatch, s3)
+        alice = Member(tmp_path / "alice", s3.url, None)
+        gen(alice.root / "film", {"film.toml": previz_film(2)})
+        assert alice.run("render").returncode == 0
+        lock = tomllib.loads(alice.manifest.with_suffix(".lock").read_text())["nodes"]
+        digest = lock["edit"]["output"]  # the one blob a teammate needs
+        s3.client().put_object(
+            Bucket=s3.bucket, Key=f"{s3.prefix}/cas/{digest[:2]}/{digest}", Body=b"tampered"
+        )
+        bob = clone(alice, tmp_path / "bob", s3.url, None)
+        result = bob.run("render")
+    assert result.returncode == 0, result.stderr
+    assert "refused" in result.stderr
+    # Assembly is deterministic: the refused film was made again from the shots, byte for byte.
+    assert rendered(result) == ["edit"]
+    for blob in (bob.root / "cache" / "cas").rglob("*"):
+        if blob.is_file():
+            assert file_digest(blob) == blob.name
+    assert (bob.manifest.parent / "out" / "film.mp4").read_bytes() == (
+        alice.manifest.parent / "out" / "film.mp4"
+    ).read_bytes()
+
+
+def test_frozen_fails_listing_what_a_prompt_change_would_render(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    alice = Member(tmp_path / "alice", None, openai_server)
+    gen(alice.root / "film", {"film.toml": hosted_film(3)})
+    assert alice.run("render", "--frozen").returncode == 1  # nothing rendered yet
+    assert alice.run("render").returncode == 0
+    assert alice.run("render", "--frozen").returncode == 0
+    alice.manifest.write_text(alice.manifest.read_text().replace("Team shot 1.", "Shot one."))
+    result = alice.run("render", "--frozen")
+    assert result.returncode == 1
+    assert "would render shots.s1: prompt changed" in result.stderr
+    assert "would render edit" in result.stderr
+    assert len(openai_server.creates) == 3
+
+
+def test_shards_render_every_node_exactly_once_and_a_final_run_assembles(
+    tmp_path: Path,
+) -> None:
+    ci = Member(tmp_path / "ci", (tmp_path / "remote").as_uri(), None)
+    (tmp_path / "remote").mkdir()
+    gen(ci.root / "film", {"film.toml": previz_film(9)})
+    made: list[str] = []
+    for i in (1, 2, 3):
+        job = Member(tmp_path / f"shard{i}", ci.env["RUNNER_REMOTE"], None)
+        job.manifest = ci.manifest
+        result = job.run("render", "--shard", f"{i}/3")
+        assert result.returncode == 0, result.stderr
+        made += rendered(result)
+    assert sorted(made) == sorted(f"shots.s{i}" for i in range(9))
+    final = ci.run("render")
+    assert final.returncode == 0, final.stderr
+    assert rendered(final) == ["edit"]
+
+
+def test_two_runners_on_one_cache_make_each_shot_once(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    openai_server.job_seconds = 0.5
+    one = Member(tmp_path / "one", None, openai_server)
+    gen(one.root / "film", {"film.toml": hosted_film(6)})
+    first, second = one.start(), one.start()
+    for proc in (first, second):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    assert len(openai_server.creates) == 6
+    for blob in (one.root / "cache" / "cas").rglob("*"):
+        if blob.is_file():
+            assert file_digest(blob) == blob.name
+
+
+def test_cache_push_pull_verify_and_gc(tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    alice = Member(tmp_path / "alice", None, None)
+    gen(alice.root / "film", {"film.toml": previz_film(2)})
+    assert alice.run("render").returncode == 0
+    alice.env["RUNNER_REMOTE"] = remote.as_uri()
+    assert "pushed" in alice.run("cache", "push").stdout
+    assert alice.run("cache", "verify").returncode == 0
+    bob = clone(alice, tmp_path / "bob", remote.as_uri(), None)
+    pulled = bob.run("cache", "pull")
+    assert pulled.returncode == 0 and "pulled 3 blobs" in pulled.stdout
+    # gc lists what no lock references (segments, tagged films) and deletes only with --yes.
+    listing = alice.run("cache", "gc")
+    assert "would delete" in listing.stdout and "--yes" in listing.stdout
+    locked = set(
+        re.findall(r'output = "([0-9a-f]{64})"', alice.manifest.with_suffix(".lock").read_text())
+    )
+    assert not any(d in listing.stdout for d in locked)
+    assert alice.run("cache", "gc", "--yes").returncode == 0
+    cas = alice.root / "cache" / "cas"
+    assert {p.name for p in cas.rglob("*") if p.is_file()} == locked
