@@ -147,8 +147,7 @@ class NodeJobs:
                     return
                 # A paid, unrepeatable render is never made again silently; local work and
                 # previz are deterministic, so making them again gives the locked bytes.
-                reproducible = node.pool in ("local", "previz")
-                if not reproducible and self.lock and self.lock.output_for(node.id, key):
+                if not node.reproducible and self.lock and self.lock.output_for(node.id, key):
                     raise NodeFailed(
                         f"{node.id}: film.lock names its output, but no cache has it; run "
                         "`runner cache pull`, or render it again on purpose with --rerender"

@@ -34,6 +34,12 @@ class Node:
     digest: str = ""  # sha256 of the canonical recipe, computed once (see recipe_digest)
 
     @property
+    def reproducible(self) -> bool:
+        """Made on this machine, deterministically (ffmpeg work, previz): making it again
+        gives the same bytes, so it is never worth a lock's refusal or a timestamp."""
+        return self.pool in ("local", "previz")
+
+    @property
     def recipe_digest(self) -> str:
         if not self.digest:
             self.digest = key_of(self.recipe)

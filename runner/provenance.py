@@ -67,7 +67,7 @@ def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None)
                 "cuts": node.recipe["cuts"],
                 "loudness_lufs": node.recipe["loudness_lufs"],
             }
-        if node.kind == "shot":  # local work is deterministic: when it ran is not provenance
+        if not node.reproducible:  # when a paid render ran is provenance; when ffmpeg ran is not
             entry["started"] = record.get("started")
             entry["finished"] = record.get("finished")
         nodes.append(entry)

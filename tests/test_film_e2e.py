@@ -164,6 +164,18 @@ def test_deleted_out_is_reassembled_byte_identical_from_the_cache(film: Path) ->
     assert (out / "film.provenance.json").read_bytes() == record
 
 
+def test_another_machine_with_an_empty_cache_makes_the_same_bytes(
+    film: Path, tmp_path: Path
+) -> None:
+    assert render(film).returncode == 0
+    clone = tmp_path / "clone"
+    shutil.copytree(film.parent, clone, ignore=shutil.ignore_patterns("out"))
+    again = runner("render", clone / "film.toml", cache=tmp_path / "other-cache")
+    assert again.returncode == 0, again.stderr
+    for name in ("film.mp4", "film.provenance.json"):
+        assert (clone / "out" / name).read_bytes() == (film.parent / "out" / name).read_bytes()
+
+
 def test_provenance_is_complete_tagged_into_the_film_and_holds_no_secret(
     film: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
