@@ -201,7 +201,7 @@ def makespan_100_hosted_shots() -> list[tuple[str, str, str, str]]:
     sys.path.insert(0, str(ROOT))
     from runner.backends import registry
     from runner.project import Project
-    from runner.render import render
+    from runner.render import Options, render
     from tests.servers.openai_server import OpenAIServer
 
     shots, job_seconds, concurrency, rpm = 100, 5.0, 10, 600
@@ -238,7 +238,7 @@ def makespan_100_hosted_shots() -> list[tuple[str, str, str, str]]:
         os.environ["OPENAI_API_KEY"] = "sk-bench"
         project = Project.open(manifest, folder / "cache", None)
         registry.configure(project.store.tmp / "backends", {})
-        result = render(project, keep_going=False, report=report)
+        result = render(project, Options(), report)
         assert result.outcome.ok, result.outcome.failed
         creates = len(server.creates)
         first_create = min(server.create_times)

@@ -9,7 +9,9 @@ so a pull request's diff shows exactly which shots changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,11 +42,30 @@ class Lock:
         self.entries = entries
 
     @classmethod
-    def read(cls, path: Path) -> Lock:
+    def read(cls, path: Path, parsed: Path | None = None) -> Lock:
+        """The lock at path. `parsed`: where to keep the parsed entries, by the file's digest
+        (parsing 10,000 entries of TOML costs more than the rest of a no-op plan)."""
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
         except FileNotFoundError:
             return cls(path, {})
+        digest = hashlib.sha256(raw).hexdigest()
+        if parsed is not None:
+            try:
+                saved, entries = pickle.loads(parsed.read_bytes())
+                if saved == digest:
+                    return cls(path, entries)
+            except (OSError, pickle.UnpicklingError, ValueError, EOFError, TypeError):
+                pass
+        lock = cls(path, cls._parse(path, raw))
+        if parsed is not None:
+            write_atomic(parsed, pickle.dumps((digest, lock.entries)))
+        return lock
+
+    @staticmethod
+    def _parse(path: Path, raw: bytes) -> dict[str, Entry]:
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise UserError(
                 f"{path}: not a readable lock file ({err}); restore it from git or delete it "
@@ -61,7 +82,7 @@ class Lock:
                 entries[node] = Entry(**table)
             except TypeError as err:
                 raise UserError(f"{path}: nodes.{node}: {err}") from None
-        return cls(path, entries)
+        return entries
 
     def output_for(self, node: str, key: str) -> str | None:
         """The locked output of node when it is locked at this key."""

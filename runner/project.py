@@ -71,7 +71,8 @@ class Project:
     def lock(self) -> Lock:
         """film.lock beside the manifest, read once."""
         if not hasattr(self, "_lock"):
-            self._lock = Lock.read(self.manifest_path.with_suffix(".lock"))
+            parsed = self.store.root / "state" / f"{self.film_id}.lock.pickle"
+            self._lock = Lock.read(self.manifest_path.with_suffix(".lock"), parsed)
         return self._lock
 
     @property

@@ -60,3 +60,34 @@ def runner(
         cwd=cwd,
         timeout=600,
     )
+
+
+class Checkout:
+    """One user of a film (a teammate, a CI job): its manifest, a cache of its own, an
+    environment; runs the real command line in child processes."""
+
+    def __init__(self, manifest: Path, cache: Path, env: dict[str, str] | None = None) -> None:
+        self.manifest = manifest
+        self.env = {**os.environ, "RUNNER_CACHE_DIR": str(cache), **(env or {})}
+        self.env.pop("RUNNER_DEBUG", None)
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "runner", *args, str(self.manifest)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=300,
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    def start(self) -> subprocess.Popen[str]:
+        """`runner render` in the background, for tests that kill it or race it."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "runner", "render", str(self.manifest)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )

@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.films import gen
+from tests.films import Checkout, gen
 from tests.servers.openai_server import OpenAIServer
 
 KEY = "sk-loopback-SECRET-9e1c"
@@ -50,37 +47,12 @@ def server() -> Iterator[OpenAIServer]:
         yield s
 
 
-class Project:
+class Project(Checkout):
     def __init__(self, root: Path, server: OpenAIServer, toml: str) -> None:
+        manifest = gen(root / "film", {"film.toml": toml}) / "film.toml"
+        env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY}
+        super().__init__(manifest, root / "cache", env)
         self.root = root
-        self.manifest = gen(root / "film", {"film.toml": toml}) / "film.toml"
-        self.cache = root / "cache"
-        self.env = {
-            **os.environ,
-            "RUNNER_CACHE_DIR": str(self.cache),
-            "OPENAI_BASE_URL": server.base_url,
-            "OPENAI_API_KEY": KEY,
-        }
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "runner", *args, str(self.manifest)],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=300,
-        )
-        assert "Traceback" not in result.stderr, result.stderr
-        return result
-
-    def start(self) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "runner", "render", str(self.manifest)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
 
 
 def prompts(server: OpenAIServer) -> Counter[str]:

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runner.digest import file_digest
-from tests.films import gen
+from tests.films import Checkout, gen
 from tests.servers.openai_server import OpenAIServer
 from tests.servers.s3_server import S3Server, s3_env
 
@@ -76,37 +74,15 @@ def remote_url(
         yield (tmp_path / "shared").as_uri()
 
 
-class Member:
+class Member(Checkout):
     """One teammate: a clone of the film folder, a cache of their own, the team's remote."""
 
     def __init__(self, root: Path, remote: str | None, server: OpenAIServer | None) -> None:
-        self.root = root
-        self.manifest = root / "film" / "film.toml"
-        self.env = {**os.environ, "RUNNER_CACHE_DIR": str(root / "cache")}
-        if remote is not None:
-            self.env["RUNNER_REMOTE"] = remote
+        env = {} if remote is None else {"RUNNER_REMOTE": remote}
         if server is not None:
-            self.env |= {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY}
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "runner", *args, str(self.manifest)],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=300,
-        )
-        assert "Traceback" not in result.stderr, result.stderr
-        return result
-
-    def start(self) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "runner", "render", str(self.manifest)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
+            env |= {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY}
+        super().__init__(root / "film" / "film.toml", root / "cache", env)
+        self.root = root
 
 
 def rendered(result: subprocess.CompletedProcess[str]) -> list[str]:
