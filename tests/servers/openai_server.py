@@ -30,18 +30,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from runner import ffmpeg
+from tests.servers.clips import mp4_bytes
 
 SORA_SIZES = {
     "sora-2": ("720x1280", "1280x720"),
     "sora-2-pro": ("720x1280", "1280x720", "1024x1792", "1792x1024", "1080x1920", "1920x1080"),
 }
 SORA_SECONDS = ("4", "8", "12")
-CLIP_SIZE = "160x90"  # served clips are small whatever was asked: only the length matters
 MODERATION_MESSAGE = "Your request was blocked by our moderation system."
 EXPIRED_MESSAGE = "The video content has expired and is no longer available."
-
-_clips: dict[str, bytes] = {}
-_clips_lock = threading.Lock()
 
 
 def unique_mp4_bytes(seconds: float, label: str) -> bytes:
@@ -55,24 +52,6 @@ def unique_mp4_bytes(seconds: float, label: str) -> bytes:
         argv += ["-movflags", "+faststart", str(out)]
         subprocess.run(argv, check=True, capture_output=True)
         return out.read_bytes()
-
-
-def mp4_bytes(seconds: float) -> bytes:
-    """A real H.264/AAC MP4 of `seconds` at 160x90, made once per length (moov first)."""
-    key = f"{seconds:g}"
-    with _clips_lock:
-        if key in _clips:
-            return _clips[key]
-        with tempfile.TemporaryDirectory(prefix="openai-server-") as tmp:
-            out = Path(tmp) / "clip.mp4"
-            argv = [ffmpeg.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-            argv += ["-f", "lavfi", "-i", f"testsrc2=s={CLIP_SIZE}:r=24:d={key}"]
-            argv += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:d={key}"]
-            argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
-            argv += ["-c:a", "aac", "-t", key, "-movflags", "+faststart", str(out)]
-            subprocess.run(argv, check=True, capture_output=True)
-            _clips[key] = out.read_bytes()
-        return _clips[key]
 
 
 @dataclass

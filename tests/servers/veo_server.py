@@ -20,19 +20,16 @@ import contextlib
 import json
 import re
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from runner import ffmpeg
+from tests.servers.clips import mp4_bytes
 
 MODEL_PATH = re.compile(
     r"^/(?P<version>[^/]+)/(?:projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/)?"
@@ -44,25 +41,6 @@ FILTER_REASON = (
     "Your current safety settings for person generation prevented this video from being "
     "generated. Support code: 58061214"
 )
-
-_clip_lock = threading.Lock()
-_clips: dict[float, bytes] = {}
-
-
-def clip_bytes(seconds: float) -> bytes:
-    """A real 160x90 H.264/AAC MP4 of `seconds`, made once per length per test run."""
-    with _clip_lock:
-        if seconds not in _clips:
-            with tempfile.TemporaryDirectory(prefix="veo-clip-") as tmp:
-                out = Path(tmp) / "clip.mp4"
-                argv = [ffmpeg.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error"]
-                argv += ["-f", "lavfi", "-i", f"testsrc2=s=160x90:r=24:d={seconds}"]
-                argv += ["-f", "lavfi", "-i", f"sine=f=440:r=48000:d={seconds}"]
-                argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
-                argv += ["-threads", "1", "-c:a", "aac", "-ac", "2", "-t", str(seconds), str(out)]
-                subprocess.run(argv, check=True, capture_output=True)
-                _clips[seconds] = out.read_bytes()
-        return _clips[seconds]
 
 
 @dataclass
@@ -325,7 +303,7 @@ class VeoServer:
                 {"gcsUri": f"gs://{BUCKET}/{object_name}", "mimeType": "video/mp4"}
             ]
         else:
-            data = base64.b64encode(clip_bytes(job.seconds)).decode()
+            data = base64.b64encode(mp4_bytes(job.seconds)).decode()
             response["videos"] = [{"bytesBase64Encoded": data, "mimeType": "video/mp4"}]
         return self._json(h, 200, {"name": name, "done": True, "response": response})
 
@@ -341,7 +319,7 @@ class VeoServer:
             job = next((j for j in self._jobs.values() if j.name.endswith(op_id)), None)
         if job is None or match["bucket"] != BUCKET:
             return self._error(h, 404, "NOT_FOUND", "No such object.")
-        data = clip_bytes(job.seconds)
+        data = mp4_bytes(job.seconds)
         self._reply(h, 200, data, "video/mp4")
         return None
 

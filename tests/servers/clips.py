@@ -1,0 +1,33 @@
+"""The real videos the loopback servers serve: small H.264/AAC MP4s, one per length."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from runner import ffmpeg
+
+CLIP_SIZE = "160x90"  # served clips are small whatever was asked: only the length matters
+
+_clips: dict[str, bytes] = {}
+_clips_lock = threading.Lock()
+
+
+def mp4_bytes(seconds: float) -> bytes:
+    """A real H.264/AAC MP4 of `seconds` at 160x90, made once per length (moov first)."""
+    key = f"{seconds:g}"
+    with _clips_lock:
+        if key not in _clips:
+            with tempfile.TemporaryDirectory(prefix="loopback-clip-") as tmp:
+                out = Path(tmp) / "clip.mp4"
+                argv = [ffmpeg.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error"]
+                argv += ["-y", "-f", "lavfi", "-i", f"testsrc2=s={CLIP_SIZE}:r=24:d={key}"]
+                argv += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:d={key}"]
+                argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+                argv += ["-threads", "1", "-c:a", "aac", "-ac", "2", "-t", key]
+                argv += ["-movflags", "+faststart", str(out)]
+                subprocess.run(argv, check=True, capture_output=True)
+                _clips[key] = out.read_bytes()
+        return _clips[key]
