@@ -189,6 +189,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"runner: not rendered: {nid} ({why})", file=sys.stderr)
     if result.film is not None:
         print(result.film)
+    if result.interrupted:
+        return 130
     if options.shard is not None:
         return EXIT_OK if out.ok else EXIT_FAILED
     return EXIT_OK if out.ok and result.film is not None else EXIT_FAILED

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: object) -> bool:
+    """64 lowercase hex: the only shape of a digest read from disk that may name a path."""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
 
 
 def canonical_json(value: Any) -> bytes:

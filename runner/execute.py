@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runner import faults
 from runner.backends import registry
+from runner.backends.base import BackendError, Expired
 from runner.errors import NodeFailed, UserError
-from runner.graph import Graph, Node
+from runner.graph import Graph, Node, shot_name
 from runner.job import PoolPause, ShotJob
 from runner.journal import Journal
 from runner.lockfile import Lock
@@ -27,6 +30,8 @@ from runner.ratelimit import SendWindow
 from runner.remote import Remote, RemoteCorrupt, RemoteError
 from runner.scheduler import RELEASED, Released, Retry
 from runner.store import RECORD_VERSION, SegmentCache, Store
+
+REFETCH_ATTEMPTS = 4  # downloads of a recorded job before giving up for this run (all free)
 
 
 def _now() -> str:
@@ -64,11 +69,50 @@ class NodeJobs:
         }
         self.records: dict[str, dict[str, Any]] = {}
         self.recipes: dict[str, dict[str, Any]] = {}
-        self._done: queue.Queue[tuple[str, str | Retry | Released | None]] = queue.Queue()
+        self.spent: dict[str, float] = {}  # node -> what this run's accepted creates cost
+        self._spent_lock = threading.Lock()
+        self._in_flight: set[str] = set()  # nodes with a paid job not yet stored
+        self.stopping = threading.Event()  # set: no job sends another create
+        # Completions; None only wakes the scheduler (see stop_sending).
+        self._done: queue.Queue[tuple[str, str | Retry | Released | None] | None] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="node")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def stop_sending(self) -> None:
+        """No new creates from now on; jobs already sent are polled, downloaded and stored.
+        Wakes the scheduler's wait so it stops starting nodes too."""
+        self.stopping.set()
+        self._done.put(None)
+
+    def paid_in_flight(self) -> int:
+        """Jobs a provider has accepted (this run or a killed one) that are not stored yet."""
+        with self._spent_lock:
+            return len(self._in_flight)
+
+    def _paid(self, node: Node) -> None:
+        with self._spent_lock:
+            self.spent[node.id] = self.spent.get(node.id, 0.0) + node.cost_usd
+            self._in_flight.add(node.id)
+
+    def tidy_journal(self) -> None:
+        """Clear entries whose output is already recorded here: the run that made it died
+        between its record and its clear. Left alone they would reorder the node forever."""
+        for key in self.journal.pending():
+            if self.store.lookup(key) is not None:
+                self.journal.clear(key)
+
+    def push_pending(self) -> None:
+        """Push what earlier runs stored but could not push (they said so and noted it)."""
+        if self.remote is None:
+            return
+        for key in self.store.unpushed():
+            record = self.store.lookup(key)
+            if record is None:
+                self.store.mark_pushed(key)  # nothing here to push any more
+                continue
+            self._push(key, record, str(record.get("node", key)))
 
     def recipe(self, node_id: str) -> tuple[str, dict[str, Any]]:
         node = self.graph.nodes[node_id]
@@ -127,32 +171,104 @@ class NodeJobs:
             return None
 
     def _run(self, node_id: str) -> None:
+        result: str | Retry | None = None
         try:
             self._make(self.graph.nodes[node_id])
         except (NodeFailed, UserError, RemoteError) as err:  # e.g. a trim past a clip's end
-            self._done.put((node_id, str(err)))
+            result = str(err)
         except PoolPause as err:
-            self._done.put((node_id, Retry(str(err), err.after)))
+            result = Retry(str(err), err.after)
         except Exception as err:  # a bug or an environment problem: report, don't hang
-            detail = traceback.format_exception_only(err)[-1].strip()
-            self._done.put((node_id, f"internal error: {detail}"))
-        else:
-            self._done.put((node_id, None))
+            result = f"internal error: {traceback.format_exception_only(err)[-1].strip()}"
+        with self._spent_lock:
+            self._in_flight.discard(node_id)
+        self._done.put((node_id, result))
 
     def _make(self, node: Node) -> None:
         key, recipe = self.recipe(node.id)
         with self.store.node_lock(key):  # another runner on this cache may be making it
             if node.id not in self.force:
                 if self._adopt(node.id, key):
+                    self.journal.clear(key)  # a run that died after its record left it
                     return
-                # A paid, unrepeatable render is never made again silently; local work and
-                # previz are deterministic, so making them again gives the locked bytes.
-                if not node.reproducible and self.lock and self.lock.output_for(node.id, key):
-                    raise NodeFailed(
-                        f"{node.id}: film.lock names its output, but no cache has it; run "
-                        "`runner cache pull`, or render it again on purpose with --rerender"
-                    )
+                # A paid, unrepeatable render is never made again silently: fetch it again
+                # from its provider by job id (free), else say how to pay for it on purpose.
+                # Local work and previz are deterministic: making them again gives the bytes.
+                if not node.reproducible:
+                    known = self._known_output(node.id, key)
+                    if known is not None:
+                        self._refetch(node, key, *known)
+                        return
             self._make_locked(node, key, recipe)
+
+    def _known_output(self, node_id: str, key: str) -> tuple[str, str | None] | None:
+        """(output digest, provider job id) that the lock or this cache's record names for
+        key, when one does; the job id is None when neither recorded it."""
+        record = self.store.read_record(key)
+        locked = self.lock.entries.get(node_id) if self.lock else None
+        if locked is not None and locked.key == key:
+            job_id = locked.job_id or (record or {}).get("job_id")
+            return locked.output, str(job_id) if job_id else None
+        if record is not None:
+            return str(record["output"]), str(record["job_id"]) if record.get("job_id") else None
+        return None
+
+    def _refetch(self, node: Node, key: str, output: str, job_id: str | None) -> None:
+        """Download a paid render again by its job id; its bytes must be the recorded ones."""
+        from runner import ffmpeg
+
+        again = f"render it again on purpose (and pay again) with --rerender {shot_name(node.id)}"
+        if job_id is None:
+            raise NodeFailed(
+                f"{node.id}: film.lock names its output, but no cache has it and no provider "
+                f"job id is recorded; run `runner cache pull`, or {again}"
+            )
+        backend = registry.get(node.pool)
+        problem = ""
+        with self.store.workdir() as work:
+            dest = work / "video.mp4"
+            for attempt in range(REFETCH_ATTEMPTS):
+                try:
+                    backend.download(job_id, dest)
+                    ffmpeg.verify_video(dest, None)  # whole, not cut short
+                    break
+                except Expired as err:
+                    raise NodeFailed(
+                        f"{node.id}: no cache has its output and {backend.name} no longer has "
+                        f"job {job_id} ({err}); {again}"
+                    ) from None
+                except (BackendError, NodeFailed) as err:
+                    problem = str(err)
+                    dest.unlink(missing_ok=True)
+                    time.sleep(min(4.0, 0.5 * 2**attempt))
+            else:
+                raise NodeFailed(
+                    f"{node.id}: fetching job {job_id} again from {backend.name} failed "
+                    f"({problem}); run again to retry (free)"
+                )
+            digest = self.store.put(dest)  # kept whatever it is: a paid render is never lost
+        if digest != output:
+            raise NodeFailed(
+                f"{node.id}: {backend.name} served job {job_id} with other bytes than the "
+                f"recorded ones (sha256 {digest[:12]}, recorded {output[:12]}); they are kept "
+                f"in the cache; run `runner cache pull` for the recorded bytes, or {again}"
+            )
+        record = self.store.read_record(key) or {
+            "node": node.id,
+            "kind": node.kind,
+            "job_id": job_id,
+            "backend": node.pool,
+            "model": (node.shot or {}).get("model"),
+            "cost_usd": node.cost_usd,
+        }
+        record = {**record, "output": digest}
+        self.store.record(key, record)
+        self.records[node.id] = {**record, "key": key}
+        self.digests[node.id] = digest
+        self.journal.clear(key)
+        if self.remote is not None:
+            self.store.mark_unpushed(key)
+            self._push(key, record, node.id)
 
     def _make_locked(self, node: Node, key: str, recipe: dict[str, Any]) -> None:
         started = time.monotonic()
@@ -167,6 +283,7 @@ class NodeJobs:
             else:
                 raise NodeFailed(f"{node.id}: nothing to make for a {node.kind} node")
             digest = self.store.put(output)
+            faults.point("stored")
         record.update(
             output=digest,
             finished=_now(),
@@ -174,17 +291,33 @@ class NodeJobs:
             recipe=recipe,
         )
         self.store.record(key, record)
+        faults.point("recorded")
         self.records[node.id] = {**record, "key": key}
         self.digests[node.id] = digest
+        # The journal lets go of the job only now that a record names its output; with a
+        # team cache, only once the push is noted as pending (see runner/journal.py).
+        if self.remote is not None:
+            self.store.mark_unpushed(key)
+        if node.kind == "shot":
+            self.journal.clear(key)
+            faults.point("cleared")
         if self.remote is not None:  # at once: a crash must never lose a paid render
-            try:
-                self.remote.push_blob(digest, self.store)
-                self.remote.push_record(key, {**record, "version": RECORD_VERSION, "key": key})
-            except RemoteError as err:
-                print(
-                    f"runner: warning: {node.id} is cached here but not pushed: {err}",
-                    file=sys.stderr,
-                )
+            self._push(key, record, node.id)
+
+    def _push(self, key: str, record: dict[str, Any], node_id: str) -> None:
+        """Push a blob and its record; on failure it stays pending for the next run."""
+        assert self.remote is not None
+        try:
+            self.remote.push_blob(str(record["output"]), self.store)
+            self.remote.push_record(key, {**record, "version": RECORD_VERSION, "key": key})
+        except RemoteError as err:
+            print(
+                f"runner: warning: {node_id} is cached here but not pushed: {err}; the next "
+                "render or `runner cache push` pushes it",
+                file=sys.stderr,
+            )
+        else:
+            self.store.mark_pushed(key)
 
     def _input(self, node: Node, role: str) -> Path:
         upstream = self.graph.nodes[node.inputs[role]]
@@ -218,8 +351,13 @@ class NodeJobs:
             resend_unconfirmed=self.resend_unconfirmed,
             gate=self.gates.get(node.pool, SendWindow(None)),
             on_provider_done=lambda: self._done.put((node.id, RELEASED)),
+            on_paid=lambda _job_id: self._paid(node),
+            may_send=lambda: not self.stopping.is_set(),
             remix_source=self._job_id(node.inputs["remix"]) if "remix" in node.inputs else None,
         )
+        if (self.journal.get(key) or {}).get("job_id"):
+            with self._spent_lock:  # a killed run's job, resumed: paid, in flight
+                self._in_flight.add(node.id)
         record["job_id"] = job.run(dest)
         record["cost_usd"] = node.cost_usd
         return dest

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import subprocess
+import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -79,7 +81,7 @@ def run(args: list[str], *, cwd: Path | None = None) -> None:
     """Run ffmpeg with `args`; on failure raise NodeFailed with the tail of its stderr."""
     argv = [ffmpeg_exe(), *GLOBAL_ARGS, *args]
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace")
+        proc = _spawn(argv, cwd=cwd)
     except OSError as exc:
         raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
     if proc.returncode != 0:
@@ -89,10 +91,44 @@ def run(args: list[str], *, cwd: Path | None = None) -> None:
 def _capture(argv: list[str], *, cwd: Path | None = None) -> str:
     """Run a command that may exit non-zero by design; return stdout and stderr together."""
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace")
+        proc = _spawn(argv, cwd=cwd)
     except OSError as exc:
         raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
     return proc.stdout + proc.stderr
+
+
+_children: set[subprocess.Popen[str]] = set()
+_children_lock = threading.Lock()
+
+
+def _spawn(argv: list[str], *, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """subprocess.run, with the child known to `kill_children` while it runs."""
+    with subprocess.Popen(
+        argv,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    ) as proc:
+        with _children_lock:
+            _children.add(proc)
+        try:
+            out, err = proc.communicate()
+        finally:
+            with _children_lock:
+                _children.discard(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def kill_children() -> None:
+    """Kill every ffmpeg this process is running (a run that exits at once leaves none)."""
+    with _children_lock:
+        running = list(_children)
+    for proc in running:
+        with suppress(OSError):
+            proc.kill()
 
 
 def _tail(stderr: str, lines: int = 12) -> str:
@@ -194,7 +230,7 @@ def verify_video(path: Path, seconds: float | None, tolerance: float = 0.1) -> M
     argv = [ffmpeg_exe(), *GLOBAL_ARGS, "-xerror", "-i", str(path)]
     argv += ["-map", "0:v:0", "-f", "null", "-progress", "pipe:1", "-"]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace")
+        proc = _spawn(argv)
     except OSError as exc:
         raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
     # Any error counts: a cut-short file whose index comes first decodes to the cut and
@@ -404,7 +440,7 @@ def loudness(path: Path) -> tuple[float, float]:
     argv = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a:0"]
     argv += ["-af", "ebur128=framelog=quiet:peak=true", "-f", "null", "-"]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace")
+        proc = _spawn(argv)
     except OSError as exc:
         raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
     integrated = re.findall(r"I:\s+(-?(?:\d+(?:\.\d+)?|inf)) LUFS", proc.stderr)

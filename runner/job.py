@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner import faults
 from runner.backends.base import (
     Backend,
     Expired,
@@ -58,10 +59,15 @@ class ShotJob:
     sleep: Callable[[float], None] = time.sleep
     gate: SendWindow = field(default_factory=lambda: SendWindow(None))  # the pool's rpm
     on_provider_done: Callable[[], None] = lambda: None  # frees the pool slot before download
+    on_paid: Callable[[str], None] = lambda job_id: None  # this run's create was accepted
+    may_send: Callable[[], bool] = lambda: True  # False once the run is stopping (Ctrl-C)
     remix_source: str | None = None  # the provider's job id of the video a remix edits
 
     def run(self, dest: Path) -> str:
-        """Make the shot's video at dest; returns the provider's job id."""
+        """Make the shot's video at dest; returns the provider's job id.
+
+        The journal entry outlives this call: the caller clears it only once the output is
+        stored and recorded (see runner/journal.py)."""
         job_id = self._resume() or self._submit()
         try:
             self._wait(job_id)
@@ -77,7 +83,7 @@ class ShotJob:
             job_id = self._submit()
             self._wait(job_id)
             self._download(job_id, dest)
-        self.journal.clear(self.key)
+        faults.point("downloaded")
         return job_id
 
     def _resume(self) -> str | None:
@@ -113,9 +119,12 @@ class ShotJob:
 
     def _submit(self) -> str:
         for attempt in range(SUBMIT_ATTEMPTS):
+            if not self.may_send():
+                raise NodeFailed(f"{self.node}: not sent: the run is stopping")
             try:
                 with self.gate.turn():
                     sent_at = self.journal.sending(self.key, self.node, self.backend.name)
+                    faults.point("create-journaled")
                     if self.remix_source is not None:
                         job_id = self.backend.remix(self.remix_source, self.request)
                     else:
@@ -130,6 +139,7 @@ class ShotJob:
                 if err.sent:
                     found = self._reconcile(sent_at)
                     if found:
+                        self.on_paid(found)  # this run's create, answered or not
                         return found
                 if attempt + 1 == SUBMIT_ATTEMPTS:
                     self.journal.clear(self.key)
@@ -138,7 +148,10 @@ class ShotJob:
                     ) from None
                 self.sleep(backoff(attempt))
                 continue
+            faults.point("create-answered")
+            self.on_paid(job_id)
             self.journal.submitted(self.key, job_id)
+            faults.point("job-journaled")
             return job_id
         raise AssertionError("unreachable")
 

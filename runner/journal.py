@@ -2,10 +2,16 @@
 
 Before a create is sent, the node key is journaled; the moment the provider answers with a
 job id, the id is journaled (each write flushed to disk and renamed into place). A run killed at
-any point finds the entry on restart: with a job id it polls that job instead of submitting;
-without one (the create was sent but no answer was recorded) it asks the provider for a job
-matching the request before sending anything again. The entry is removed once the output is
-stored, or when the provider refused the job.
+any point finds the entry on restart: with a job id it polls and downloads that job (free)
+instead of submitting; without one (the create was sent but no answer was recorded) it asks the
+provider for a job matching the request before sending anything again.
+
+The invariant: an entry outlives the output it stands for. It is removed only
+- once the output is stored and its action record written (and, with a team cache, once the
+  push is done or journaled as pending: `Store.mark_unpushed`), or
+- when the provider refused the create or failed the job (nothing to fetch), or
+- by the next run, when the record already exists (a run died between record and clear).
+So at every instant, a paid job is named by the journal, by a record, or by both.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from runner.digest import is_sha256
 from runner.store import read_json, write_json
 
 JOURNAL_VERSION = 1
@@ -63,4 +70,5 @@ class Journal:
         """Keys with an entry: jobs a previous run sent and did not finish."""
         if not self.root.is_dir():
             return []
-        return sorted(p.stem for p in self.root.glob("*.json"))
+        # A file name is a node key only when it is a digest; anything else is not ours.
+        return sorted(p.stem for p in self.root.glob("*.json") if is_sha256(p.stem))

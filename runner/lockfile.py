@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.digest import is_sha256
 from runner.errors import UserError
-from runner.store import write_atomic
+from runner.store import read_json, write_atomic, write_json
 
 LOCK_VERSION = 1
+PARSED_VERSION = 2  # the parsed copy kept in the cache (1 was a pickle)
+RESTORE = "restore film.lock from git, or delete it (the next render writes a new one)"
 HEADER = "# film.lock: what runner rendered for {manifest}. Generated; commit it beside it.\n"
 
 
@@ -51,15 +53,16 @@ class Lock:
             return cls(path, {})
         digest = hashlib.sha256(raw).hexdigest()
         if parsed is not None:
-            try:
-                saved, entries = pickle.loads(parsed.read_bytes())
-                if saved == digest:
-                    return cls(path, entries)
-            except (OSError, pickle.UnpicklingError, ValueError, EOFError, TypeError):
-                pass
+            saved = read_json(parsed)  # JSON, never a pickle: the cache is read, not run
+            if isinstance(saved, dict) and saved.get("lock") == f"{PARSED_VERSION}:{digest}":
+                try:
+                    return cls(path, cls._entries(path, saved.get("nodes")))
+                except UserError:
+                    pass  # a damaged copy: parse the file itself
         lock = cls(path, cls._parse(path, raw))
         if parsed is not None:
-            write_atomic(parsed, pickle.dumps((digest, lock.entries)))
+            nodes = {node: asdict(entry) for node, entry in lock.entries.items()}
+            write_json(parsed, {"lock": f"{PARSED_VERSION}:{digest}", "nodes": nodes})
         return lock
 
     @staticmethod
@@ -76,12 +79,30 @@ class Lock:
                 f"{path}: lock file version {data.get('version')!r}; this runner reads "
                 f"version {LOCK_VERSION}"
             )
+        return Lock._entries(path, data.get("nodes", {}))
+
+    @staticmethod
+    def _entries(path: Path, nodes: Any) -> dict[str, Entry]:
+        """Checked entries from the lock's `nodes` table."""
+        if not isinstance(nodes, dict):
+            raise UserError(f"{path}: nodes: expected a table of node entries; {RESTORE}")
         entries: dict[str, Entry] = {}
-        for node, table in data.get("nodes", {}).items():
+        for node, table in nodes.items():
+            where = f"{path}: nodes.{_quote(node)}"
+            if not isinstance(table, dict):
+                raise UserError(f"{where}: expected a table; {RESTORE}")
             try:
-                entries[node] = Entry(**table)
+                entry = Entry(**table)
             except TypeError as err:
-                raise UserError(f"{path}: nodes.{node}: {err}") from None
+                raise UserError(f"{where}: {err}; {RESTORE}") from None
+            # A digest names a path in the cache: anything but 64 lowercase hex could name
+            # a file outside it (and send that file to a provider as a reference image).
+            for field in ("key", "output"):
+                if not is_sha256(getattr(entry, field)):
+                    raise UserError(
+                        f"{where}.{field}: not a sha256 digest (64 lowercase hex); {RESTORE}"
+                    )
+            entries[node] = entry
         return entries
 
     def output_for(self, node: str, key: str) -> str | None:

@@ -77,9 +77,12 @@ def make_plan(
     asset_digest: Callable[[Node], str],
     previous: Mapping[str, dict[str, Any]],
     force: frozenset[str] = frozenset(),
+    refetchable: Callable[[Node, str], bool] = lambda node, key: False,
 ) -> Plan:
     """Decide every node. lookup(key) gives the cached output digest or None; previous holds
-    the recipes last built per node id (read only when something must be explained)."""
+    the recipes last built per node id (read only when something must be explained);
+    refetchable(node, key) says a paid output no cache has can be downloaded again by its
+    recorded job id (free)."""
     digests: dict[str, str] = {}
     decisions: dict[str, Decision] = {}
     for node in graph.nodes.values():
@@ -100,6 +103,9 @@ def make_plan(
         if output is not None:
             digests[node.id] = output
             decisions[node.id] = Decision(node.id, node.kind, CACHED, key=key, output=output)
+        elif node.id not in force and refetchable(node, key):
+            reasons = [f"output in no cache: fetched again from {node.pool} by job id, at no cost"]
+            decisions[node.id] = Decision(node.id, node.kind, RENDER, reasons, key)
         else:
             recipe = full_recipe(node, digests)
             if node.id in force:

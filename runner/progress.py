@@ -50,6 +50,8 @@ class Progress:
         elif event == "retry":  # rate limited: the node waits for its pool to resume
             self.running.pop(node_id, None)
             self._print(f"rate limited: {node_id} waits ({detail})")
+        elif event == "stopping":  # a failure: no new creates; paid jobs are finished
+            self._print(f"runner: {node_id} failed; {detail}")
         else:
             started = self.running.pop(node_id, None)
             self.finished += 1

@@ -71,7 +71,7 @@ class Project:
     def lock(self) -> Lock:
         """film.lock beside the manifest, read once."""
         if not hasattr(self, "_lock"):
-            parsed = self.store.root / "state" / f"{self.film_id}.lock.pickle"
+            parsed = self.store.root / "state" / f"{self.film_id}.lock.json"
             self._lock = Lock.read(self.manifest_path.with_suffix(".lock"), parsed)
         return self._lock
 
@@ -159,12 +159,23 @@ class Project:
                 return str(record["output"])
             return self._remote_output(key)
 
+        def refetchable(node: Node, key: str) -> bool:
+            # Offline: a job id in the lock or a record is enough to say so.
+            if node.reproducible:
+                return False
+            entry = self.lock.entries.get(node.id)
+            if entry is not None and entry.key == key and entry.job_id:
+                return True
+            record = self.store.read_record(key)
+            return bool(record and record.get("job_id"))
+
         plan = make_plan(
             self.graph,
             lookup=lookup,
             asset_digest=asset_digest,
             previous=self.recipes(),
             force=force,
+            refetchable=refetchable,
         )
         stats.save()
         return plan

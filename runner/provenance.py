@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,16 @@ def publish(project: Project, digests: dict[str, str]) -> tuple[Path, Path]:
         and film.stat().st_size == store.blob(digest).stat().st_size
         and file_digest(film) == digest
     ):
-        tmp = out / f".{film.name}.tmp"
-        shutil.copyfile(store.blob(digest), tmp)  # a copy: editing out/ never touches the cache
-        os.replace(tmp, film)
+        # A name of its own: two renders of one film may publish at the same moment.
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{film.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            shutil.copyfile(store.blob(digest), tmp)  # a copy: editing out/ never touches it
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, film)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return film, prov
 
 

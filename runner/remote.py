@@ -84,8 +84,7 @@ class Remote:
         if store.has_blob(digest):
             return True
         self._connect()
-        store.tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=store.tmp, prefix="pull-")
+        fd, tmp = tempfile.mkstemp(dir=store.own_tmp(), prefix="pull-")
         try:
             with os.fdopen(fd, "wb") as out:
                 got = self._stream(self._blob(digest), out.write)

@@ -12,6 +12,8 @@ from typing import Any
 
 from runner import shard
 from runner.execute import NodeJobs
+from runner.graph import Node
+from runner.interrupt import Interrupts
 from runner.lockfile import Entry
 from runner.plan import CACHED, Plan, full_recipe
 from runner.project import Project
@@ -37,6 +39,7 @@ class RenderResult:
     film: Path | None
     provenance: Path | None
     spend_usd: float
+    interrupted: bool = False  # Ctrl-C: nothing new started; paid jobs were finished
 
 
 def pools_for(project: Project, names: set[str]) -> dict[str, Pool]:
@@ -76,7 +79,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
             nid,
             graph.nodes[nid].pool,
             [dep for dep in graph.nodes[nid].deps if dep in todo_set],
-            graph.nodes[nid].cost_usd,
+            _budget(plan, graph.nodes[nid]),
         )
         for nid in todo
     ]
@@ -94,34 +97,63 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         force=options.rerender,
         remote=project.remote,
     )
+    project.store.sweep_tmp()  # working folders of killed runs
+    jobs.tidy_journal()
+    jobs.push_pending()
     # Jobs a killed run sent go first: they are paid for and already use provider slots.
     sent = {nid for nid in todo if jobs.journaled(nid)}
     tasks.sort(key=lambda t: t.id not in sent)
     locker = LockWriter(project, plan, jobs)
-    try:
-        outcome = schedule(
-            tasks,
-            pools,
-            jobs,
-            MonotonicClock(),
-            fresh=jobs.fresh,
-            keep_going=options.keep_going,
-            report=locker.wrap(report),
-        )
-    finally:
-        jobs.close()
-    locker.finish(outcome)
-    _pull_records(project, plan)
-    _remember(project, plan, jobs, outcome)
-    film = prov = None
-    if options.shard is None and "edit" in jobs.digests and jobs.have("edit"):
-        from runner import provenance
+    with Interrupts(jobs.stop_sending, jobs.paid_in_flight) as interrupts:
+        try:
+            outcome = schedule(
+                tasks,
+                pools,
+                jobs,
+                MonotonicClock(),
+                fresh=jobs.fresh,
+                keep_going=options.keep_going,
+                report=_stop_on_failure(locker.wrap(report), jobs, options.keep_going),
+                stop=jobs.stopping.is_set,
+            )
+        finally:
+            jobs.close()
+        locker.finish(outcome)
+        _pull_records(project, plan)
+        _remember(project, plan, jobs, outcome)
+        film = prov = None
+        if options.shard is None and "edit" in jobs.digests and jobs.have("edit"):
+            from runner import provenance
 
-        film, prov = provenance.publish(project, jobs.digests)
-    spend = sum(
-        float(r.get("cost_usd") or 0.0) for nid, r in jobs.records.items() if nid in outcome.done
-    )
-    return RenderResult(plan, outcome, film, prov, round(spend, 4))
+            film, prov = provenance.publish(project, jobs.digests)
+    # What this run's accepted creates cost, downloaded yet or not; never what it adopted.
+    spend = sum(jobs.spent.values())
+    return RenderResult(plan, outcome, film, prov, round(spend, 4), interrupts.interrupted)
+
+
+def _stop_on_failure(report: Report, jobs: NodeJobs, keep_going: bool) -> Report:
+    """After a failure (without --keep-going), stop sending creates and say what is still
+    being finished: jobs a provider accepted are paid for and are downloaded and stored."""
+
+    def on_event(event: str, node_id: str, detail: str) -> None:
+        report(event, node_id, detail)
+        if event == "failed" and not keep_going and not jobs.stopping.is_set():
+            jobs.stop_sending()
+            paid = jobs.paid_in_flight()
+            if paid:
+                s = "s" if paid != 1 else ""
+                report(
+                    "stopping", node_id, f"finishing {paid} paid job{s} in flight, then stopping"
+                )
+
+    return on_event
+
+
+def _budget(plan: Plan, node: Node) -> float:
+    """What a node may cost: the plan's figure (0 for a free refetch); the node's full price
+    when the plan found it cached but no cache could give its output."""
+    decision = plan.decisions[node.id]
+    return node.cost_usd if decision.status == CACHED else decision.cost_usd
 
 
 class LockWriter:

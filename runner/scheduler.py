@@ -117,8 +117,10 @@ def schedule(
     keep_going: bool = False,
     report: Report = lambda *_: None,
     jitter: Callable[[], float] = lambda: random.uniform(0.5, 1.0),
+    stop: Callable[[], bool] = lambda: False,
 ) -> Outcome:
-    """Run tasks (given in topological order) respecting deps and pools."""
+    """Run tasks (given in topological order) respecting deps and pools. Once stop() is
+    true (Ctrl-C; `jobs.wait` then returns early) nothing more starts; what runs is reaped."""
     out = Outcome()
     by_id = {t.id: t for t in tasks}
     rank = {t.id: i for i, t in enumerate(tasks)}
@@ -152,6 +154,7 @@ def schedule(
     while True:
         wake: float | None = None
         held: list[int] = []
+        stopping = stopping or stop()
         while ready and not stopping:
             idx = heapq.heappop(ready)
             task = tasks[idx]

@@ -5,6 +5,8 @@ Layout under the cache root (`.cache/` by default):
     actions/ab/<key>.json   node key -> result record (output digest, job id, cost, times)
     state/<film>.json       last recipes and failures per film, for `plan` reasons and `status`
     tmp/                    work in progress; renamed into place only when complete
+    tmp/run-<pid>-<r>/      one run's working folders; tmp/run-<pid>-<r>.lock held while it runs
+    pending-push/<key>.json outputs recorded here that the team's cache does not have yet
 
 Every write goes to a temporary file in the same filesystem and is renamed into place, so a
 crash at any moment leaves either the old file or the complete new one, never half of one.
@@ -22,9 +24,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from runner.digest import file_digest
+from runner.digest import file_digest, is_sha256
 
 RECORD_VERSION = 1
+_OWN_TMP: dict[str, Path] = {}  # tmp/ -> this process's folder in it
+_OWN_LOCKS: list[int] = []  # their lock files, open (and locked) until the process ends
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -65,10 +69,14 @@ class Store:
         self._cas = os.path.join(root, "cas")
 
     def blob(self, digest: str) -> Path:
+        if not is_sha256(digest):  # the last guard: a digest read from disk is never a path
+            raise ValueError(f"not a sha256 digest: {digest[:80]!r}")
         return self.root / "cas" / digest[:2] / digest
 
     def has_blob(self, digest: str) -> bool:
         # String paths: this runs once per node on every plan, and pathlib costs 10x.
+        if not is_sha256(digest):
+            return False
         return os.path.isfile(os.path.join(self._cas, digest[:2], digest))
 
     def put(self, src: Path) -> str:
@@ -93,6 +101,8 @@ class Store:
         record = read_json(self._action_path(key))
         if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
             return None
+        if not is_sha256(record.get("output")) or record.get("key", key) != key:
+            return None  # hand-edited or corrupt: not a record of this key's output
         return record
 
     def lookup(self, key: str) -> dict[str, Any] | None:
@@ -121,15 +131,79 @@ class Store:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    # -- outputs stored here but not yet in the team's cache --
+
+    def mark_unpushed(self, key: str) -> None:
+        """Remember that key's output must still reach the remote (before the journal lets go
+        of the job: the output is then never on one disk without the runner knowing)."""
+        write_json(self.root / "pending-push" / f"{key}.json", {"version": RECORD_VERSION})
+
+    def mark_pushed(self, key: str) -> None:
+        with suppress(FileNotFoundError):
+            (self.root / "pending-push" / f"{key}.json").unlink()
+
+    def unpushed(self) -> list[str]:
+        """Keys whose output and record a run stored but could not push."""
+        folder = self.root / "pending-push"
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.json") if is_sha256(p.stem))
+
+    # -- scratch space --
+
     @contextmanager
     def workdir(self) -> Iterator[Path]:
-        """A scratch folder in the cache's filesystem, removed afterwards."""
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(dir=self.tmp))
+        """A scratch folder in the cache's filesystem, removed afterwards.
+
+        It lives under this process's own folder in tmp/, whose lock the process holds while
+        it runs: a killed run's folders are removed by the next one (`sweep_tmp`)."""
+        path = Path(tempfile.mkdtemp(dir=self.own_tmp()))
         try:
             yield path
         finally:
             _rmtree(path)
+
+    def own_tmp(self) -> Path:
+        """tmp/run-<pid>-<random>/, made once per process, its .lock held until exit.
+
+        The lock is taken before the folder exists, so a sweeper that wins the race for a
+        new lock finds no folder to remove."""
+        own = _OWN_TMP.get(str(self.tmp))
+        if own is not None and own.is_dir():
+            return own
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        fd, lock = tempfile.mkstemp(dir=self.tmp, prefix=f"run-{os.getpid()}-", suffix=".lock")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel however the process ends
+        own = Path(lock).with_suffix("")
+        own.mkdir()
+        _OWN_TMP[str(self.tmp)] = own
+        _OWN_LOCKS.append(fd)
+        return own
+
+    def sweep_tmp(self) -> list[Path]:
+        """Remove the working folders of runs that are gone (their lock is free); a live
+        run's folders are never touched. Returns what was removed."""
+        removed = []
+        for lock in sorted(self.tmp.glob("run-*.lock")):
+            folder = lock.with_suffix("")
+            if folder == _OWN_TMP.get(str(self.tmp)):
+                continue
+            try:
+                fd = os.open(lock, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # its run is alive
+            try:
+                _rmtree(folder)
+                lock.unlink(missing_ok=True)
+                removed.append(folder)
+            finally:
+                os.close(fd)
+        return removed
 
     def state_path(self, film_id: str, suffix: str = "") -> Path:
         return self.root / "state" / f"{film_id}{suffix}.json"
@@ -146,8 +220,7 @@ class SegmentCache:
         return self.store.blob(record["output"]) if record else None
 
     def save(self, key: str, path: Path) -> Path:
-        tmp = self.store.tmp / f"segment-{key}-{os.getpid()}"
-        self.store.tmp.mkdir(parents=True, exist_ok=True)
+        tmp = self.store.own_tmp() / f"segment-{key}"
         shutil.move(path, tmp)
         digest = self.store.put(tmp)
         self.store.record(f"segment-{key}", {"kind": "segment", "output": digest})

@@ -120,16 +120,40 @@ def test_a_teammate_gets_the_byte_identical_film_without_rendering_or_paying(
     ).read_bytes()
 
 
-def test_a_locked_paid_shot_missing_everywhere_is_not_rendered_silently(
+def test_a_locked_paid_shot_missing_from_every_cache_is_fetched_again_from_its_provider(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    openai_server.unique_videos = True  # each job its own bytes: the refetch must get these
+    alice = Member(tmp_path / "alice", None, openai_server)
+    gen(alice.root / "film", {"film.toml": hosted_film(2)})
+    assert alice.run("render").returncode == 0
+    bob = clone(alice, tmp_path / "bob", None, openai_server)  # no remote: nothing to pull
+    plan = bob.run("plan")
+    assert plan.stdout.count("fetched again from openai by job id, at no cost") == 2
+    assert "estimated cost $0.00" in plan.stdout
+    result = bob.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(openai_server.creates) == 2  # fetched by job id, not bought again
+    assert "spent $0.00" in result.stderr
+    # The same clips and the same cut: the lock (outputs by digest, the edit's too) is unchanged.
+    lock = bob.manifest.with_suffix(".lock")
+    assert lock.read_text() == alice.manifest.with_suffix(".lock").read_text()
+    edit = tomllib.loads(lock.read_text())["nodes"]["edit"]["output"]
+    assert (tmp_path / "bob" / "cache" / "cas" / edit[:2] / edit).is_file()
+
+
+def test_a_locked_paid_shot_its_provider_no_longer_has_is_not_rendered_silently(
     tmp_path: Path, openai_server: OpenAIServer
 ) -> None:
     alice = Member(tmp_path / "alice", None, openai_server)
     gen(alice.root / "film", {"film.toml": hosted_film(2)})
     assert alice.run("render").returncode == 0
-    bob = clone(alice, tmp_path / "bob", None, openai_server)  # no remote: nothing to pull
+    for job_id in list(openai_server.jobs):
+        openai_server.expire(job_id)
+    bob = clone(alice, tmp_path / "bob", None, openai_server)
     result = bob.run("render")
     assert result.returncode == 1
-    assert "film.lock names its output" in result.stderr and "--rerender" in result.stderr
+    assert "no longer has job" in result.stderr and "--rerender" in result.stderr
     assert len(openai_server.creates) == 2
     again = bob.run("render", "--rerender", "s0", "--rerender", "s1")
     assert again.returncode == 0, again.stderr
