@@ -38,6 +38,7 @@ SORA_SIZES = {
 }
 SORA_SECONDS = ("4", "8", "12")
 MODERATION_MESSAGE = "Your request was blocked by our moderation system."
+REFUSAL_MESSAGE = "Your request was rejected by our safety system."
 EXPIRED_MESSAGE = "The video content has expired and is no longer available."
 
 
@@ -139,6 +140,7 @@ class OpenAIServer:
         self._poll_failures: list[tuple[int, float | str | None]] = []
         self._truncations: list[bool] = []
         self._moderated: set[str] = set()
+        self._refused: dict[str, float] = {}  # prompt substring -> seconds before the 400
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -214,6 +216,12 @@ class OpenAIServer:
         """Jobs whose prompt contains `substring` end failed with a moderation error."""
         with self.lock:
             self._moderated.add(substring)
+
+    def refuse(self, substring: str, after: float = 0.0) -> None:
+        """Creates whose prompt contains `substring` answer 400 (a safety refusal, no job
+        made, nothing billed) after `after` seconds."""
+        with self.lock:
+            self._refused[substring] = after
 
     def truncate_next_downloads(self, n: int, declare_length: bool = False) -> None:
         """The next n downloads send half the bytes, then close. With `declare_length` the
@@ -313,6 +321,13 @@ class OpenAIServer:
             status, injected = failure
             record["status"] = status
             h.send_error_json(status, injected or f"Injected failure ({status}).", None, "server")
+            return
+        with self.lock:
+            refusal = next((t for s, t in self._refused.items() if s in prompt), None)
+        if refusal is not None:
+            time.sleep(refusal)
+            record["status"] = 400
+            h.send_error_json(400, REFUSAL_MESSAGE, "content_policy_violation", "invalid_request")
             return
         problem = _invalid(prompt, model, seconds, size, image_size)
         if model in self.missing_models:
