@@ -233,13 +233,20 @@ class StatCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         loaded = read_json(path)
-        self.entries: dict[str, list[Any]] = loaded.get("entries", {}) if loaded else {}
+        entries = loaded.get("entries") if isinstance(loaded, dict) else None
+        self.entries: dict[str, list[Any]] = entries if isinstance(entries, dict) else {}
         self.dirty = False
 
     def digest(self, file: Path) -> str:
         st = file.stat()
         entry = self.entries.get(str(file))
-        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+        if (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and entry[0] == st.st_size
+            and entry[1] == st.st_mtime_ns
+            and is_sha256(entry[2])
+        ):
             return str(entry[2])
         digest = file_digest(file)
         self.entries[str(file)] = [st.st_size, st.st_mtime_ns, digest]
