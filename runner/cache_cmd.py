@@ -35,8 +35,13 @@ def _film_outputs(project: Project) -> dict[str, str]:
 def push(project: Project) -> list[str]:
     """Upload the film's outputs and records the remote lacks; returns what was uploaded."""
     remote, store = _remote(project), project.store
+    outputs = _film_outputs(project)
+    for key in store.unpushed():  # renders whose push failed, of any film on this cache
+        record = store.lookup(key)
+        if record is not None:
+            outputs.setdefault(key, str(record["output"]))
     pushed = []
-    for key, digest in sorted(_film_outputs(project).items()):
+    for key, digest in sorted(outputs.items()):
         if not store.has_blob(digest):
             continue
         if remote.push_blob(digest, store):
@@ -44,6 +49,7 @@ def push(project: Project) -> list[str]:
         record = store.read_record(key)
         if record is not None:
             remote.push_record(key, record)
+        store.mark_pushed(key)
     return pushed
 
 

@@ -81,8 +81,9 @@ def test_an_entry_whose_output_was_recorded_is_cleared_by_the_next_run(
     assert journal(p) == [] and len(server.creates) == 2
 
 
-def test_a_render_killed_before_its_push_is_pushed_by_the_next_render(
-    tmp_path: Path, server: OpenAIServer
+@pytest.mark.parametrize("then", [("render",), ("cache", "push")])
+def test_a_render_killed_before_its_push_is_pushed_by_the_next_render_or_cache_push(
+    tmp_path: Path, server: OpenAIServer, then: tuple[str, ...]
 ) -> None:
     remote = tmp_path / "remote"
     remote.mkdir()
@@ -90,13 +91,14 @@ def test_a_render_killed_before_its_push_is_pushed_by_the_next_render(
     p.env["RUNNER_REMOTE"] = remote.as_uri()
     p.env["RUNNER_KILL_AT"] = "cleared"  # the journal let go: only the pending list knows
     assert p.run("render").returncode == -signal.SIGKILL
-    assert list((p.root / "cache" / "pending-push").glob("*.json")) != []
+    [pending] = (p.root / "cache" / "pending-push").glob("*.json")
+    key = pending.stem
+    output = json.loads((p.root / "cache" / "actions" / key[:2] / f"{key}.json").read_text())
     assert not any(remote.rglob("cas/*/*"))
     del p.env["RUNNER_KILL_AT"]
-    assert p.run("render").returncode == 0
-    clip = tomllib.loads(p.manifest.with_suffix(".lock").read_text())["nodes"]["shots.s0"]
-    assert (remote / "cas" / clip["output"][:2] / clip["output"]).is_file()
-    assert (remote / "actions" / clip["key"][:2] / f"{clip['key']}.json").is_file()
+    assert p.run(*then).returncode == 0
+    assert (remote / "cas" / output["output"][:2] / output["output"]).is_file()
+    assert (remote / "actions" / key[:2] / f"{key}.json").is_file()
     assert list((p.root / "cache" / "pending-push").glob("*.json")) == []
     assert len(server.creates) == 1
 
