@@ -19,6 +19,7 @@ from runner import ffmpeg
 from runner.backends.base import Expired, RateLimited, Refused, ShotRequest, Transient
 from runner.backends.openai import OpenAIBackend, fit_image
 from runner.errors import NodeFailed, UserError
+from tests.servers.clips import mp4_bytes
 from tests.servers.openai_server import MODERATION_MESSAGE, OpenAIServer
 
 KEY = "sk-test-loopback-0123456789"
@@ -215,7 +216,7 @@ def test_a_close_delimited_truncated_download_fails_verify_then_downloads_again(
     ffmpeg.verify_video(dest, 4.0)
 
 
-def test_a_download_cut_short_of_its_content_length_is_transient(
+def test_a_download_cut_short_resumes_with_a_range_and_fetches_only_the_rest(
     backend: OpenAIBackend, server: OpenAIServer, tmp_path: Path
 ) -> None:
     job_id = backend.submit(shot())
@@ -224,9 +225,56 @@ def test_a_download_cut_short_of_its_content_length_is_transient(
     dest = tmp_path / "river.mp4"
     with pytest.raises(Transient):
         backend.download(job_id, dest)
-    assert not dest.exists() and not list(tmp_path.glob("*.part"))
+    assert not dest.exists()
+    size = len(mp4_bytes(4.0))
+    half = (dest.parent / "river.mp4.part").stat().st_size
+    assert half == size // 2  # kept for the next attempt
     backend.download(job_id, dest)
+    assert server.downloads == [(job_id, 0, half), (job_id, half, size - half)]
+    assert dest.read_bytes() == mp4_bytes(4.0)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_resumed_range_cut_short_again_resumes_from_further_on(
+    backend: OpenAIBackend, server: OpenAIServer, tmp_path: Path
+) -> None:
+    job_id = backend.submit(shot())
+    wait_done(backend, job_id)
+    server.truncate_next_downloads(2, declare_length=True)
+    dest = tmp_path / "river.mp4"
+    for _ in range(2):
+        with pytest.raises(Transient):
+            backend.download(job_id, dest)
+    backend.download(job_id, dest)
+    starts = [start for _, start, _ in server.downloads]
+    assert starts[0] == 0 and starts[1] < starts[2]
+    assert sum(sent for _, _, sent in server.downloads) == len(mp4_bytes(4.0))
     ffmpeg.verify_video(dest, 4.0)
+
+
+def test_a_server_that_ignores_the_range_gets_the_file_written_over(
+    backend: OpenAIBackend, server: OpenAIServer, tmp_path: Path
+) -> None:
+    job_id = backend.submit(shot())
+    wait_done(backend, job_id)
+    dest = tmp_path / "river.mp4"
+    (tmp_path / "river.mp4.part").write_bytes(b"stale bytes of another attempt")
+    server.honour_ranges = False
+    backend.download(job_id, dest)
+    assert dest.read_bytes() == mp4_bytes(4.0)
+
+
+def test_a_part_longer_than_the_video_gets_a_416_and_starts_over(
+    backend: OpenAIBackend, server: OpenAIServer, tmp_path: Path
+) -> None:
+    job_id = backend.submit(shot())
+    wait_done(backend, job_id)
+    dest = tmp_path / "river.mp4"
+    (tmp_path / "river.mp4.part").write_bytes(b"x" * (len(mp4_bytes(4.0)) + 10))
+    backend.download(job_id, dest)
+    assert ("GET", f"/v1/videos/{job_id}/content", 416) in server.requests
+    assert server.downloads == [(job_id, 0, len(mp4_bytes(4.0)))]
+    assert dest.read_bytes() == mp4_bytes(4.0)
 
 
 def test_expired_content_raises_expired(
