@@ -100,6 +100,18 @@ def test_a_dropped_create_answer_is_reconciled_not_paid_twice(
     assert len(server.creates) == 3
 
 
+def test_a_dropped_create_is_found_on_a_server_that_normalises_prompts(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    server.normalise_prompts = True  # the compiled prompt's final newline is not echoed
+    server.drop_next_creates(3)
+    p = Project(tmp_path, server, film(4, limits="concurrency = 4"))
+    result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(server.creates) == 4
+    assert all(server.jobs[c["job_id"]].prompt != c["prompt"] for c in server.creates)
+
+
 def test_downloads_cut_short_again_and_again_finish_in_one_run_without_buying_again(
     tmp_path: Path, server: OpenAIServer
 ) -> None:

@@ -342,6 +342,29 @@ def test_find_returns_none_when_nothing_matches(
     assert backend.find(shot(prompt="something else"), since + 3600) is None
 
 
+def test_find_matches_a_prompt_the_server_normalised_but_no_older_job_or_other_size(
+    server: OpenAIServer, tmp_path: Path
+) -> None:
+    server.normalise_prompts = True  # a gateway that strips and collapses what it echoes
+    compiled = shot(prompt="Riverbank at dusk;\n  a girl lights a paper lantern.\n")
+    backend = OpenAIBackend(tmp_path, {"base_url": server.base_url, "api_key": KEY})
+    before = backend.submit(compiled)
+    server.jobs[before].created -= 60  # the same request, made a minute before the send
+    since = time.time()
+    backend.submit(shot(prompt=compiled.prompt, width=720, height=1280))
+    server.drop_next_creates(1)
+    with pytest.raises(Transient):
+        backend.submit(compiled)
+    later = backend.submit(compiled)
+    dropped = server.creates[2]["job_id"]
+    assert server.creates[2]["prompt"] == compiled.prompt  # sent as compiled, kept normalised:
+    assert server.jobs[dropped].prompt == "Riverbank at dusk; a girl lights a paper lantern."
+    fresh = OpenAIBackend(tmp_path, {"base_url": server.base_url, "api_key": KEY})
+    assert fresh.find(compiled, since) == dropped  # the oldest match
+    assert fresh.find(compiled, since) == later
+    assert fresh.find(compiled, since) is None  # neither the older job nor the other size
+
+
 def test_find_pages_back_through_the_list(server: OpenAIServer, tmp_path: Path) -> None:
     backend = OpenAIBackend(tmp_path, {"base_url": server.base_url, "api_key": KEY})
     since = time.time()

@@ -211,9 +211,13 @@ class OpenAIBackend:
     def find(
         self, shot: ShotRequest, since: float, exclude: frozenset[str] = frozenset()
     ) -> str | None:
-        """The oldest unclaimed job matching the request created at or after `since`."""
+        """The oldest unclaimed job matching the request created at or after `since`.
+
+        Prompts are compared whitespace-normalised: gateways strip and collapse what they echo.
+        """
         client = self._get_client()
-        want = (shot.model, shot.prompt, _wire_seconds(shot.seconds), f"{shot.width}x{shot.height}")
+        size = f"{shot.width}x{shot.height}"
+        want = (shot.model, _normalised(shot.prompt), _wire_seconds(shot.seconds), size)
         cutoff = since - FIND_SLACK
         found: str | None = None
 
@@ -493,11 +497,17 @@ def _quiet_sdk() -> Iterator[None]:
 
 
 def _identity(video: Video) -> tuple[str, str | None, str, str]:
-    """The fields `find` matches on, in the wire format."""
+    """The fields `find` matches on, in the wire format, the prompt whitespace-normalised."""
     seconds = str(video.seconds)
     with suppress(ValueError):
         seconds = _wire_seconds(float(seconds))
-    return str(video.model), video.prompt, seconds, str(video.size)
+    prompt = None if video.prompt is None else _normalised(video.prompt)
+    return str(video.model), prompt, seconds, str(video.size)
+
+
+def _normalised(prompt: str) -> str:
+    """The prompt with runs of whitespace collapsed to one space and its ends stripped."""
+    return " ".join(prompt.split())
 
 
 def _range_start(content_range: str | None) -> int | None:

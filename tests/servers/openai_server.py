@@ -110,6 +110,7 @@ class OpenAIServer:
     """The Videos protocol on 127.0.0.1 (port 0) in a background thread; thread-safe knobs."""
 
     # Behaviours of a gateway in front of the model; set on an instance before use.
+    normalise_prompts = False  # store and echo prompts stripped, whitespace collapsed
     honour_ranges = True  # False: a download's Range header is ignored (200, whole file)
 
     def __init__(
@@ -339,7 +340,7 @@ class OpenAIServer:
             job = Job(
                 id=f"video_{uuid.uuid4().hex}",
                 model=model,
-                prompt=prompt,
+                prompt=" ".join(prompt.split()) if self.normalise_prompts else prompt,
                 seconds=seconds,
                 size=size,
                 created=now,
