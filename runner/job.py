@@ -28,7 +28,8 @@ from runner.ratelimit import SendWindow
 
 SUBMIT_ATTEMPTS = 5
 POLL_ERRORS = 8  # transient poll failures in a row before the node fails (the job lives on)
-DOWNLOAD_ATTEMPTS = 3
+DOWNLOAD_DEADLINE = 1800.0  # seconds a finished job's (free) download is retried
+DOWNLOAD_BACKOFF_CAP = 30.0  # seconds: the longest wait between two download attempts
 POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
 RECONCILE_SLACK = 5.0  # seconds: clocks of runner and provider differ
 
@@ -57,6 +58,8 @@ class ShotJob:
     rerender_expired: bool = False
     resend_unconfirmed: bool = False
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic  # measures download_deadline
+    download_deadline: float = DOWNLOAD_DEADLINE
     gate: SendWindow = field(default_factory=lambda: SendWindow(None))  # the pool's rpm
     on_provider_done: Callable[[], None] = lambda: None  # frees the pool slot before download
     on_paid: Callable[[str], None] = lambda job_id: None  # this run's create was accepted
@@ -186,24 +189,39 @@ class ShotJob:
             self.sleep(status.poll_after if status.poll_after is not None else POLL_DEFAULT)
 
     def _download(self, job_id: str, dest: Path) -> None:
-        """Download until the video verifies: a truncated file is fetched again, never bought."""
-        problem = ""
-        for attempt in range(DOWNLOAD_ATTEMPTS):
+        """Download until the video verifies. Downloading a finished job is free, so it is
+        retried until the provider says the content is gone (`Expired`, raised to `run`) or
+        `download_deadline` passes; a truncated file is fetched again, never bought again."""
+        deadline = self.clock() + self.download_deadline
+        attempts = 0
+        while True:
+            attempts += 1
+            wait = backoff(min(attempts - 1, 8), cap=DOWNLOAD_BACKOFF_CAP)  # 2**8 is past the cap
             try:
                 self.backend.download(job_id, dest)
-                self.verify(dest)
-                return
             except Refused as err:
                 raise NodeFailed(
                     f"{self.node}: {self.backend.name} refused the download of job {job_id}: "
                     f"{err}; the job is journaled: fix the problem and run again"
                 ) from None
-            except (Transient, RateLimited, NodeFailed) as err:
+            except RateLimited as err:
                 problem = str(err)
-                dest.unlink(missing_ok=True)
-                self.sleep(backoff(attempt, cap=10.0))
-        raise NodeFailed(
-            f"{self.node}: download of {self.backend.name} job {job_id} failed "
-            f"{DOWNLOAD_ATTEMPTS} times ({problem}); the job is journaled: run again to retry "
-            "the download without paying again"
-        )
+                wait = err.retry_after if err.retry_after is not None else wait
+            except Transient as err:
+                problem = str(err)
+            else:
+                try:
+                    self.verify(dest)
+                    return
+                except NodeFailed as err:
+                    # A close-delimited truncation looks complete: only decoding finds it.
+                    problem = str(err)
+                    dest.unlink(missing_ok=True)
+            left = deadline - self.clock()
+            if left <= 0:
+                raise NodeFailed(
+                    f"{self.node}: download of {self.backend.name} job {job_id} still failing "
+                    f"after {self.download_deadline:g} s and {attempts} attempts ({problem}); "
+                    "the job is journaled: run again to retry the download without paying again"
+                )
+            self.sleep(min(wait, left))  # one last attempt at the deadline

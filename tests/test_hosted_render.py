@@ -100,6 +100,33 @@ def test_a_dropped_create_answer_is_reconciled_not_paid_twice(
     assert len(server.creates) == 3
 
 
+def test_a_dropped_create_is_found_on_a_server_that_normalises_prompts(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    server.normalise_prompts = True  # the compiled prompt's final newline is not echoed
+    server.drop_next_creates(3)
+    p = Project(tmp_path, server, film(4, limits="concurrency = 4"))
+    result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(server.creates) == 4
+    assert all(server.jobs[c["job_id"]].prompt != c["prompt"] for c in server.creates)
+
+
+def test_downloads_cut_short_again_and_again_finish_in_one_run_without_buying_again(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    # 25 cuts over 12 shots: some shot's download is cut three times or more.
+    for i in range(25):
+        server.truncate_next_downloads(1, declare_length=i % 2 == 1)
+    p = Project(tmp_path, server, film(12, limits="concurrency = 12"))
+    result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(server.creates) == 12
+    downloads = server.downloads
+    assert any(start > 0 for _, start, _ in downloads)  # a cut transfer was resumed
+    assert len(downloads) >= 25 + 12
+
+
 def test_budget_cap_stops_before_the_submit_that_would_cross_it(
     tmp_path: Path, server: OpenAIServer
 ) -> None:

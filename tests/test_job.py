@@ -35,6 +35,7 @@ class Scripted:
         self.submit_errors: list[Exception] = []
         self.polls: list[JobStatus | Exception] = []
         self.downloads: list[bytes | Exception] = []
+        self.download_calls = 0
 
     def capabilities(self, model: str) -> Capabilities:
         return Capabilities(sizes=(), seconds=())
@@ -70,6 +71,7 @@ class Scripted:
         return answer
 
     def download(self, job_id: str, dest: Path) -> None:
+        self.download_calls += 1
         answer = self.downloads.pop(0) if self.downloads else b"complete"
         if isinstance(answer, Exception):
             raise answer
@@ -81,11 +83,25 @@ def verify(path: Path) -> None:
         raise NodeFailed("truncated")
 
 
+class Clock:
+    """A fake monotonic clock that its fake sleep moves on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 def job(backend: Scripted, tmp_path: Path, **kwargs: object) -> ShotJob:
     journal = Journal(tmp_path / "journal")
-    return ShotJob(
-        "shots.river", "k1", backend, REQUEST, journal, verify, sleep=lambda _: None, **kwargs
-    )  # type: ignore[arg-type]
+    kwargs.setdefault("sleep", lambda _: None)
+    return ShotJob("shots.river", "k1", backend, REQUEST, journal, verify, **kwargs)  # type: ignore[arg-type]
 
 
 def test_one_create_and_the_journal_is_cleared_after_success(tmp_path: Path) -> None:
@@ -165,13 +181,42 @@ def test_a_truncated_download_is_fetched_again_not_bought_again(tmp_path: Path) 
     assert backend.creates == 1
 
 
-def test_a_download_that_keeps_failing_leaves_the_job_journaled(tmp_path: Path) -> None:
+def test_a_free_download_is_retried_well_past_three_failures_until_it_verifies(
+    tmp_path: Path,
+) -> None:
     backend = Scripted()
-    backend.downloads = [b"x", b"x", b"x"]
-    j = job(backend, tmp_path)
+    failures: list[bytes | Exception] = [Transient("connection reset"), b"compl"] * 5
+    backend.downloads = [*failures, RateLimited("slow down", retry_after=7.0)]
+    clock = Clock()
+    j = job(backend, tmp_path, clock=clock, sleep=clock.sleep)
+    assert j.run(tmp_path / "out.mp4") == "job1"
+    assert backend.creates == 1 and backend.download_calls == 12
+    assert clock.sleeps[-1] == 7.0  # the provider's Retry-After
+    backoffs = clock.sleeps[:-1]
+    assert max(backoffs) <= 30.0 and len(set(backoffs)) == len(backoffs)  # capped, jittered
+
+
+def test_a_download_failing_until_the_deadline_fails_and_leaves_the_job_journaled(
+    tmp_path: Path,
+) -> None:
+    backend = Scripted()
+    backend.downloads = [Transient("connection reset")] * 10_000
+    clock = Clock()
+    j = job(backend, tmp_path, clock=clock, sleep=clock.sleep, download_deadline=600.0)
     with pytest.raises(NodeFailed, match="run again to retry the download without paying"):
         j.run(tmp_path / "out.mp4")
+    assert clock.now == pytest.approx(600.0)  # retried right up to the deadline, not past it
+    assert 20 < backend.download_calls < 60
+    assert backend.creates == 1
     assert j.journal.get("k1")["job_id"] == "job1"  # type: ignore[index]
+
+
+def test_a_refused_download_fails_at_once(tmp_path: Path) -> None:
+    backend = Scripted()
+    backend.downloads = [Refused("invalid api key")]
+    with pytest.raises(NodeFailed, match="refused the download of job job1: invalid api key"):
+        job(backend, tmp_path).run(tmp_path / "out.mp4")
+    assert backend.download_calls == 1
 
 
 def test_expired_content_is_rerendered_only_when_asked(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from runner import ffmpeg
 from runner.backends.base import Expired, RateLimited, Refused, ShotRequest, Transient
 from runner.backends.openai import OpenAIBackend, fit_image
 from runner.errors import NodeFailed, UserError
+from tests.servers.clips import mp4_bytes
 from tests.servers.openai_server import MODERATION_MESSAGE, OpenAIServer
 
 KEY = "sk-test-loopback-0123456789"
@@ -215,7 +216,7 @@ def test_a_close_delimited_truncated_download_fails_verify_then_downloads_again(
     ffmpeg.verify_video(dest, 4.0)
 
 
-def test_a_download_cut_short_of_its_content_length_is_transient(
+def test_a_download_cut_short_resumes_with_a_range_and_fetches_only_the_rest(
     backend: OpenAIBackend, server: OpenAIServer, tmp_path: Path
 ) -> None:
     job_id = backend.submit(shot())
@@ -224,9 +225,56 @@ def test_a_download_cut_short_of_its_content_length_is_transient(
     dest = tmp_path / "river.mp4"
     with pytest.raises(Transient):
         backend.download(job_id, dest)
-    assert not dest.exists() and not list(tmp_path.glob("*.part"))
+    assert not dest.exists()
+    size = len(mp4_bytes(4.0))
+    half = (dest.parent / "river.mp4.part").stat().st_size
+    assert half == size // 2  # kept for the next attempt
     backend.download(job_id, dest)
+    assert server.downloads == [(job_id, 0, half), (job_id, half, size - half)]
+    assert dest.read_bytes() == mp4_bytes(4.0)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_resumed_range_cut_short_again_resumes_from_further_on(
+    backend: OpenAIBackend, server: OpenAIServer, tmp_path: Path
+) -> None:
+    job_id = backend.submit(shot())
+    wait_done(backend, job_id)
+    server.truncate_next_downloads(2, declare_length=True)
+    dest = tmp_path / "river.mp4"
+    for _ in range(2):
+        with pytest.raises(Transient):
+            backend.download(job_id, dest)
+    backend.download(job_id, dest)
+    starts = [start for _, start, _ in server.downloads]
+    assert starts[0] == 0 and starts[1] < starts[2]
+    assert sum(sent for _, _, sent in server.downloads) == len(mp4_bytes(4.0))
     ffmpeg.verify_video(dest, 4.0)
+
+
+def test_a_server_that_ignores_the_range_gets_the_file_written_over(
+    backend: OpenAIBackend, server: OpenAIServer, tmp_path: Path
+) -> None:
+    job_id = backend.submit(shot())
+    wait_done(backend, job_id)
+    dest = tmp_path / "river.mp4"
+    (tmp_path / "river.mp4.part").write_bytes(b"stale bytes of another attempt")
+    server.honour_ranges = False
+    backend.download(job_id, dest)
+    assert dest.read_bytes() == mp4_bytes(4.0)
+
+
+def test_a_part_longer_than_the_video_gets_a_416_and_starts_over(
+    backend: OpenAIBackend, server: OpenAIServer, tmp_path: Path
+) -> None:
+    job_id = backend.submit(shot())
+    wait_done(backend, job_id)
+    dest = tmp_path / "river.mp4"
+    (tmp_path / "river.mp4.part").write_bytes(b"x" * (len(mp4_bytes(4.0)) + 10))
+    backend.download(job_id, dest)
+    assert ("GET", f"/v1/videos/{job_id}/content", 416) in server.requests
+    assert server.downloads == [(job_id, 0, len(mp4_bytes(4.0)))]
+    assert dest.read_bytes() == mp4_bytes(4.0)
 
 
 def test_expired_content_raises_expired(
@@ -292,6 +340,29 @@ def test_find_returns_none_when_nothing_matches(
     assert backend.find(shot(), since) is None
     assert backend.find(shot(seconds=8.0), since) is None
     assert backend.find(shot(prompt="something else"), since + 3600) is None
+
+
+def test_find_matches_a_prompt_the_server_normalised_but_no_older_job_or_other_size(
+    server: OpenAIServer, tmp_path: Path
+) -> None:
+    server.normalise_prompts = True  # a gateway that strips and collapses what it echoes
+    compiled = shot(prompt="Riverbank at dusk;\n  a girl lights a paper lantern.\n")
+    backend = OpenAIBackend(tmp_path, {"base_url": server.base_url, "api_key": KEY})
+    before = backend.submit(compiled)
+    server.jobs[before].created -= 60  # the same request, made a minute before the send
+    since = time.time()
+    backend.submit(shot(prompt=compiled.prompt, width=720, height=1280))
+    server.drop_next_creates(1)
+    with pytest.raises(Transient):
+        backend.submit(compiled)
+    later = backend.submit(compiled)
+    dropped = server.creates[2]["job_id"]
+    assert server.creates[2]["prompt"] == compiled.prompt  # sent as compiled, kept normalised:
+    assert server.jobs[dropped].prompt == "Riverbank at dusk; a girl lights a paper lantern."
+    fresh = OpenAIBackend(tmp_path, {"base_url": server.base_url, "api_key": KEY})
+    assert fresh.find(compiled, since) == dropped  # the oldest match
+    assert fresh.find(compiled, since) == later
+    assert fresh.find(compiled, since) is None  # neither the older job nor the other size
 
 
 def test_find_pages_back_through_the_list(server: OpenAIServer, tmp_path: Path) -> None:

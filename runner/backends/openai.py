@@ -211,9 +211,13 @@ class OpenAIBackend:
     def find(
         self, shot: ShotRequest, since: float, exclude: frozenset[str] = frozenset()
     ) -> str | None:
-        """The oldest unclaimed job matching the request created at or after `since`."""
+        """The oldest unclaimed job matching the request created at or after `since`.
+
+        Prompts are compared whitespace-normalised: gateways strip and collapse what they echo.
+        """
         client = self._get_client()
-        want = (shot.model, shot.prompt, _wire_seconds(shot.seconds), f"{shot.width}x{shot.height}")
+        size = f"{shot.width}x{shot.height}"
+        want = (shot.model, _normalised(shot.prompt), _wire_seconds(shot.seconds), size)
         cutoff = since - FIND_SLACK
         found: str | None = None
 
@@ -266,24 +270,58 @@ class OpenAIBackend:
         return JobStatus(state, poll_after=poll_after, extra=extra)
 
     def download(self, job_id: str, dest: Path) -> None:
-        """Stream the video to dest through a temp file beside it (never whole in memory)."""
+        """Stream the video to dest through a `.part` file beside it (never whole in memory).
+
+        A transfer cut short keeps its `.part`: the next call asks for the rest with a Range
+        request and appends it on 206; a 200 or a 416 starts the file over.
+        """
+        import openai
+
         client = self._get_client()
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
 
-        def fetch() -> None:
-            with (
-                client.videos.with_streaming_response.download_content(job_id) as response,
-                part.open("wb") as f,
-            ):
-                for chunk in response.iter_bytes(1 << 16):
-                    f.write(chunk)
+        def fetch(offset: int) -> bool:
+            """Write the body to part from offset; False when the server did not resume there."""
+            headers = {"Range": f"bytes={offset}-"} if offset else None
+            try:
+                with client.videos.with_streaming_response.download_content(
+                    job_id, extra_headers=headers
+                ) as response:
+                    if response.status_code == 206:
+                        if _range_start(response.headers.get("content-range")) != offset:
+                            return False
+                        mode = "ab"
+                    else:
+                        mode = "wb"  # a 200 is the whole file, Range or not
+                    with part.open(mode) as f:
+                        # As received: a fixed-size chunker drops the tail of a cut transfer.
+                        for chunk in response.iter_bytes():
+                            f.write(chunk)
+            except openai.APIStatusError as exc:
+                if offset and exc.status_code == 416:
+                    return False  # the part is no prefix of what the server has now
+                raise
+            return True
 
-        try:
-            self._call(fetch, job=job_id, downloading=True)
-            os.replace(part, dest)
-        finally:
+        def fetch_rest() -> None:
+            offset = part.stat().st_size if part.is_file() else 0
+            if fetch(offset):
+                return
             part.unlink(missing_ok=True)
+            if not fetch(0):
+                raise Transient(f"job {job_id}: the server sent a range that was not asked for")
+
+        keep = False
+        try:
+            self._call(fetch_rest, job=job_id, downloading=True)
+            os.replace(part, dest)
+        except (Transient, RateLimited):
+            keep = True  # cut short, or never started: the next call resumes
+            raise
+        finally:
+            if not keep:
+                part.unlink(missing_ok=True)
 
     def _official_endpoint(self) -> bool:
         """Whether requests would go to OpenAI's own API, whose Videos endpoints are gone."""
@@ -459,11 +497,28 @@ def _quiet_sdk() -> Iterator[None]:
 
 
 def _identity(video: Video) -> tuple[str, str | None, str, str]:
-    """The fields `find` matches on, in the wire format."""
+    """The fields `find` matches on, in the wire format, the prompt whitespace-normalised."""
     seconds = str(video.seconds)
     with suppress(ValueError):
         seconds = _wire_seconds(float(seconds))
-    return str(video.model), video.prompt, seconds, str(video.size)
+    prompt = None if video.prompt is None else _normalised(video.prompt)
+    return str(video.model), prompt, seconds, str(video.size)
+
+
+def _normalised(prompt: str) -> str:
+    """The prompt with runs of whitespace collapsed to one space and its ends stripped."""
+    return " ".join(prompt.split())
+
+
+def _range_start(content_range: str | None) -> int | None:
+    """The first byte offset of a `Content-Range: bytes START-END/LENGTH` header."""
+    if content_range is None:
+        return None
+    unit, _, spec = content_range.strip().partition(" ")
+    start, sep, _ = spec.partition("-")
+    if unit.lower() != "bytes" or not sep or not start.strip().isdigit():
+        return None
+    return int(start)
 
 
 def _wire_seconds(seconds: float) -> str:

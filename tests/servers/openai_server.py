@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -71,6 +71,7 @@ class Job:
     image_size: tuple[int, int] | None
     expired: bool = False
     remixed_from: str | None = None
+    served: list[tuple[float, int, int]] = field(default_factory=list)  # (t, start, bytes sent)
 
     def status(self, now: float) -> tuple[str, int]:
         """(status, progress) at `now`: queued for the first fifth, then in_progress."""
@@ -108,6 +109,10 @@ class Job:
 
 class OpenAIServer:
     """The Videos protocol on 127.0.0.1 (port 0) in a background thread; thread-safe knobs."""
+
+    # Behaviours of a gateway in front of the model; set on an instance before use.
+    normalise_prompts = False  # store and echo prompts stripped, whitespace collapsed
+    honour_ranges = True  # False: a download's Range header is ignored (200, whole file)
 
     def __init__(
         self,
@@ -238,6 +243,13 @@ class OpenAIServer:
     # -- observations --
 
     @property
+    def downloads(self) -> list[tuple[str, int, int]]:
+        """Every video body served, in order: (job id, range start, bytes sent)."""
+        with self.lock:
+            served = [(t, j.id, start, n) for j in self.jobs.values() for t, start, n in j.served]
+        return [(job_id, start, n) for _, job_id, start, n in sorted(served)]
+
+    @property
     def create_times(self) -> list[float]:
         """When each job-making create arrived."""
         with self.lock:
@@ -343,7 +355,7 @@ class OpenAIServer:
             job = Job(
                 id=f"video_{uuid.uuid4().hex}",
                 model=model,
-                prompt=prompt,
+                prompt=" ".join(prompt.split()) if self.normalise_prompts else prompt,
                 seconds=seconds,
                 size=size,
                 created=now,
@@ -427,16 +439,25 @@ class OpenAIServer:
             message = f"Video '{job_id}' is not ready for download (status {status})."
             h.send_error_json(400, message, None, "invalid_request_error")
             return
-        with self.lock:
-            truncate = self._truncations.pop(0) if self._truncations else None
         if self.unique_videos:
             data = unique_mp4_bytes(float(job.seconds), job.id)
         else:
             data = mp4_bytes(float(job.seconds))
+        start = _range_start(h.headers.get("Range")) if self.honour_ranges else None
+        if start is not None and start >= len(data):
+            headers = {"Content-Range": f"bytes */{len(data)}"}
+            h.send_error_json(
+                416, "Range not satisfiable.", None, "invalid_request_error", None, headers
+            )
+            return
+        with self.lock:
+            truncate = self._truncations.pop(0) if self._truncations else None
+            body = len(data) - (start or 0)
+            job.served.append((time.time(), start or 0, body if truncate is None else body // 2))
         if truncate is None:
-            h.send_bytes(data)
+            h.send_bytes(data, start)
         else:
-            h.send_truncated(data, declare_length=truncate)
+            h.send_truncated(data, start, declare_length=truncate)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -538,24 +559,37 @@ class _Handler(BaseHTTPRequestHandler):
         error = {"message": message, "type": kind, "param": param, "code": code}
         self.send_json(status, {"error": error}, headers)
 
-    def send_bytes(self, data: bytes) -> None:
-        self._log(200)
-        self.send_response(200)
+    def _send_video_head(self, data: bytes, start: int | None, length: int | None) -> bytes:
+        """Status and headers of a content answer (206 for a range); returns the body."""
+        body = data if start is None else data[start:]
+        status = 200 if start is None else 206
+        self._log(status)
+        self.send_response(status)
         self.send_header("Content-Type", "video/mp4")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        for i in range(0, len(data), 1 << 14):
-            self.wfile.write(data[i : i + (1 << 14)])
+        self.send_header("Accept-Ranges", "bytes")
+        if start is not None:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        return body
 
-    def send_truncated(self, data: bytes, *, declare_length: bool) -> None:
-        self._log(200)
-        self.send_response(200)
-        self.send_header("Content-Type", "video/mp4")
-        if declare_length:
-            self.send_header("Content-Length", str(len(data)))
+    def send_bytes(self, data: bytes, start: int | None = None) -> None:
+        """The video, or from byte `start` on as a 206 answer to a Range request."""
+        body = self._send_video_head(data, start, len(data) - (start or 0))
+        self.end_headers()
+        for i in range(0, len(body), 1 << 14):
+            self.wfile.write(body[i : i + (1 << 14)])
+
+    def send_truncated(
+        self, data: bytes, start: int | None = None, *, declare_length: bool
+    ) -> None:
+        """Half of what send_bytes would send, then close."""
+        body = self._send_video_head(
+            data, start, len(data) - (start or 0) if declare_length else None
+        )
         self.send_header("Connection", "close")  # also sets close_connection
         self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
+        self.wfile.write(body[: len(body) // 2])
         self.wfile.flush()
         self.close_connection = True
 
@@ -619,6 +653,14 @@ def _invalid(
     if image_size is not None and image_size != (int(w), int(h)):
         return "input_reference", "Inpaint image must match the requested width and height."
     return None
+
+
+def _range_start(header: str | None) -> int | None:
+    """N of a `Range: bytes=N-` header (the rest of the file); None for any other header."""
+    if header is None or not header.startswith("bytes=") or not header.endswith("-"):
+        return None
+    first = header.removeprefix("bytes=").removesuffix("-")
+    return int(first) if first.isdigit() else None
 
 
 def _retry_value(value: float | str) -> str:
