@@ -50,6 +50,8 @@ class Progress:
         elif event == "retry":  # rate limited: the node waits for its pool to resume
             self.running.pop(node_id, None)
             self._print(f"rate limited: {node_id} waits ({detail})")
+        elif event == "throttled":  # node id is the pool; detail its new pace, said once
+            self._print(f"runner: {detail}")
         else:
             started = self.running.pop(node_id, None)
             self.finished += 1
