@@ -67,6 +67,7 @@ class Limits(Strict):
     concurrency: int | None = Field(None, ge=1)
     rpm: int | None = Field(None, ge=1)
     max_cost_usd: float | None = Field(None, ge=0)
+    give_up_after: float | None = Field(None, gt=0, allow_inf_nan=False)  # seconds
 
 
 class Style(Strict):

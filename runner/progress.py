@@ -52,6 +52,8 @@ class Progress:
             self._print(f"rate limited: {node_id} waits ({detail})")
         elif event == "stopping":  # a failure: no new creates; paid jobs are finished
             self._print(f"runner: {node_id} failed; {detail}")
+        elif event == "throttled":  # node id is the pool; detail its new pace, said once
+            self._print(f"runner: {detail}")
         else:
             started = self.running.pop(node_id, None)
             self.finished += 1

@@ -19,7 +19,7 @@ from runner.plan import CACHED, Plan, full_recipe
 from runner.project import Project
 from runner.ratelimit import SendWindow
 from runner.remote import RemoteCorrupt
-from runner.scheduler import Outcome, Pool, Report, Task, schedule
+from runner.scheduler import GIVE_UP_AFTER, WINDOW, Outcome, Pool, Report, Task, schedule
 
 # In-flight jobs per pool when [limits.<backend>] does not say: local work is CPU-bound.
 LOCAL_CONCURRENCY = os.cpu_count() or 2
@@ -52,8 +52,26 @@ def pools_for(project: Project, names: set[str]) -> dict[str, Pool]:
             concurrency=limits.get("concurrency", default),
             rpm=limits.get("rpm"),
             max_cost_usd=limits.get("max_cost_usd"),
+            window=rate_window(),
+            give_up_after=limits.get("give_up_after", GIVE_UP_AFTER),
         )
     return pools
+
+
+def rate_window() -> float:
+    """Seconds `rpm` counts in: a minute. A test knob shortens it so tests against a loopback
+    provider with a short window do not wait real minutes."""
+    try:
+        seconds = float(os.environ.get("RUNNER_RATE_WINDOW_SECONDS", WINDOW))
+    except ValueError:
+        return WINDOW
+    return seconds if 0 < seconds < float("inf") else WINDOW
+
+
+def send_window(project: Project, pool: Pool) -> SendWindow:
+    """The pool's gate on the wire; its send times live in the cache, shared across runs."""
+    path = project.store.state_path(f"sends/{pool.name}")  # state/sends/<pool>.json
+    return SendWindow(pool.rpm, pool.window, path=path)
 
 
 @dataclass(frozen=True)
@@ -92,7 +110,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         workers=sum(p.concurrency for p in pools.values()),
         rerender_expired=options.rerender_expired,
         resend_unconfirmed=options.resend_unconfirmed,
-        gates={name: SendWindow(pool.rpm) for name, pool in pools.items()},
+        gates={name: send_window(project, pool) for name, pool in pools.items()},
         lock=project.lock,
         force=options.rerender,
         remote=project.remote,

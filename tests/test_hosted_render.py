@@ -17,6 +17,7 @@ from tests.films import Checkout, gen
 from tests.servers.openai_server import OpenAIServer
 
 KEY = "sk-loopback-SECRET-9e1c"
+WINDOW = 2.0  # seconds: the rpm window of runner and server here, instead of a real minute
 
 
 def film(shots: int, *, limits: str = "concurrency = 2", takes: int = 1, extra: str = "") -> str:
@@ -48,9 +49,13 @@ def server() -> Iterator[OpenAIServer]:
 
 
 class Project(Checkout):
-    def __init__(self, root: Path, server: OpenAIServer, toml: str) -> None:
+    def __init__(self, root: Path, server: OpenAIServer, toml: str, window: float = WINDOW) -> None:
         manifest = gen(root / "film", {"film.toml": toml}) / "film.toml"
-        env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": KEY}
+        env = {
+            "OPENAI_BASE_URL": server.base_url,
+            "OPENAI_API_KEY": KEY,
+            "RUNNER_RATE_WINDOW_SECONDS": str(window),
+        }
         super().__init__(manifest, root / "cache", env)
         self.root = root
 
@@ -186,13 +191,45 @@ def test_the_api_key_is_in_no_file_the_runner_writes(tmp_path: Path, server: Ope
             assert KEY.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.slow
-def test_submits_per_minute_never_exceed_rpm(tmp_path: Path, server: OpenAIServer) -> None:
+def test_submits_per_window_never_exceed_rpm(tmp_path: Path, server: OpenAIServer) -> None:
     p = Project(tmp_path, server, film(3, limits="concurrency = 3\nrpm = 2"))
     result = p.run("render")
     assert result.returncode == 0, result.stderr
     assert len(server.creates) == 3
-    assert server.max_creates_in_window(60.0) <= 2
+    assert server.max_creates_in_window(WINDOW) <= 2
+    times = server.create_times
+    assert WINDOW <= times[2] - times[0] < 30  # the third waited for the short window
+
+
+def test_a_film_without_rpm_learns_the_providers_pace_and_finishes(tmp_path: Path) -> None:
+    # 10 creates per window, and a Retry-After far shorter than the window (1 s of 60 s).
+    throttling = OpenAIServer(job_seconds=0.3, rpm=10, rpm_window=WINDOW, retry_after=WINDOW / 60)
+    with throttling as server:
+        p = Project(tmp_path, server, film(16, limits="concurrency = 8"))  # 10 at once
+        result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(server.creates) == 16
+    assert "openai is rate-limiting creates (HTTP 429)" in result.stderr
+    assert "declare `rpm` in [limits.openai]" in result.stderr
+
+
+def test_a_restarted_run_continues_the_providers_window(tmp_path: Path) -> None:
+    window = 4.0  # long enough that the restarted run starts inside the killed run's window
+    with OpenAIServer(job_seconds=0.3, rpm=3, rpm_window=window) as server:
+        p = Project(tmp_path, server, film(6, limits="concurrency = 3\nrpm = 3"), window)
+        proc = p.start()
+        # Killed once 3 shots are made: the restarted run has nothing to resume, only 3 to send.
+        deadline = time.monotonic() + 30
+        while len(list(p.root.glob("cache/actions/*/*.json"))) < 3:
+            assert time.monotonic() < deadline, "the first run made no shots"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(server.creates) == 6
+    assert [c for c in server.create_attempts if c["status"] == 429] == []
+    assert server.max_creates_in_window(window) <= 3
 
 
 def test_a_remix_edits_the_source_job_and_follows_it(tmp_path: Path, server: OpenAIServer) -> None:

@@ -6,7 +6,6 @@ import heapq
 from collections.abc import Callable
 
 from runner.scheduler import (
-    MAX_RETRIES,
     RELEASED,
     WINDOW,
     Outcome,
@@ -37,6 +36,8 @@ class FakeJobs:
         fail: frozenset[str] = frozenset(),
         limited: dict[str, list[float | None]] | None = None,
         local_seconds: float = 0.0,
+        provider_rpm: tuple[int, float, float | None] | None = None,
+        pools: dict[str, Pool] | None = None,
     ) -> None:
         self.clock = clock
         self.pool_of = pool_of
@@ -48,12 +49,29 @@ class FakeJobs:
         self.in_flight: dict[str, int] = {}
         self.max_in_flight: dict[str, int] = {}
         self.events: list[tuple[str, str]] = []
+        self.details: list[tuple[str, str, str]] = []  # events with their detail
         self.limited = limited or {}  # node -> Retry-After of each 429 its creates get
         self.local_seconds = local_seconds  # download and verify after the provider is done
+        # (creates, window, Retry-After): the provider refuses creates over its rate.
+        self.provider_rpm = provider_rpm
+        self.accepted: list[float] = []
+        self.refusals = 0
+        self.pools = pools or {}
+        self.paces: list[tuple[float, int | None, int]] = []  # (t, rpm, concurrency) per start
 
     def start(self, node_id: str) -> None:
         pool = self.pool_of[node_id]
+        if pool in self.pools:
+            p = self.pools[pool]
+            self.paces.append((self.clock.t, p.rpm_limit(), p.concurrency_limit()))
+        if self.provider_rpm is not None:
+            limit, window, after = self.provider_rpm
+            if len([t for t in self.accepted if t > self.clock.t - window]) >= limit:
+                self.limited.setdefault(node_id, []).append(after)
+            else:
+                self.accepted.append(self.clock.t)
         if self.limited.get(node_id):  # the provider answers 429 at once
+            self.refusals += 1
             after = self.limited[node_id].pop(0)
             self.starts.append((self.clock.t, node_id))
             self.in_flight[pool] = self.in_flight.get(pool, 0) + 1
@@ -65,6 +83,10 @@ class FakeJobs:
         if self.local_seconds:
             heapq.heappush(self.heap, (self.clock.t + self.seconds, f"released:{node_id}"))
         heapq.heappush(self.heap, (self.clock.t + self.seconds + self.local_seconds, node_id))
+
+    def report(self, event: str, node_id: str, detail: str) -> None:
+        self.events.append((event, node_id))
+        self.details.append((event, node_id, detail))
 
     def wait(self, timeout: float | None) -> tuple[str, str | Retry | Released | None] | None:
         if not self.heap:
@@ -102,6 +124,7 @@ def run(
     fresh: Callable[[str], bool] = lambda _: False,
     limited: dict[str, list[float | None]] | None = None,
     local_seconds: float = 0.0,
+    provider_rpm: tuple[int, float, float | None] | None = None,
 ) -> tuple[Outcome, FakeJobs]:
     clock = FakeClock()
     jobs = FakeJobs(
@@ -110,6 +133,8 @@ def run(
         fail=fail,
         limited=limited,
         local_seconds=local_seconds,
+        provider_rpm=provider_rpm,
+        pools=pools,
     )
     outcome = schedule(
         tasks,
@@ -118,7 +143,7 @@ def run(
         clock,
         fresh=fresh,
         keep_going=keep_going,
-        report=lambda e, n, d: jobs.events.append((e, n)),
+        report=jobs.report,
         jitter=lambda: 1.0,
     )
     return outcome, jobs
@@ -199,17 +224,72 @@ def test_a_429_pauses_the_whole_pool_for_retry_after() -> None:
     assert ("retry", "s1") in jobs.events
 
 
-def test_without_retry_after_the_pause_backs_off_exponentially() -> None:
-    tasks = [Task("s0", "veo", [])]
-    outcome, jobs = run(tasks, {"veo": Pool("veo", 4)}, limited={"s0": [None, None, None]})
-    assert outcome.done == ["s0"]
-    assert [t for t, _ in jobs.starts] == [0.0, 1.0, 3.0, 7.0]  # pauses of 1, 2, 4 s
+def test_the_pause_backs_off_exponentially_up_to_the_window_or_a_longer_retry_after() -> None:
+    pool = Pool("veo", 4, window=10.0)
+    pauses = []
+    for n in range(1, 7):
+        pool.pauses, pool.paused_until = n, 0.0
+        pool.pause(0.0, None, 1.0)
+        pauses.append(pool.paused_until)
+    assert pauses == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    pool.pauses, pool.paused_until = 3, 0.0
+    pool.pause(0.0, 0.5, 1.0)  # a Retry-After shorter than the backoff does not shorten it
+    assert pool.paused_until == 4.0
+    pool.pause(0.0, 30.0, 1.0)  # a longer one is honoured
+    assert pool.paused_until == 30.0
 
 
-def test_a_node_rate_limited_too_often_fails() -> None:
+def test_a_429_never_fails_a_node_before_give_up_after() -> None:
     tasks = [Task("s0", "veo", [])]
-    outcome, _ = run(tasks, {"veo": Pool("veo", 1)}, limited={"s0": [0.0] * (MAX_RETRIES + 1)})
-    assert "rate limited" in outcome.failed["s0"]
+    outcome, jobs = run(tasks, {"veo": Pool("veo", 1)}, limited={"s0": [1.0] * 40})
+    assert outcome.done == ["s0"] and outcome.failed == {}
+    assert len(jobs.starts) == 41
+
+
+def test_a_node_gives_up_after_waiting_give_up_after_to_send_and_names_an_rpm() -> None:
+    tasks = [Task("s0", "veo", []), Task("s1", "veo", ["s0"])]
+    pools = {"veo": Pool("veo", 1, give_up_after=600.0)}
+    outcome, jobs = run(tasks, pools, limited={"s0": [1.0] * 1000})
+    why = outcome.failed["s0"]
+    assert "give_up_after = 600" in why and "declare `rpm = 1` in [limits.veo]" in why
+    assert outcome.skipped == {"s1": "s0 failed"}
+    # It waited (the pool learned 1 a minute) for more than 600 s, and no longer than a window.
+    last_start = jobs.starts[-1][0]
+    assert 600.0 < last_start < 600.0 + 2 * 60.0
+    assert jobs.events.count(("failed", "s0")) == 1
+
+
+def test_waiting_behind_full_slots_is_not_waiting_to_send() -> None:
+    # s1 is refused twice (the pool drops to 1 slot), waits 5000 s behind s0's render, is
+    # refused again: it waited 3 s to send, not 5000.
+    tasks = [Task("s0", "veo", []), Task("s1", "veo", [])]
+    pools = {"veo": Pool("veo", 2, give_up_after=100.0)}
+    clock = FakeClock()
+    jobs = FakeJobs(clock, {"s0": "veo", "s1": "veo"}, seconds=5000.0)
+    jobs.limited = {"s1": [None, None, None]}
+    outcome = schedule(tasks, pools, jobs, clock, jitter=lambda: 1.0)
+    assert sorted(outcome.done) == ["s0", "s1"], outcome.failed
+    assert [t for t, n in jobs.starts if n == "s1"][:3] == [0.0, 1.0, 5000.0]
+    assert len(jobs.starts) == 5  # s0 once, s1 three times refused and once accepted
+
+
+def test_aimd_lowers_the_pace_on_429s_and_restores_it_within_the_declared_limits() -> None:
+    # The provider takes 10 creates a minute and says "retry after 1 s" when it will not.
+    tasks = [Task(f"s{i}", "openai", []) for i in range(80)]
+    pools = {"openai": Pool("openai", concurrency=4, rpm=12)}
+    outcome, jobs = run(tasks, pools, provider_rpm=(10, 60.0, 1.0))
+    assert sorted(outcome.done) == sorted(t.id for t in tasks) and outcome.failed == {}
+    throttled = [d for e, _, d in jobs.details if e == "throttled"]
+    assert len(throttled) == 1
+    assert throttled[0].startswith("openai is rate-limiting creates (HTTP 429): now sending at")
+    assert "lower `rpm` in [limits.openai]" in throttled[0]
+    rpms = [rpm or 0 for _, rpm, _ in jobs.paces]
+    slots = [c for _, _, c in jobs.paces]
+    lowest = rpms.index(min(rpms))
+    assert min(rpms) <= 6 and max(rpms[lowest:]) >= 10  # halved, then grew back
+    assert min(slots) <= 2 and max(slots[slots.index(min(slots)) :]) == 4
+    assert max(rpms) <= 12 and max(slots) <= 4  # never above [limits.openai]
+    assert jobs.refusals < 20  # it learned: the old loop sent hundreds of refused creates
 
 
 def test_a_slot_is_free_once_the_provider_is_done_while_the_download_runs() -> None:

@@ -122,13 +122,18 @@ class OpenAIServer:
         api_key: str | None = None,
         missing_models: set[str] | None = None,
         rpm: int | None = None,
+        rpm_window: float = 60.0,
+        retry_after: float | None = None,
     ) -> None:
         self.job_seconds = job_seconds
         self.unique_videos = False  # True: every job's video has its own bytes
         self.poll_after_ms = poll_after_ms  # None: no header
         self.api_key = api_key  # None: any non-empty bearer key is accepted
         self.missing_models: set[str] = set(missing_models or ())  # answer 404 model_not_found
-        self.rpm = rpm  # accepted creates per rolling minute before 429s; None: unlimited
+        self.rpm = rpm  # accepted creates per `rpm_window` seconds before 429s; None: unlimited
+        self.rpm_window = rpm_window  # seconds the rpm limit counts in (60: a real minute)
+        # The Retry-After of rpm 429s; None: the honest time until the window frees a slot.
+        self.rpm_retry_after = retry_after
         self.lock = threading.Lock()
         # Observations.
         self.creates: list[dict[str, Any]] = []  # creates that made a job (answered or not)
@@ -320,9 +325,11 @@ class OpenAIServer:
             rate_limit = self._rate_limits.pop(0) if self._rate_limits else False
             failure = self._create_failures.pop(0) if self._create_failures else None
             if rate_limit is False and failure is None and self.rpm is not None:
-                window = [c["t"] for c in self.creates if now - c["t"] < 60]
+                window = [c["t"] for c in self.creates if now - c["t"] < self.rpm_window]
                 if len(window) >= self.rpm:
-                    rate_limit = max(1.0, 60 - (now - min(window)))
+                    honest = max(1.0, self.rpm_window - (now - min(window)))
+                    fixed = self.rpm_retry_after
+                    rate_limit = honest if fixed is None else fixed
         if rate_limit is not False:
             record["status"] = 429
             message = "Rate limit reached for requests per minute. Please try again later."
