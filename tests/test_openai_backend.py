@@ -140,6 +140,16 @@ def test_a_429_is_sent_once_and_carries_retry_after(
     assert not server.jobs
 
 
+def test_a_429_for_an_exhausted_quota_is_a_refusal_not_a_pace_to_wait_out(
+    backend: OpenAIBackend, server: OpenAIServer
+) -> None:
+    message = "You exceeded your current quota, please check your plan and billing details."
+    server.fail_next_creates(1, status=429, message=message, code="insufficient_quota")
+    with pytest.raises(Refused, match="quota"):
+        backend.submit(shot())
+    assert not server.jobs
+
+
 def test_retry_after_as_an_http_date_or_absent(
     backend: OpenAIBackend, server: OpenAIServer
 ) -> None:

@@ -427,11 +427,13 @@ class OpenAIBackend:
         message = self._scrub(_provider_message(exc))
         request_id = exc.request_id
         suffix = f" (HTTP {status}" + (f", request {request_id})" if request_id else ")")
+        code = str(exc.code or "")
+        if status == 429 and code == "insufficient_quota":  # billing, not pace: waiting won't help
+            return Refused(f"{message}{suffix}; check the account's quota and billing")
         if status == 429:
             return RateLimited(f"rate limited: {message}{suffix}", _retry_after(exc.response))
         if status >= 500 or status == 408:
             return Transient(f"server error: {message}{suffix}", sent=True)
-        code = str(exc.code or "")
         if downloading and (status in (404, 410) or "expire" in message.lower()):
             return Expired(f"job {job}: {message}{suffix}")
         if status in (401, 403) and "model" not in message.lower():

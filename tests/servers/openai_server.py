@@ -144,7 +144,7 @@ class OpenAIServer:
         self.in_flight_max = 0
         # Faults.
         self._rate_limits: list[float | str | None] = []
-        self._create_failures: list[tuple[int, str | None]] = []
+        self._create_failures: list[tuple[int, str | None, str | None]] = []
         self._drops = 0
         self._delays: list[float] = []
         self._poll_failures: list[tuple[int, float | str | None]] = []
@@ -199,10 +199,12 @@ class OpenAIServer:
         with self.lock:
             self._rate_limits += [retry_after] * n
 
-    def fail_next_creates(self, n: int, status: int = 500, message: str | None = None) -> None:
-        """The next n creates answer `status` with an error body; no job is made."""
+    def fail_next_creates(
+        self, n: int, status: int = 500, message: str | None = None, code: str | None = None
+    ) -> None:
+        """The next n creates answer `status` with an error body (and `code`); no job is made."""
         with self.lock:
-            self._create_failures += [(status, message)] * n
+            self._create_failures += [(status, message, code)] * n
 
     def drop_next_creates(self, n: int) -> None:
         """The next n creates make their job, then close the connection without an answer."""
@@ -337,9 +339,9 @@ class OpenAIServer:
             h.send_error_json(429, message, "rate_limit_exceeded", "requests", headers=headers)
             return
         if failure is not None:
-            status, injected = failure
+            status, injected, code = failure
             record["status"] = status
-            h.send_error_json(status, injected or f"Injected failure ({status}).", None, "server")
+            h.send_error_json(status, injected or f"Injected failure ({status}).", code, "server")
             return
         with self.lock:
             refusal = next((t for s, t in self._refused.items() if s in prompt), None)
