@@ -201,7 +201,6 @@ def makespan_100_hosted_shots() -> list[tuple[str, str, str, str]]:
     real HTTP, jobs of 5 s standing in for minutes), against the lower bound
     max(critical path, total latency / concurrency, N / rpm)."""
     sys.path.insert(0, str(ROOT))
-    from runner.backends import registry
     from runner.project import Project
     from runner.render import Options, render
     from tests.servers.openai_server import OpenAIServer
@@ -239,7 +238,6 @@ def makespan_100_hosted_shots() -> list[tuple[str, str, str, str]]:
         os.environ["OPENAI_BASE_URL"] = server.base_url
         os.environ["OPENAI_API_KEY"] = "sk-bench"
         project = Project.open(manifest, folder / "cache", None)
-        registry.configure(project.store.tmp / "backends", {})
         result = render(project, Options(), report)
         assert result.outcome.ok, result.outcome.failed
         creates = len(server.creates)

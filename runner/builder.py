@@ -24,8 +24,16 @@ def picked(manifest: Manifest, shot_id: str) -> str:
     return take_ids(manifest, shot_id)[manifest.shots[shot_id].pick - 1]
 
 
-def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) -> Graph:
-    """Turn a validated manifest into nodes. `source` names the manifest in error messages."""
+def build(
+    manifest: Manifest,
+    film_dir: Path,
+    profile: str | None,
+    source: str,
+    backends: registry.Backends | None = None,
+) -> Graph:
+    """Turn a validated manifest into nodes. `source` names the manifest in error messages;
+    `backends` are the run's configured backends (pyproject's tables), else the defaults."""
+    backends = backends or registry.Backends()
     nodes: dict[str, Node] = {}
     root = film_dir.resolve()
     for name, asset in manifest.assets.items():
@@ -42,10 +50,10 @@ def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) 
         nodes[nid] = Node(nid, "asset", "local", {"kind": "asset"}, path=str(path))
 
     for name in manifest.limits:
-        _backend(name, f"{source}: limits.{name}")
+        _backend(backends, name, f"{source}: limits.{name}")
     for shot_id, shot in manifest.shots.items():
         settings = compose.resolve(manifest, shot_id, profile)
-        backend = _backend(settings.backend, f"{source}: shots.{shot_id}.backend")
+        backend = _backend(backends, settings.backend, f"{source}: shots.{shot_id}.backend")
         model = settings.model or backend.default_model
         caps = backend.capabilities(model)
         _check_caps(source, shot_id, settings, model, caps)
@@ -137,9 +145,9 @@ def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) 
     )
 
 
-def _backend(name: str, where: str) -> registry.Backend:
+def _backend(backends: registry.Backends, name: str, where: str) -> registry.Backend:
     try:
-        return registry.get(name)
+        return backends.get(name)
     except KeyError:
         known = ", ".join(registry.names())
         raise UserError(f"{where}: unknown backend {name!r}; choose one of: {known}") from None

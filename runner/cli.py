@@ -125,12 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _open(args: argparse.Namespace) -> Project:
-    from runner.backends import registry
     from runner.project import Project, default_manifest
 
-    project = Project.open(args.film or default_manifest(), args.cache_dir, args.profile)
-    registry.configure(project.store.tmp / "backends", project.tool_config().get("backends", {}))
-    return project
+    return Project.open(args.film or default_manifest(), args.cache_dir, args.profile)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

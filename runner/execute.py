@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from runner import faults
-from runner.backends import registry
 from runner.backends.base import BackendError, Expired
+from runner.backends.registry import Backends
 from runner.errors import NodeFailed, UserError
 from runner.graph import Graph, Node, shot_name
 from runner.job import PoolPause, ShotJob
@@ -54,8 +54,10 @@ class NodeJobs:
         lock: Lock | None = None,
         force: frozenset[str] = frozenset(),
         remote: Remote | None = None,
+        backends: Backends | None = None,
     ) -> None:
         self.graph = graph
+        self.backends = backends or Backends(scratch=store.tmp / "backends")
         self.store = store
         self.journal = Journal(store.root / "journal")
         self.rerender_expired = rerender_expired
@@ -223,7 +225,7 @@ class NodeJobs:
                 f"{node.id}: film.lock names its output, but no cache has it and no provider "
                 f"job id is recorded; run `runner cache pull`, or {again}"
             )
-        backend = registry.get(node.pool)
+        backend = self.backends.get(node.pool)
         problem = ""
         with self.store.workdir() as work:
             dest = work / "video.mp4"
@@ -332,7 +334,7 @@ class NodeJobs:
     def _shot(self, node: Node, key: str, work: Path, record: dict[str, Any]) -> Path:
         from runner import ffmpeg
 
-        backend = registry.get(node.pool)
+        backend = self.backends.get(node.pool)
         image = self._input(node, "image") if "image" in node.inputs else None
         refs = tuple(self._input(node, r) for r in sorted(node.inputs) if r.startswith("ref"))
         request = node.request(image, refs)

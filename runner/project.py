@@ -14,11 +14,12 @@ import os
 import pickle
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from runner import __version__
+from runner.backends.registry import Backends
 from runner.errors import UserError
 from runner.graph import Graph, Node
 from runner.lockfile import Lock
@@ -58,6 +59,7 @@ class Project:
     profile: str | None
     film_id: str
     manifest_sha256: str
+    backends: Backends = field(default_factory=Backends)
 
     @property
     def out_dir(self) -> Path:
@@ -83,7 +85,15 @@ class Project:
         return self._remote
 
     @classmethod
-    def open(cls, manifest_path: Path, cache_dir: Path | None, profile: str | None) -> Project:
+    def open(
+        cls,
+        manifest_path: Path,
+        cache_dir: Path | None,
+        profile: str | None,
+        backends: Backends | None = None,
+    ) -> Project:
+        """The film at manifest_path, compiled against `backends` (default: configured from
+        the repository's pyproject.toml, with scratch space in the cache)."""
         if not manifest_path.is_file():
             raise UserError(f"{manifest_path}: no such file; pass the path of a film.toml")
         film_dir = manifest_path.parent
@@ -91,30 +101,26 @@ class Project:
             env = os.environ.get("RUNNER_CACHE_DIR")
             cache_dir = Path(env) if env else find_root(film_dir.resolve()) / ".cache"
         store = Store(cache_dir)
+        if backends is None:
+            config = tool_config(film_dir).get("backends", {})
+            backends = Backends(config if isinstance(config, dict) else {}, store.tmp / "backends")
         data = manifest_path.read_bytes()
         manifest_sha = hashlib.sha256(data).hexdigest()
         film_id = hashlib.sha256(str(manifest_path.resolve()).encode()).hexdigest()[:16]
-        compiled_key = hashlib.sha256(
-            f"{COMPILED_VERSION}\0{__version__}\0{profile}\0{manifest_sha}".encode()
-        ).hexdigest()
+        # Everything the compiled graph depends on: the manifest, the profile, the backends'
+        # tables (prices, model rows) and the runner's own code.
+        parts = [COMPILED_VERSION, source_digest(), profile, manifest_sha, backends.digest]
+        compiled_key = hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
         compiled_path = store.root / "state" / f"{film_id}.graph.pickle"
         graph = _load_compiled(compiled_path, compiled_key)
         if graph is None:
-            graph = _compile(manifest_path, profile)
+            graph = _compile(manifest_path, profile, backends)
             write_atomic(compiled_path, pickle.dumps((compiled_key, graph)))
-        return cls(manifest_path, film_dir, store, graph, profile, film_id, manifest_sha)
+        return cls(manifest_path, film_dir, store, graph, profile, film_id, manifest_sha, backends)
 
     def tool_config(self) -> dict[str, Any]:
         """[tool.runner] from the pyproject.toml at the root of the film's repository."""
-        path = find_root(self.film_dir.resolve()) / "pyproject.toml"
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
-            raise UserError(f"{path}: cannot read [tool.runner]: {err}") from None
-        config = data.get("tool", {}).get("runner", {})
-        return config if isinstance(config, dict) else {}
+        return tool_config(self.film_dir)
 
     def state(self) -> dict[str, Any]:
         """The build log: {"built": {node: {"key", "output"}}, "failed": {node: message}}."""
@@ -232,9 +238,34 @@ def _load_compiled(path: Path, key: str) -> Graph | None:
     return graph if saved_key == key and isinstance(graph, Graph) else None
 
 
-def _compile(manifest_path: Path, profile: str | None) -> Graph:
+def _compile(manifest_path: Path, profile: str | None, backends: Backends) -> Graph:
     # Imported here: pydantic and the backends are only needed when the manifest changed.
     from runner import builder, manifest
 
     loaded = manifest.load(manifest_path)
-    return builder.build(loaded, manifest_path.parent, profile, str(manifest_path))
+    return builder.build(loaded, manifest_path.parent, profile, str(manifest_path), backends)
+
+
+def tool_config(film_dir: Path) -> dict[str, Any]:
+    """[tool.runner] from the pyproject.toml at the root of the film's repository."""
+    path = find_root(film_dir.resolve()) / "pyproject.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read [tool.runner]: {err}") from None
+    config = data.get("tool", {}).get("runner", {})
+    return config if isinstance(config, dict) else {}
+
+
+@cache
+def source_digest() -> str:
+    """A digest of the runner's own code: a compiled graph is reused only by the code that
+    made it (the static __version__ does not change while the code does)."""
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()

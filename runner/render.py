@@ -114,6 +114,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         lock=project.lock,
         force=options.rerender,
         remote=project.remote,
+        backends=project.backends,
     )
     project.store.sweep_tmp()  # working folders of killed runs
     jobs.tidy_journal()

@@ -136,7 +136,7 @@ class OpenAIBackend:
         row = self._models.get(shot.model)
         add_row = (
             f'add a row to {TABLE}, e.g. models = {{ "{shot.model}" = {{ sizes = ["1280x720"], '
-            "seconds = [5, 10], price_per_second = 0.2 }"
+            "seconds = [5, 10], price_per_second = 0.2 } }"
         )
         if self._official_endpoint():
             return (

@@ -1,4 +1,10 @@
-"""Backends by name, imported only when a film uses them (start-up stays fast)."""
+"""The backends of one run, as a value: built once from pyproject's [tool.runner.backends]
+tables and the environment, then passed to compilation, planning and execution.
+
+Backend modules are imported only when a film uses them (start-up stays fast). The tables'
+digest (secrets left out) is part of the compiled-graph cache key, so a price or a model row
+changed in pyproject.toml shows in the very next plan.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends.base import Backend, Capabilities
+from runner.digest import key_of
 
-__all__ = ["Backend", "Capabilities", "get", "media_version", "names"]
+__all__ = ["Backend", "Backends", "Capabilities", "media_version", "names"]
 
 # name -> "module:Class". A backend's constructor takes the scratch folder for its jobs and
 # its table from pyproject.toml [tool.runner.backends.NAME] (connection overrides, capability
@@ -20,30 +27,50 @@ _BACKENDS = {
     "openai": "runner.backends.openai:OpenAIBackend",
     "veo": "runner.backends.veo:VeoBackend",
 }
-_scratch: Path = Path(".cache") / "tmp"
-_config: dict[str, Any] = {}
+_SECRET_KEYS = ("key", "secret", "token", "password", "credential")
 
 
 def names() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def configure(scratch: Path, config: dict[str, Any]) -> None:
-    """Where backends write jobs in progress (inside the cache, so renames are atomic), and
-    the [tool.runner.backends] tables."""
-    global _scratch, _config
-    _scratch = scratch
-    _config = config
-    get.cache_clear()
+class Backends:
+    """Every backend a film may use, configured; each made on first use and then shared."""
+
+    def __init__(self, config: dict[str, Any] | None = None, scratch: Path | None = None) -> None:
+        self.config = dict(config or {})
+        self.scratch = scratch or Path(".cache") / "tmp" / "backends"
+        self._made: dict[str, Backend] = {}
+
+    def get(self, name: str) -> Backend:
+        """The backend called `name`; KeyError when there is none."""
+        backend = self._made.get(name)
+        if backend is None:
+            module_name, _, class_name = _BACKENDS[name].partition(":")
+            cls = getattr(importlib.import_module(module_name), class_name)
+            table = self.config.get(name, {})
+            backend = cls(self.scratch / name, dict(table) if isinstance(table, dict) else table)
+            self._made[name] = backend
+        return backend
+
+    @property
+    def digest(self) -> str:
+        """What compiling depends on: the tables without their secrets (never hashed)."""
+        return key_of(_without_secrets(self.config))
 
 
-@cache
-def get(name: str) -> Backend:
-    """The backend called `name`; KeyError when there is none."""
-    module_name, _, class_name = _BACKENDS[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    backend: Backend = cls(_scratch / name, dict(_config.get(name, {})))
-    return backend
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _without_secrets(v)
+            for k, v in value.items()
+            if not any(word in str(k).lower() for word in _SECRET_KEYS)
+        }
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)  # a TOML date or time: hashed by its text
 
 
 @cache
