@@ -133,6 +133,9 @@ def _open(args: argparse.Namespace) -> Project:
 def cmd_plan(args: argparse.Namespace) -> int:
     project = _open(args)
     plan = project.plan()
+    # A pull request's CI job plans without secrets: say what render will need, never fail.
+    for name, problem in project.credential_problems([d.id for d in plan.to_render]).items():
+        print(f"runner: warning: {name}: {problem}; `render` will need it", file=sys.stderr)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
         return EXIT_OK

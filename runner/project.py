@@ -122,6 +122,13 @@ class Project:
         """[tool.runner] from the pyproject.toml at the root of the film's repository."""
         return tool_config(self.film_dir)
 
+    def credential_problems(self, node_ids: list[str]) -> dict[str, str]:
+        """backend -> what it lacks to reach its provider, for the backends these nodes use
+        (offline: configuration and environment only)."""
+        pools = sorted({self.graph.nodes[n].pool for n in node_ids} - {"local", "previz"})
+        problems = {name: self.backends.get(name).credentials_problem() for name in pools}
+        return {name: problem for name, problem in problems.items() if problem}
+
     def state(self) -> dict[str, Any]:
         """The build log: {"built": {node: {"key", "output"}}, "failed": {node: message}}."""
         state = read_json(self.store.state_path(self.film_id))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import shard
+from runner.errors import UserError
 from runner.execute import NodeJobs
 from runner.graph import Node
 from runner.interrupt import Interrupts
@@ -101,6 +102,9 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         )
         for nid in todo
     ]
+    problems = project.credential_problems([t.id for t in tasks])
+    if problems:  # before the first create, once per backend, not once per node
+        raise UserError("\n".join(f"{name}: {problem}" for name, problem in problems.items()))
     report("plan", "", str(len(tasks)))
     pools = pools_for(project, {t.pool for t in tasks})
     jobs = NodeJobs(

@@ -60,3 +60,38 @@ def test_a_model_missing_from_the_table_says_how_to_add_it(tmp_path: Path) -> No
     assert "model 'seedance-1' is not in the openai backend's table" in result.stderr
     example = result.stderr.split("e.g. ", 1)[1].strip()
     assert example.count("{") == example.count("}")  # the example is valid TOML
+
+
+TWO_PROVIDERS = FILM + """
+[shots.c]
+backend = "veo"
+model = "veo-3.1-generate-001"
+seconds = 4
+scene = "The sky fills with lanterns."
+
+[shots.d]
+backend = "veo"
+model = "veo-3.1-generate-001"
+seconds = 4
+scene = "Morning on the river."
+"""
+
+NO_KEYS = ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_CLOUD_PROJECT")
+
+
+def test_plan_needs_no_credentials_and_render_names_each_missing_one_once(
+    tmp_path: Path,
+) -> None:
+    checkout = repo(tmp_path)
+    (tmp_path / "repo" / "films" / "x" / "film.toml").write_text(TWO_PROVIDERS)
+    for name in NO_KEYS:
+        checkout.env.pop(name, None)
+    plan = checkout.run("plan")
+    assert plan.returncode == 0, plan.stderr
+    assert plan.stderr.count("warning: openai: no API key") == 1
+    assert plan.stderr.count("warning: veo: veo needs a Google Cloud project") == 1
+    render = checkout.run("render")
+    assert render.returncode == 2
+    assert render.stderr.count("openai: no API key for the openai backend") == 1
+    assert render.stderr.count("veo: veo needs a Google Cloud project") == 1
+    assert "shots." not in render.stderr  # one message per backend, not per node

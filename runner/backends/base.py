@@ -103,6 +103,11 @@ class Backend(Protocol):
         """What the backend cannot render about this shot, in words; None when it can."""
         ...
 
+    def credentials_problem(self) -> str | None:
+        """What is missing to reach the provider (no key, no project), in words; None when
+        nothing is. Offline: looks at configuration and the environment only."""
+        ...
+
     def request(self, shot: ShotRequest) -> dict[str, Any]:
         """The JSON-able part of the shot that changes the output: it goes into the node key."""
         ...

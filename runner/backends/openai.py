@@ -158,6 +158,17 @@ class OpenAIBackend:
             return f"{shot.model} takes no image reference"
         return None
 
+    def credentials_problem(self) -> str | None:
+        if self._api_key or os.environ.get(self._api_key_env):
+            return None
+        return self._no_key()
+
+    def _no_key(self) -> str:
+        return (
+            f"no API key for the openai backend: set {self._api_key_env} in the "
+            f"environment (or api_key / api_key_env in {TABLE} of pyproject.toml)"
+        )
+
     def request(self, shot: ShotRequest) -> dict[str, Any]:
         """What changes the video: the fields sent, plus the take (takes are separate renders).
 
@@ -350,10 +361,7 @@ class OpenAIBackend:
                 return self._client
             key = self._api_key or os.environ.get(self._api_key_env, "")
             if not key:
-                raise Refused(
-                    f"no API key for the openai backend: set {self._api_key_env} in the "
-                    f"environment (or api_key / api_key_env in {TABLE} of pyproject.toml)"
-                )
+                raise Refused(self._no_key())
             import httpx2
             from openai import OpenAI
 

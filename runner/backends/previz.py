@@ -60,6 +60,9 @@ class PrevizBackend:
             reference_images=3,  # accepted, so a film meant for Veo previews offline
         )
 
+    def credentials_problem(self) -> str | None:
+        return None  # offline: nothing to reach
+
     def check(self, shot: ShotRequest) -> str | None:
         """A problem with the shot's parameters, in words, or None when previz can render it."""
         for side, value in (("width", shot.width), ("height", shot.height)):

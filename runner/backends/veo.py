@@ -65,6 +65,13 @@ CONFIG_KEYS = frozenset(
 MODEL_KEYS = frozenset(
     {"sizes", "seconds", "image", "audio", "price", "prices", "reference_images"}
 )
+NO_CREDENTIALS = (
+    "veo needs a Google Cloud project or a Vertex AI API key: set GOOGLE_CLOUD_PROJECT "
+    "(and GOOGLE_CLOUD_LOCATION, default us-central1) with Application Default "
+    "Credentials (`gcloud auth application-default login` or "
+    "GOOGLE_APPLICATION_CREDENTIALS), or GOOGLE_API_KEY for express mode; or `project` "
+    "/ `api_key` in [tool.runner.backends.veo] of pyproject.toml"
+)
 KEY_VARS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # where google-genai looks for an API key
 CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
@@ -167,6 +174,12 @@ class VeoBackend:
             return 0.0
         resolution = SIZES.get(f"{width}x{height}", ("", ""))[1]
         return dict(spec.prices).get(resolution, spec.price)
+
+    def credentials_problem(self) -> str | None:
+        cfg = self._config
+        found = cfg.get("api_key") or cfg.get("project") or self._credentials is not None
+        found = found or any(os.environ.get(v) for v in (*KEY_VARS, "GOOGLE_CLOUD_PROJECT"))
+        return None if found else NO_CREDENTIALS
 
     def check(self, shot: ShotRequest) -> str | None:
         """What Veo cannot render about this shot, in words; None when it can."""
@@ -333,13 +346,7 @@ class VeoBackend:
                 return genai.Client(enterprise=True, api_key=self._secret, http_options=options)
         except ValueError as exc:
             raise Refused(f"cannot set up the Veo client: {self._scrub(str(exc))}") from None
-        raise Refused(
-            "veo needs a Google Cloud project or a Vertex AI API key: set GOOGLE_CLOUD_PROJECT "
-            "(and GOOGLE_CLOUD_LOCATION, default us-central1) with Application Default "
-            "Credentials (`gcloud auth application-default login` or "
-            "GOOGLE_APPLICATION_CREDENTIALS), or GOOGLE_API_KEY for express mode; or `project` "
-            "/ `api_key` in [tool.runner.backends.veo] of pyproject.toml"
-        )
+        raise Refused(NO_CREDENTIALS)
 
     def _operation(self, job_id: str) -> Any:
         """Fetch a saved operation by name (works from a fresh client: resume after a crash)."""
