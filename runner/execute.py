@@ -23,7 +23,7 @@ from runner.backends.registry import Backends
 from runner.errors import NodeFailed, UserError
 from runner.graph import Graph, Node, shot_name
 from runner.job import PoolPause, ShotJob
-from runner.journal import Journal
+from runner.journal import Journal, JournalError
 from runner.lockfile import Lock
 from runner.plan import Plan, full_recipe, node_key
 from runner.ratelimit import SendWindow
@@ -127,7 +127,10 @@ class NodeJobs:
         node = self.graph.nodes[node_id]
         if node.kind != "shot" or any(dep not in self.digests for dep in node.deps):
             return False
-        return self.journal.get(node_key(node, self.digests)) is not None
+        try:
+            return self.journal.get(node_key(node, self.digests)) is not None
+        except JournalError:
+            return True  # first, so its node reports the problem early
 
     def fresh(self, node_id: str) -> bool:
         """True when the node's output is already cached, now that its inputs are known."""

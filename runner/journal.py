@@ -16,15 +16,22 @@ So at every instant, a paid job is named by the journal, by a record, or by both
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from runner.digest import is_sha256
-from runner.store import read_json, write_json
+from runner.errors import NodeFailed
+from runner.store import write_json
 
 JOURNAL_VERSION = 1
+
+
+class JournalError(NodeFailed):
+    """An entry that cannot be read: its node stops instead of paying again."""
 
 
 class Journal:
@@ -35,10 +42,45 @@ class Journal:
         return self.root / f"{key}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
-        entry = read_json(self._path(key))
-        if not isinstance(entry, dict) or entry.get("version") != JOURNAL_VERSION:
+        """The entry for key; None when there is none. An entry this runner cannot read
+        (garbage, a newer format) may name a paid job: it is never taken for "no entry"
+        (that would send the create again); JournalError says what to do instead."""
+        path = self._path(key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
             return None
+        except OSError as err:  # a directory in its place, no permission
+            raise JournalError(self._unreadable(path, f"cannot be read ({err.strerror})")) from None
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict) or not isinstance(entry.get("version"), int):
+            raise JournalError(self._unreadable(path, "is not a journal entry"))
+        if entry["version"] > JOURNAL_VERSION:
+            raise JournalError(
+                f"the journal entry {path} was written by a newer runner (format "
+                f"{entry['version']}; this one reads {JOURNAL_VERSION}): upgrade runner to "
+                "resume the job it names without paying again"
+            )
+        sent_at = entry.get("sent_at")
+        if not isinstance(sent_at, int | float) or isinstance(sent_at, bool):
+            sent_at = None
+        if sent_at is None or not math.isfinite(sent_at):
+            # Repaired, not refused: the file was written when the create was about to leave.
+            entry["sent_at"] = path.stat().st_mtime
+        job_id = entry.get("job_id")
+        if job_id is not None and not isinstance(job_id, str):
+            raise JournalError(self._unreadable(path, "names a job id that is not text"))
         return entry
+
+    @staticmethod
+    def _unreadable(path: Path, why: str) -> str:
+        return (
+            f"the journal entry {path} {why}; a create for this shot may have been paid for: "
+            "check the provider's console, then delete the file to send the shot again"
+        )
 
     def sending(self, key: str, node: str, backend: str) -> float:
         """Record that a create is about to be sent; returns the time it was recorded."""
@@ -61,9 +103,10 @@ class Journal:
         """Provider job ids journaled for any node: not to be adopted by another."""
         ids = []
         for key in self.pending():
-            entry = self.get(key)
-            if entry and entry.get("job_id"):
-                ids.append(str(entry["job_id"]))
+            with suppress(JournalError):  # its own node reports it
+                entry = self.get(key)
+                if entry and entry.get("job_id"):
+                    ids.append(str(entry["job_id"]))
         return ids
 
     def pending(self) -> list[str]:

@@ -101,15 +101,20 @@ class Project:
             env = os.environ.get("RUNNER_CACHE_DIR")
             cache_dir = Path(env) if env else find_root(film_dir.resolve()) / ".cache"
         store = Store(cache_dir)
+        store.check_format()
         if backends is None:
             config = tool_config(film_dir).get("backends", {})
             backends = Backends(config if isinstance(config, dict) else {}, store.tmp / "backends")
         data = manifest_path.read_bytes()
         manifest_sha = hashlib.sha256(data).hexdigest()
-        film_id = hashlib.sha256(str(manifest_path.resolve()).encode()).hexdigest()[:16]
+        # State is keyed by the manifest's path in its repository: a moved checkout keeps it.
+        absolute = manifest_path.resolve()
+        in_repo = absolute.relative_to(find_root(absolute.parent)).as_posix()
+        film_id = hashlib.sha256(in_repo.encode()).hexdigest()[:16]
         # Everything the compiled graph depends on: the manifest, the profile, the backends'
         # tables (prices, model rows) and the runner's own code.
         parts = [COMPILED_VERSION, source_digest(), profile, manifest_sha, backends.digest]
+        parts.append(absolute.parent)  # compiled asset paths are absolute
         compiled_key = hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
         compiled_path = store.root / "state" / f"{film_id}.graph.pickle"
         graph = _load_compiled(compiled_path, compiled_key)

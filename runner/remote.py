@@ -176,8 +176,16 @@ class Remote:
             record = json.loads(data)
         except ValueError:
             return None  # unreadable counts as not cached, as in the local store
-        if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
-            return None  # a format this version does not know
+        if not isinstance(record, dict):
+            return None
+        version = record.get("version")
+        if isinstance(version, int) and version > RECORD_VERSION:
+            raise RemoteError(
+                f"remote cache {self.display_url}: the record of {key} was written by a newer "
+                f"runner (format {version}; this one reads {RECORD_VERSION}); upgrade runner"
+            )
+        if version != RECORD_VERSION:
+            return None
         if record.get("key", key) != key or not _DIGEST.match(str(record.get("output", ""))):
             return None
         store.record(key, record)

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.digest import file_digest, is_sha256
+from runner.errors import UserError
 
 RECORD_VERSION = 1
+CACHE_VERSION = 1  # the layout below; CACHE.json at the root says which
 _OWN_TMP: dict[str, Path] = {}  # tmp/ -> this process's folder in it
 _OWN_LOCKS: list[int] = []  # their lock files, open (and locked) until the process ends
 _UMASK = os.umask(0)
@@ -68,6 +70,19 @@ class Store:
         self.tmp = root / "tmp"
         self._cas = os.path.join(root, "cas")
 
+    def check_format(self) -> None:
+        """Mark the cache with its format on first use; refuse one a newer runner made."""
+        marker = self.root / "CACHE.json"
+        found = read_json(marker)
+        version = found.get("version") if isinstance(found, dict) else None
+        if isinstance(version, int) and version > CACHE_VERSION:
+            raise UserError(
+                f"{self.root}: a cache in format {version}, made by a newer runner (this one "
+                f"reads format {CACHE_VERSION}); upgrade runner, or use another --cache-dir"
+            )
+        if version != CACHE_VERSION:
+            write_json(marker, {"version": CACHE_VERSION, "what": "runner's render cache"})
+
     def blob(self, digest: str) -> Path:
         if not is_sha256(digest):  # the last guard: a digest read from disk is never a path
             raise ValueError(f"not a sha256 digest: {digest[:80]!r}")
@@ -99,7 +114,16 @@ class Store:
     def read_record(self, key: str) -> dict[str, Any] | None:
         """The record for key, whether or not its output is here (provenance reads these)."""
         record = read_json(self._action_path(key))
-        if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+        if not isinstance(record, dict):
+            return None
+        version = record.get("version")
+        if isinstance(version, int) and version > RECORD_VERSION:
+            # Its output may be a paid render: never read it as "not cached".
+            raise UserError(
+                f"{self._action_path(key)}: a cache record written by a newer runner (format "
+                f"{version}; this one reads {RECORD_VERSION}); upgrade runner"
+            )
+        if version != RECORD_VERSION:
             return None
         if not is_sha256(record.get("output")) or record.get("key", key) != key:
             return None  # hand-edited or corrupt: not a record of this key's output

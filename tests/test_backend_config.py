@@ -62,7 +62,9 @@ def test_a_model_missing_from_the_table_says_how_to_add_it(tmp_path: Path) -> No
     assert example.count("{") == example.count("}")  # the example is valid TOML
 
 
-TWO_PROVIDERS = FILM + """
+TWO_PROVIDERS = (
+    FILM
+    + """
 [shots.c]
 backend = "veo"
 model = "veo-3.1-generate-001"
@@ -75,6 +77,7 @@ model = "veo-3.1-generate-001"
 seconds = 4
 scene = "Morning on the river."
 """
+)
 
 NO_KEYS = ("GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_CLOUD_PROJECT")
 

@@ -270,3 +270,19 @@ def test_a_killed_runs_working_folders_are_swept_and_a_live_runs_are_not(tmp_pat
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_garbled_journal_entry_stops_its_shot_instead_of_buying_it_again(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    p = Project(tmp_path, server, film(1))
+    p.env["RUNNER_KILL_AT"] = "job-journaled"
+    assert p.run("render").returncode == -signal.SIGKILL
+    [entry] = journal(p)
+    entry.write_bytes(b"\x00\x01 not json")
+    del p.env["RUNNER_KILL_AT"]
+    result = p.run("render")
+    assert result.returncode == 1
+    assert "shots.s0" in result.stderr and "may have been paid for" in result.stderr
+    assert str(entry) in result.stderr
+    assert len(server.creates) == 1
