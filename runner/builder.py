@@ -125,7 +125,7 @@ def build(manifest: Manifest, film_dir: Path, profile: str | None, source: str) 
 
     nodes["edit"] = _edit_node(manifest)
     for node in nodes.values():
-        node.recipe_digest  # hash each recipe once, at compile time  # noqa: B018
+        node.seal()
     width, height = parse_size(manifest.film.size)
     return Graph(
         title=manifest.film.title,
