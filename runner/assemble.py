@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner import ffmpeg
+from runner import faults, ffmpeg
 from runner.digest import key_of
 from runner.errors import NodeFailed, UserError
 
@@ -293,6 +293,7 @@ def _render_pieces(
             if found[key] is None:
                 found[key] = cache.save(key, path)
                 rendered.append(key)
+        faults.point("mid-assembly")
     return rendered
 
 

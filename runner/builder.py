@@ -133,7 +133,7 @@ def build(
 
     nodes["edit"] = _edit_node(manifest)
     for node in nodes.values():
-        node.recipe_digest  # hash each recipe once, at compile time  # noqa: B018
+        node.seal()
     width, height = parse_size(manifest.film.size)
     return Graph(
         title=manifest.film.title,

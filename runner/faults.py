@@ -6,10 +6,14 @@ passes, in order:
     create-journaled   the journal holds the key; the create has not left
     create-answered    the provider accepted the create; its job id is not journaled yet
     job-journaled      the job id is journaled
+    mid-download       the first bytes of a download are written, the rest not (OpenAI backend)
     downloaded         the video is downloaded and verified, not stored
     stored             the blob is in the cache, no record names it
     recorded           the action record is written; the journal entry is not cleared
     cleared            the journal entry is cleared (a push to the team's cache may follow)
+Elsewhere:
+    mid-push           a blob is on the team's cache, its action record not yet
+    mid-assembly       the edit's first segment is conformed and cached, the others not
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ POINTS = (
     "create-journaled",
     "create-answered",
     "job-journaled",
+    "mid-download",
     "downloaded",
     "stored",
     "recorded",
     "cleared",
+    "mid-push",
+    "mid-assembly",
 )
 
 _SPEC = os.environ.get("RUNNER_KILL_AT") or None

@@ -31,7 +31,7 @@ class Node:
     cost_usd: float = 0.0
     shot: dict[str, Any] | None = None  # ShotRequest fields, for shots
     path: str | None = None  # the file, for assets
-    digest: str = ""  # sha256 of the canonical recipe, computed once (see recipe_digest)
+    digest: str = ""  # sha256 of the canonical recipe, set once when compiled (see seal)
 
     @property
     def reproducible(self) -> bool:
@@ -41,9 +41,13 @@ class Node:
 
     @property
     def recipe_digest(self) -> str:
-        if not self.digest:
-            self.digest = key_of(self.recipe)
-        return self.digest
+        """The digest set at compile time, else computed: reading never writes the node, so
+        planning a graph leaves it as it was."""
+        return self.digest or key_of(self.recipe)
+
+    def seal(self) -> None:
+        """Hash the recipe once, when the graph is compiled, not on every plan."""
+        self.digest = key_of(self.recipe)
 
     @property
     def deps(self) -> list[str]:

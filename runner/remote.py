@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from runner import faults
 from runner.digest import file_digest
 from runner.errors import UserError
 from runner.store import RECORD_VERSION, Store
@@ -118,6 +119,7 @@ class Remote:
         if file_digest(src) != digest:  # never spread a damaged local blob to the team
             raise RemoteCorrupt(f"local blob {src} does not hash to its name; not pushed")
         self._write(self._blob(digest), src=src)
+        faults.point("mid-push")  # the caller pushes the record next
         return True
 
     def verify(self, digests: Iterable[str] | None = None) -> list[str]:

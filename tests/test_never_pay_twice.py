@@ -19,6 +19,7 @@ import pytest
 
 from runner import faults
 from runner.store import Store
+from tests.films import Checkout, gen
 from tests.servers.openai_server import OpenAIServer
 from tests.test_hosted_render import Project, film
 
@@ -48,7 +49,11 @@ def wait_for(predicate: object, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("point", faults.POINTS)
+# Every point this hosted film passes; mid-push needs a remote and has its own test below.
+FILM_POINTS = tuple(p for p in faults.POINTS if p != "mid-push")
+
+
+@pytest.mark.parametrize("point", FILM_POINTS)
 def test_killed_at_each_named_point_the_rerun_buys_each_shot_exactly_once(
     tmp_path: Path, server: OpenAIServer, point: str
 ) -> None:
@@ -102,6 +107,50 @@ def test_a_render_killed_before_its_push_is_pushed_by_the_next_render_or_cache_p
     assert (remote / "actions" / key[:2] / f"{key}.json").is_file()
     assert list((p.root / "cache" / "pending-push").glob("*.json")) == []
     assert len(server.creates) == 1
+
+
+def test_killed_mid_push_the_rerun_pushes_the_rest_and_buys_nothing(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    p = Project(tmp_path, server, film(2, limits="concurrency = 1"))
+    p.env["RUNNER_REMOTE"] = remote.as_uri()
+    p.env["RUNNER_KILL_AT"] = "mid-push"
+    assert p.run("render").returncode == -signal.SIGKILL
+    assert len(list(remote.rglob("cas/*/*"))) == 1 and not any(remote.rglob("actions/*/*"))
+    bought = len(server.creates)  # s1 may be sent while s0 is stored and pushed
+    del p.env["RUNNER_KILL_AT"]
+    result = p.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(server.creates) == 2
+    assert spent(result.stderr) == pytest.approx((2 - bought) * PRICE)
+    # Every record this cache holds for the film, and each one's blob, is on the remote.
+    lock = tomllib.loads(p.manifest.with_suffix(".lock").read_text())["nodes"]
+    for entry in lock.values():
+        key, output = entry["key"], entry["output"]
+        assert (remote / "actions" / key[:2] / f"{key}.json").is_file(), entry
+        assert (remote / "cas" / output[:2] / output).is_file(), entry
+    assert list((p.root / "cache" / "pending-push").glob("*.json")) == []
+
+
+def test_killed_mid_assembly_the_rerun_makes_the_byte_identical_film(tmp_path: Path) -> None:
+    toml = "\n".join(
+        ['[film]\ntitle = "Cut"\nsize = "160x90"\nfps = 12\n[defaults]\nseconds = 1']
+        + [f'[shots.s{i}]\nscene = "Assembly shot {i}."' for i in range(4)]
+    )
+    killed = Checkout(gen(tmp_path / "a", {"film.toml": toml}) / "film.toml", tmp_path / "ca")
+    clean = Checkout(gen(tmp_path / "b", {"film.toml": toml}) / "film.toml", tmp_path / "cb")
+    killed.env["RUNNER_KILL_AT"] = "mid-assembly"
+    assert killed.run("render").returncode == -signal.SIGKILL
+    segments = list((tmp_path / "ca" / "actions").glob("*/segment-*.json"))
+    assert len(segments) >= 2  # the first piece's video and audio are cached, not the film
+    assert not (tmp_path / "a" / "out" / "film.mp4").exists()
+    del killed.env["RUNNER_KILL_AT"]
+    assert killed.run("render").returncode == 0
+    assert clean.run("render").returncode == 0
+    film_a = (tmp_path / "a" / "out" / "film.mp4").read_bytes()
+    assert film_a == (tmp_path / "b" / "out" / "film.mp4").read_bytes()
 
 
 def test_a_clip_deleted_from_the_cache_comes_back_from_its_provider_for_free(

@@ -95,10 +95,12 @@ def test_round_trip_gives_a_video_that_verifies(
 def test_poll_states_move_from_queued_to_done(backend: OpenAIBackend) -> None:
     job_id = backend.submit(shot())
     states: list[str] = []
-    while not states or states[-1] != "done":
-        status = backend.poll(job_id)
-        states.append(status.state)
+    deadline = time.monotonic() + 10.0  # the job takes 0.2 s: a poll stuck short of done fails
+    while not states or states[-1] not in ("done", "failed"):
+        assert time.monotonic() < deadline, f"job {job_id} never finished; polled {states[-5:]}"
+        states.append(backend.poll(job_id).state)
         time.sleep(0.02)
+    assert states[-1] == "done"
     assert states[0] == "queued" and "running" in states
     assert set(states) <= {"queued", "running", "done"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import pytest
@@ -49,12 +48,21 @@ def render(backend: PrevizBackend, request: ShotRequest, dest: Path) -> Path:
     return dest
 
 
-def test_previz_speaks_the_backend_protocol(tmp_path: Path) -> None:
+def test_previz_renders_free_whatever_its_capabilities_promise(tmp_path: Path) -> None:
     backend: Backend = PrevizBackend(tmp_path)
-    assert backend.name == "previz"
-    assert backend.price_per_second("previz", 1280, 720) == 0.0
     caps = backend.capabilities("previz")
-    assert caps.sizes == () and caps.max_seconds == 60.0
+    assert caps.sizes == ()  # any size: so every even size in bounds must pass `check`
+    for width, height in ((64, 64), (1280, 720), (3840, 2160), (322, 180)):
+        assert backend.check(shot(width=width, height=height)) is None
+        assert backend.price_per_second("previz", width, height) == 0.0
+    assert backend.check(shot(seconds=caps.max_seconds)) is None
+    assert backend.check(shot(seconds=caps.max_seconds + 0.5)) is not None
+    assert backend.find(shot(), 0.0, frozenset()) is None  # nothing rendered yet
+    job = backend.submit(shot())
+    assert backend.find(shot(), 0.0, frozenset()) == job  # reconciles by its request
+    assert backend.poll(job).state == "done"
+    backend.download(job, tmp_path / "clip.mp4")
+    ffmpeg.verify_video(tmp_path / "clip.mp4", 2.0, 0.01)
 
 
 def test_clip_has_the_requested_size_rate_frames_and_audio(tmp_path: Path) -> None:
@@ -156,11 +164,13 @@ def test_unknown_job_polls_as_failed(tmp_path: Path) -> None:
         backend.download("nope", tmp_path / "x.mp4")
 
 
-def test_previz_is_fast_enough_for_ci(tmp_path: Path) -> None:
+def test_submitting_a_rendered_request_again_does_not_render_it_again(tmp_path: Path) -> None:
+    # What keeps previz fast in CI: a retried or reconciled submit reuses the clip. The
+    # per-clip time itself is measured by `make bench`, not asserted here.
     backend = PrevizBackend(tmp_path / "w")
-    render(backend, shot(shot="warm-up"), tmp_path / "warm.mp4")
-    started = time.perf_counter()
-    for take in range(1, 6):
-        render(backend, shot(take=take), tmp_path / f"t{take}.mp4")
-    per_clip = (time.perf_counter() - started) / 5
-    assert per_clip < 1.0, f"{per_clip:.3f} s per 2 s 320x180 clip"
+    job = backend.submit(shot())
+    clip = tmp_path / "w" / "jobs" / f"{job}.mp4"
+    first = clip.stat()
+    assert backend.submit(shot()) == job
+    again = clip.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from runner import shard
@@ -40,8 +46,27 @@ def test_a_chain_stays_in_one_shard() -> None:
             assert chain <= share or not (chain & share)
 
 
-def test_the_split_is_the_same_every_time() -> None:
-    assert shard.members(film(8, 2), 2, 3) == shard.members(film(8, 2), 2, 3)
+def _members_in_a_process_with_hash_seed(seed: str) -> set[str]:
+    script = (
+        "import json; from runner import shard; from tests.test_shard import film\n"
+        "print(json.dumps(sorted(shard.members(film(8, 2), 2, 3))))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return set(json.loads(out.stdout))
+
+
+def test_the_split_is_the_same_on_every_machine() -> None:
+    # Another machine is another process with another str hash seed: a split keyed on
+    # Python's hash() would differ between them and two CI jobs would render one shot twice.
+    here = shard.members(film(8, 2), 2, 3)
+    assert here
+    assert _members_in_a_process_with_hash_seed("1") == here
+    assert _members_in_a_process_with_hash_seed("2") == here
 
 
 @pytest.mark.parametrize("text", ["0/3", "4/3", "2", "a/b", "2/0"])

@@ -262,7 +262,16 @@ def test_cache_push_pull_verify_and_gc(tmp_path: Path) -> None:
     gen(alice.root / "film", {"film.toml": previz_film(2)})
     assert alice.run("render").returncode == 0
     alice.env["RUNNER_REMOTE"] = remote.as_uri()
-    assert "pushed" in alice.run("cache", "push").stdout
+    locked = set(
+        re.findall(r'output = "([0-9a-f]{64})"', alice.manifest.with_suffix(".lock").read_text())
+    )
+    assert len(locked) == 3  # two shots and the cut
+    pushed = alice.run("cache", "push")
+    assert pushed.returncode == 0 and "pushed 3 blobs" in pushed.stdout, pushed.stdout
+    on_remote = {p.name: p for p in (remote / "cas").rglob("*") if p.is_file()}
+    assert set(on_remote) == locked
+    assert all(file_digest(blob) == name for name, blob in on_remote.items())
+    assert "pushed 0 blobs" in alice.run("cache", "push").stdout  # the remote has them all
     assert alice.run("cache", "verify").returncode == 0
     bob = clone(alice, tmp_path / "bob", remote.as_uri(), None)
     pulled = bob.run("cache", "pull")
@@ -270,9 +279,6 @@ def test_cache_push_pull_verify_and_gc(tmp_path: Path) -> None:
     # gc lists what no lock references (segments, tagged films) and deletes only with --yes.
     listing = alice.run("cache", "gc")
     assert "would delete" in listing.stdout and "--yes" in listing.stdout
-    locked = set(
-        re.findall(r'output = "([0-9a-f]{64})"', alice.manifest.with_suffix(".lock").read_text())
-    )
     assert not any(d in listing.stdout for d in locked)
     assert alice.run("cache", "gc", "--yes").returncode == 0
     cas = alice.root / "cache" / "cas"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from runner.backends.base import (
 from runner.backends.veo import VeoBackend
 from runner.errors import UserError
 from tests.conftest_media import ff
+from tests.films import Checkout, gen
 from tests.servers.veo_server import FILTER_REASON, VeoServer
 
 KEY = "AIzaSy-loopback-SECRET-0123456789"
@@ -416,3 +418,56 @@ def test_config_models_override_and_add_rows(tmp_path: Path) -> None:
         VeoBackend(tmp_path, {"modles": {}})
     with pytest.raises(UserError, match="sizes"):
         VeoBackend(tmp_path, {"models": {"veo-x": {"sizes": ["100x100"]}}})
+
+
+# -- the runner against the server: one create per shot, counted on the server's side --------
+
+
+def veo_film(root: Path, server: VeoServer, shots: int) -> Checkout:
+    lines = ['[film]\ntitle = "Veo"\nsize = "320x180"\nfps = 24\n[defaults]\nbackend = "veo"']
+    lines += ['size = "1280x720"\nseconds = 4\n[limits.veo]\nconcurrency = 1']
+    lines += [f'[shots.s{i}]\nscene = "Veo shot {i}:   a lantern.  "' for i in range(shots)]
+    gen(
+        root,
+        {
+            "film.toml": "\n".join(lines) + "\n",
+            "pyproject.toml": "[tool.runner.backends.veo]\npoll_seconds = 0.05\n",
+        },
+    )
+    env = {"GOOGLE_VERTEX_BASE_URL": server.base_url, "GOOGLE_API_KEY": KEY}
+    return Checkout(root / "film.toml", root / "cache", env)
+
+
+def bought(server: VeoServer) -> Counter[str]:
+    """Creates per shot, by the prompt the server kept (normalised, as a gateway may)."""
+    return Counter(c["prompt"].split(":")[0] for c in server.creates)
+
+
+def test_a_veo_film_is_bought_once_per_shot_and_never_again(
+    server: VeoServer, tmp_path: Path
+) -> None:
+    server.normalise_prompts = True
+    film = veo_film(tmp_path, server, 3)
+    result = film.run("render")
+    assert result.returncode == 0, result.stderr
+    assert bought(server) == {"Veo shot 0": 1, "Veo shot 1": 1, "Veo shot 2": 1}
+    assert server.creates[0]["prompt"].startswith("Veo shot 0: a lantern.")  # as normalised
+    assert film.run("render").returncode == 0
+    assert server.create_attempts == len(server.creates) == 3
+
+
+def test_a_dropped_veo_answer_stops_then_resend_unconfirmed_sends_exactly_one_more(
+    server: VeoServer, tmp_path: Path
+) -> None:
+    server.drop_next_creates(1)  # s0's create makes an operation; its answer never arrives
+    film = veo_film(tmp_path, server, 2)
+    stopped = film.run("render")
+    assert stopped.returncode == 1
+    assert "--resend-unconfirmed" in stopped.stderr and "shots.s0" in stopped.stderr
+    assert bought(server)["Veo shot 0"] == 1  # Veo lists no jobs: nothing was sent again
+    assert film.run("render").returncode == 1  # nor on a plain rerun
+    assert bought(server)["Veo shot 0"] == 1
+    resent = film.run("render", "--resend-unconfirmed")
+    assert resent.returncode == 0, resent.stderr
+    assert bought(server) == {"Veo shot 0": 2, "Veo shot 1": 1}  # the lost one, and one more
+    assert film.run("render").returncode == 0 and len(server.creates) == 3

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+from runner import faults
 from runner.backends.base import (
     BackendError,
     Capabilities,
@@ -307,8 +308,11 @@ class OpenAIBackend:
                         mode = "wb"  # a 200 is the whole file, Range or not
                     with part.open(mode) as f:
                         # As received: a fixed-size chunker drops the tail of a cut transfer.
-                        for chunk in response.iter_bytes():
+                        for n, chunk in enumerate(response.iter_bytes()):
                             f.write(chunk)
+                            if n == 0:
+                                f.flush()  # a kill here leaves the first bytes in the part
+                                faults.point("mid-download")
             except openai.APIStatusError as exc:
                 if offset and exc.status_code == 416:
                     return False  # the part is no prefix of what the server has now

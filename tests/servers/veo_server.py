@@ -69,6 +69,7 @@ class VeoServer:
         self.api_key = api_key
         self.token = token
         self.gcs_output = gcs_output  # answer with gcsUri (served below) instead of inline bytes
+        self.normalise_prompts = False  # keep prompts stripped, whitespace collapsed, as sent back
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._rate_limited = 0
@@ -79,7 +80,9 @@ class VeoServer:
         self._poll_failing = 0
         self._poll_fail_status = 503
         self._filters: list[str] = []
-        self.creates: list[dict[str, Any]] = []  # every create that made an operation
+        # The server's own ledger: every billable create (one that made an operation, answered
+        # or dropped), so tests count what was bought on the provider's side.
+        self.creates: list[dict[str, Any]] = []
         self.create_attempts = 0  # every create request received, answered or not
         self.create_times: list[float] = []
         self.in_flight_max = 0
@@ -234,6 +237,8 @@ class VeoServer:
         if failing:
             return self._error(h, self._fail_status, "INTERNAL", "Internal error encountered.")
         prompt = str(instance.get("prompt") or "")
+        if self.normalise_prompts:
+            prompt = " ".join(prompt.split())
         seconds = float(params.get("durationSeconds") or 8)
         project = match["project"] or "loopback"
         location = match["location"] or "us-central1"
