@@ -24,10 +24,10 @@ from runner.errors import NodeFailed, UserError
 from runner.graph import Graph, Node, shot_name
 from runner.job import PoolPause, ShotJob
 from runner.journal import Journal, JournalError
-from runner.lockfile import Lock
+from runner.outputs import Outputs
 from runner.plan import Plan, full_recipe, node_key
 from runner.ratelimit import SendWindow
-from runner.remote import Remote, RemoteCorrupt, RemoteError
+from runner.remote import Remote, RemoteError
 from runner.scheduler import RELEASED, Released, Retry
 from runner.store import RECORD_VERSION, SegmentCache, Store
 
@@ -51,7 +51,7 @@ class NodeJobs:
         rerender_expired: bool = False,
         resend_unconfirmed: bool = False,
         gates: dict[str, SendWindow] | None = None,
-        lock: Lock | None = None,
+        outputs: Outputs,
         force: frozenset[str] = frozenset(),
         remote: Remote | None = None,
         backends: Backends | None = None,
@@ -63,7 +63,7 @@ class NodeJobs:
         self.rerender_expired = rerender_expired
         self.resend_unconfirmed = resend_unconfirmed
         self.gates = gates or {}
-        self.lock = lock
+        self.outputs = outputs
         self.force = force
         self.remote = remote
         self.digests: dict[str, str] = {
@@ -139,32 +139,17 @@ class NodeJobs:
 
     def _adopt(self, node_id: str, key: str) -> bool:
         """Take the node's output from the lock, this cache or the team's, if any has it."""
-        locked = self.lock.output_for(node_id, key) if self.lock else None
-        record = self.store.read_record(key)
-        if locked is None and self.remote is not None and record is None:
-            record = self.remote.pull_record(key, self.store)
-        output = locked or (record["output"] if record else None)
-        if output is None or not self._have(output):
+        output = self.outputs.locate(node_id, key)
+        if output is None or not self.outputs.have(output):
             return False
+        record = self.store.read_record(key)
         self.digests[node_id] = output
         self.records[node_id] = {**(record or {}), "key": key, "output": output}
         return True
 
     def have(self, node_id: str) -> bool:
         """The node's output is (or can be made) local."""
-        return node_id in self.digests and self._have(self.digests[node_id])
-
-    def _have(self, digest: str) -> bool:
-        """The blob is here, or has just been pulled (verified) from the team's cache."""
-        if self.store.has_blob(digest):
-            return True
-        if self.remote is None:
-            return False
-        try:
-            return self.remote.pull_blob(digest, self.store)
-        except RemoteCorrupt as err:  # refused, reported, never used
-            print(f"runner: warning: {err}", file=sys.stderr)
-            return False
+        return node_id in self.digests and self.outputs.have(self.digests[node_id])
 
     def start(self, node_id: str) -> None:
         self._pool.submit(self._run, node_id)
@@ -200,23 +185,11 @@ class NodeJobs:
                 # from its provider by job id (free), else say how to pay for it on purpose.
                 # Local work and previz are deterministic: making them again gives the bytes.
                 if not node.reproducible:
-                    known = self._known_output(node.id, key)
+                    known = self.outputs.known(node.id, key)
                     if known is not None:
-                        self._refetch(node, key, *known)
+                        self._refetch(node, key, known.output, known.job_id)
                         return
             self._make_locked(node, key, recipe)
-
-    def _known_output(self, node_id: str, key: str) -> tuple[str, str | None] | None:
-        """(output digest, provider job id) that the lock or this cache's record names for
-        key, when one does; the job id is None when neither recorded it."""
-        record = self.store.read_record(key)
-        locked = self.lock.entries.get(node_id) if self.lock else None
-        if locked is not None and locked.key == key:
-            job_id = locked.job_id or (record or {}).get("job_id")
-            return locked.output, str(job_id) if job_id else None
-        if record is not None:
-            return str(record["output"]), str(record["job_id"]) if record.get("job_id") else None
-        return None
 
     def _refetch(self, node: Node, key: str, output: str, job_id: str | None) -> None:
         """Download a paid render again by its job id; its bytes must be the recorded ones."""
@@ -330,7 +303,7 @@ class NodeJobs:
             assert upstream.path is not None
             return Path(upstream.path)
         digest = self.digests[upstream.id]
-        if not self._have(digest):
+        if not self.outputs.have(digest):
             raise NodeFailed(f"{node.id}: the output of {upstream.id} is in no cache")
         return self.store.blob(digest)
 

@@ -73,14 +73,14 @@ def node_key(node: Node, digests: dict[str, str]) -> str:
 def make_plan(
     graph: Graph,
     *,
-    lookup: Callable[[str], str | None],
+    lookup: Callable[[str, str], str | None],
     asset_digest: Callable[[Node], str],
     previous: Mapping[str, dict[str, Any]],
     force: frozenset[str] = frozenset(),
     refetchable: Callable[[Node, str], bool] = lambda node, key: False,
 ) -> Plan:
-    """Decide every node. lookup(key) gives the cached output digest or None; previous holds
-    the recipes last built per node id (read only when something must be explained);
+    """Decide every node. lookup(node id, key) gives the cached output digest or None;
+    previous holds the recipes last built per node id (read only to explain);
     refetchable(node, key) says a paid output no cache has can be downloaded again by its
     recorded job id (free)."""
     digests: dict[str, str] = {}
@@ -99,7 +99,7 @@ def make_plan(
             )
             continue
         key = node_key(node, digests)
-        output = None if node.id in force else lookup(key)
+        output = None if node.id in force else lookup(node.id, key)
         if output is not None:
             digests[node.id] = output
             decisions[node.id] = Decision(node.id, node.kind, CACHED, key=key, output=output)

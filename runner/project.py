@@ -23,6 +23,7 @@ from runner.backends.registry import Backends
 from runner.errors import UserError
 from runner.graph import Graph, Node
 from runner.lockfile import Lock
+from runner.outputs import Outputs
 from runner.plan import Plan, make_plan
 from runner.remote import Remote, remote_from_config
 from runner.store import StatCache, Store, read_json, write_atomic, write_json
@@ -76,6 +77,14 @@ class Project:
             parsed = self.store.root / "state" / f"{self.film_id}.lock.json"
             self._lock = Lock.read(self.manifest_path.with_suffix(".lock"), parsed)
         return self._lock
+
+    @property
+    def outputs(self) -> Outputs:
+        """Where each node's output comes from (lock, build log, this cache, the team's)."""
+        if not hasattr(self, "_outputs"):
+            built = {e["key"]: e["output"] for e in self.state()["built"].values()}
+            self._outputs = Outputs(self.store, self.lock, self.remote, built)
+        return self._outputs
 
     @property
     def remote(self) -> Remote | None:
@@ -161,35 +170,18 @@ class Project:
                     "add the file or fix the path"
                 ) from None
 
-        logged = {e["key"]: e["output"] for e in self.state()["built"].values()}
-        locked = {e.key: e.output for e in self.lock.entries.values()}
-
-        def lookup(key: str) -> str | None:
-            # The lock decides which bytes a key stands for; then this machine's caches;
-            # then the team's. A locked output found nowhere is not re-rendered silently.
-            if key in locked:
-                return locked[key] if self._available(locked[key]) else None
-            built = logged.get(key)
-            if built is not None and self.store.has_blob(built):
-                return str(built)
-            record = self.store.lookup(key)
-            if record is not None:
-                return str(record["output"])
-            return self._remote_output(key)
+        outputs = self.outputs
 
         def refetchable(node: Node, key: str) -> bool:
-            # Offline: a job id in the lock or a record is enough to say so.
+            # A job id in the lock or a record is enough to say so; nothing is downloaded.
             if node.reproducible:
                 return False
-            entry = self.lock.entries.get(node.id)
-            if entry is not None and entry.key == key and entry.job_id:
-                return True
-            record = self.store.read_record(key)
-            return bool(record and record.get("job_id"))
+            known = outputs.known(node.id, key)
+            return known is not None and known.job_id is not None
 
         plan = make_plan(
             self.graph,
-            lookup=lookup,
+            lookup=outputs.locate,
             asset_digest=asset_digest,
             previous=self.recipes(),
             force=force,
@@ -197,20 +189,6 @@ class Project:
         )
         stats.save()
         return plan
-
-    def _available(self, digest: str) -> bool:
-        if self.store.has_blob(digest):
-            return True
-        return self.remote is not None and self.remote.has(digest)
-
-    def _remote_output(self, key: str) -> str | None:
-        """A node the team rendered: its record from the remote, when its output is there."""
-        if self.remote is None:
-            return None
-        record = self.store.read_record(key) or self.remote.pull_record(key, self.store)
-        if record is None or not self._available(str(record["output"])):
-            return None
-        return str(record["output"])
 
 
 class LazyRecipes(Mapping[str, dict[str, Any]]):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ from runner.lockfile import Entry
 from runner.plan import CACHED, Plan, full_recipe
 from runner.project import Project
 from runner.ratelimit import SendWindow
-from runner.remote import RemoteCorrupt
 from runner.scheduler import GIVE_UP_AFTER, WINDOW, Outcome, Pool, Report, Task, schedule
 
 # In-flight jobs per pool when [limits.<backend>] does not say: local work is CPU-bound.
@@ -115,7 +113,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         rerender_expired=options.rerender_expired,
         resend_unconfirmed=options.resend_unconfirmed,
         gates={name: send_window(project, pool) for name, pool in pools.items()},
-        lock=project.lock,
+        outputs=project.outputs,
         force=options.rerender,
         remote=project.remote,
         backends=project.backends,
@@ -244,9 +242,8 @@ class LockWriter:
 def _pull_needed(project: Project, plan: Plan, todo: set[str], publish: bool) -> set[str]:
     """Pull the cached outputs this run needs (inputs of what renders, and the edit to
     publish) before it starts; returns cached nodes whose output no cache could give (a
-    refused corrupt blob, say): they are made again, or fail if that would cost money."""
-    store, remote = project.store, project.remote
-    graph, redo = project.graph, set[str]()
+    refused corrupt blob, say): they are made again, or fetched again by job id."""
+    graph, outputs, redo = project.graph, project.outputs, set[str]()
     wanted = {dep for nid in todo for dep in graph.nodes[nid].deps}
     if publish:
         wanted.add("edit")
@@ -255,13 +252,8 @@ def _pull_needed(project: Project, plan: Plan, todo: set[str], publish: bool) ->
         d = plan.decisions[nid]
         if d.status != CACHED or d.kind == "asset" or d.output is None or nid in redo:
             continue
-        if store.has_blob(d.output):
+        if outputs.have(d.output):
             continue
-        try:
-            if remote is not None and remote.pull_blob(d.output, store):
-                continue
-        except RemoteCorrupt as err:  # refused, reported, never used
-            print(f"runner: warning: {err}", file=sys.stderr)
         redo.add(nid)
         wanted |= set(graph.nodes[nid].deps)
     return redo

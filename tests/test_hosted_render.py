@@ -214,13 +214,16 @@ def test_submits_per_window_never_exceed_rpm(tmp_path: Path, server: OpenAIServe
 
 
 def test_a_film_without_rpm_learns_the_providers_pace_and_finishes(tmp_path: Path) -> None:
-    # 10 creates per window, and a Retry-After far shorter than the window (1 s of 60 s).
-    throttling = OpenAIServer(job_seconds=0.3, rpm=10, rpm_window=WINDOW, retry_after=WINDOW / 60)
+    # 5 creates per window, and a Retry-After far shorter than the window (1 s of 60 s). The
+    # first 8 creates leave at once, so 429s come whatever the machine's speed.
+    window = 3.0
+    throttling = OpenAIServer(job_seconds=0.3, rpm=5, rpm_window=window, retry_after=window / 60)
     with throttling as server:
-        p = Project(tmp_path, server, film(16, limits="concurrency = 8"))  # 10 at once
+        p = Project(tmp_path, server, film(12, limits="concurrency = 8"), window)
         result = p.run("render")
     assert result.returncode == 0, result.stderr
-    assert len(server.creates) == 16
+    assert len(server.creates) == 12
+    assert any(c["status"] == 429 for c in server.create_attempts)
     assert "openai is rate-limiting creates (HTTP 429)" in result.stderr
     assert "declare `rpm` in [limits.openai]" in result.stderr
 

@@ -50,7 +50,7 @@ class World:
     def plan(self, graph: Graph) -> Plan:
         return make_plan(
             graph,
-            lookup=self.cache.get,
+            lookup=lambda _node, key: self.cache.get(key),
             asset_digest=lambda n: "ref-digest",
             previous=self.previous,
         )

@@ -133,8 +133,12 @@ def test_a_record_of_an_unknown_version_is_not_used(team: Team, tmp_path: Path) 
     store = Store(tmp_path / "s")
     key = "ee" * 32
     team.remote().push_record(key, {"output": "aa" * 32})
-    team.overwrite(f"actions/ee/{key}.json", b'{"version": 99, "output": "' + b"a" * 64 + b'"}')
+    team.overwrite(f"actions/ee/{key}.json", b'{"version": 0, "output": "' + b"a" * 64 + b'"}')
     assert team.remote().pull_record(key, store) is None
+    # A newer runner's record may stand for a paid render: refused, never read as "absent".
+    team.overwrite(f"actions/ee/{key}.json", b'{"version": 99, "output": "' + b"a" * 64 + b'"}')
+    with pytest.raises(RemoteError, match="newer runner"):
+        team.remote().pull_record(key, store)
     assert not (store.root / "actions").exists()
 
 

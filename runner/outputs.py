@@ -1,0 +1,107 @@
+"""Where a node's output comes from: the one place that knows the order.
+
+film.lock decides which bytes a node's key stands for (matched by node and key together); then
+this machine's build log and action cache; then the team's remote. A provider's job id, kept in
+the lock or a record, is the last source: a paid render lost from every cache is downloaded
+again, never bought again (execution does that; this module says whether it is possible).
+
+The planner gets `locate` as its lookup (pure: it only asks whether bytes exist somewhere);
+execution, render and the cache commands call `have` to make bytes local, verified.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.digest import is_sha256
+from runner.lockfile import Lock
+from runner.remote import Remote, RemoteCorrupt
+from runner.store import Store
+
+
+@dataclass
+class Known:
+    """An output some source names for a node's key, and the job that made it, if known."""
+
+    output: str
+    job_id: str | None
+
+
+class Outputs:
+    def __init__(
+        self,
+        store: Store,
+        lock: Lock,
+        remote: Remote | None,
+        built: Mapping[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.lock = lock
+        self.remote = remote
+        self.built = dict(built or {})  # the build log: key -> output, this machine's history
+
+    def locate(self, node_id: str, key: str) -> str | None:
+        """The output digest of node at key, when this cache or the team's has its bytes.
+
+        A locked output found nowhere gives None: it is not re-rendered silently (execution
+        fetches it again by job id, or stops and says so)."""
+        locked = self.lock.output_for(node_id, key)
+        if locked is not None:
+            return locked if self.available(locked) else None
+        built = self.built.get(key)
+        if built is not None and self.store.has_blob(built):
+            return built
+        record = self.store.lookup(key)
+        if record is not None:
+            return str(record["output"])
+        record = self.record(key)
+        if record is not None and self.available(str(record["output"])):
+            return str(record["output"])
+        return None
+
+    def known(self, node_id: str, key: str) -> Known | None:
+        """The output the lock or a record (here, else the team's) names for key, whether or
+        not any cache has its bytes, with the provider's job id when one was kept."""
+        record = self.store.read_record(key)
+        locked = self.lock.entries.get(node_id)
+        if locked is not None and locked.key == key:
+            job_id = locked.job_id or (record or {}).get("job_id")
+            return Known(locked.output, str(job_id) if job_id else None)
+        record = record or self.record(key)
+        if record is None:
+            return None
+        job_id = record.get("job_id")
+        return Known(str(record["output"]), str(job_id) if job_id else None)
+
+    def record(self, key: str) -> dict[str, Any] | None:
+        """The action record of key: this cache's, else the team's (saved here when pulled)."""
+        record = self.store.read_record(key)
+        if record is None and self.remote is not None:
+            record = self.remote.pull_record(key, self.store)
+        return record
+
+    def available(self, digest: str) -> bool:
+        """The bytes are here or on the team's remote (nothing is downloaded)."""
+        if self.store.has_blob(digest):
+            return True
+        return self.remote is not None and self.remote.has(digest)
+
+    def have(self, digest: str) -> bool:
+        """The bytes are here, or have just been pulled from the team's remote and verified.
+        A remote blob that does not hash to its name is refused, reported and never used."""
+        if self.store.has_blob(digest):
+            return True
+        if self.remote is None or not is_sha256(digest):
+            return False
+        try:
+            return self.remote.pull_blob(digest, self.store)
+        except RemoteCorrupt as err:
+            print(f"runner: warning: {err}", file=sys.stderr)
+            return False
+
+    def blob(self, digest: str) -> Path:
+        return self.store.blob(digest)
