@@ -68,8 +68,8 @@ def seed_cache(manifest: Path, cache: Path) -> None:
     """
     sys.path.insert(0, str(ROOT))
     from runner.backends.previz import PrevizBackend
-    from runner.plan import node_key
-    from runner.project import Project
+    from runner.film.plan import node_key
+    from runner.run.project import Project
 
     project = Project.open(manifest, cache, None)
     store = project.store
@@ -178,9 +178,9 @@ def assembly_of_100_clips() -> list[tuple[str, str, str, str]]:
     cache = folder / "cache"
     sh(*RUNNER, "render", manifest, env={**os.environ, "RUNNER_CACHE_DIR": str(cache)})
     sys.path.insert(0, str(ROOT))
-    from runner import assemble
-    from runner.project import Project
-    from runner.store import SegmentCache, Store
+    from runner.cache.store import SegmentCache, Store
+    from runner.media import assemble
+    from runner.run.project import Project
 
     plan = Project.open(manifest, cache, None).plan()
     store = Store(cache)
@@ -233,8 +233,8 @@ def makespan_100_hosted_shots() -> list[tuple[str, str, str, str]]:
     real HTTP, jobs of 5 s standing in for minutes), against the lower bound
     max(critical path, total latency / concurrency, N / rpm)."""
     sys.path.insert(0, str(ROOT))
-    from runner.project import Project
-    from runner.render import Options, render
+    from runner.run.project import Project
+    from runner.run.render import Options, render
     from tests.servers.openai_server import OpenAIServer
 
     shots, job_seconds, concurrency, rpm = 100, 5.0, 10, 600

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from runner import ffmpeg
+from runner.media import ffmpeg
 
 
 def sha256(path: Path) -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner import ffmpeg
-from runner.assemble import Assembly, Clip, assemble, loudness_gain, tag
 from runner.errors import UserError
+from runner.media import ffmpeg
+from runner.media.assemble import Assembly, Clip, assemble, loudness_gain, tag
 from tests.conftest_media import (
     DirCache,
     audio_samples,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from runner import builder, compose
-from runner.manifest import Manifest
+from runner.backends.registry import Backends
+from runner.film import builder, compose
+from runner.film.manifest import Manifest
 from tests.films import MINIMAL
 
 STRUCTURED = """
@@ -78,7 +79,7 @@ def test_profile_overrides_defaults_and_the_shot_overrides_the_profile() -> None
 def test_takes_make_one_node_each_and_the_chain_uses_the_picked_take(tmp_path: Path) -> None:
     tail = '[shots.tail]\nscene = "x"\nimage = { shot = "sky", frame = "last" }\n'
     m = manifest(STRUCTURED + tail)
-    graph = builder.build(m, tmp_path, None, "film.toml")
+    graph = builder.build(m, tmp_path, None, "film.toml", Backends())
     assert [n for n in graph.nodes if n.startswith("shots.sky")] == [
         "shots.sky.take1",
         "shots.sky.take2",
@@ -91,8 +92,10 @@ def test_takes_make_one_node_each_and_the_chain_uses_the_picked_take(tmp_path: P
 
 
 def test_changing_the_pick_changes_no_shot_recipe(tmp_path: Path) -> None:
-    before = builder.build(manifest(), tmp_path, None, "film.toml")
-    after = builder.build(manifest(STRUCTURED.replace("pick = 2", "pick = 3")), tmp_path, None, "f")
+    before = builder.build(manifest(), tmp_path, None, "film.toml", Backends())
+    after = builder.build(
+        manifest(STRUCTURED.replace("pick = 2", "pick = 3")), tmp_path, None, "f", Backends()
+    )
     for nid, node in before.nodes.items():
         if node.kind == "shot":
             assert after.nodes[nid].recipe == node.recipe
@@ -100,7 +103,7 @@ def test_changing_the_pick_changes_no_shot_recipe(tmp_path: Path) -> None:
 
 
 def test_the_graph_round_trips_through_json(tmp_path: Path) -> None:
-    from runner.graph import Graph
+    from runner.film.graph import Graph
 
-    graph = builder.build(manifest(MINIMAL), tmp_path, None, "film.toml")
+    graph = builder.build(manifest(MINIMAL), tmp_path, None, "film.toml", Backends())
     assert Graph.from_json(graph.to_json()) == graph

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner import ffmpeg
 from runner.errors import NodeFailed
+from runner.media import ffmpeg
 from tests.conftest_media import ff, make_clip, sha256
 
 

@@ -194,7 +194,7 @@ def test_provenance_is_complete_tagged_into_the_film_and_holds_no_secret(
     )
     assert record["assembly"]["ffmpeg"]
     # The record's digest is in the MP4's metadata.
-    from runner import ffmpeg
+    from runner.media import ffmpeg
 
     digest = file_digest(out / "film.provenance.json")
     meta = subprocess.run(
@@ -263,7 +263,7 @@ def test_example_film_renders(tmp_path: Path) -> None:
     manifest = tmp_path / "lantern" / "film.toml"
     result = runner("render", manifest, cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr
-    from runner import ffmpeg
+    from runner.media import ffmpeg
 
     info = ffmpeg.probe(tmp_path / "lantern" / "out" / "film.mp4")
     assert (info.width, info.height) == (1280, 720)

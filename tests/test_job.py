@@ -16,8 +16,8 @@ from runner.backends.base import (
     Transient,
 )
 from runner.errors import NodeFailed
-from runner.job import PoolPause, ShotJob
-from runner.journal import Journal
+from runner.run.job import PoolPause, ShotJob
+from runner.run.journal import Journal
 
 REQUEST = ShotRequest("F", "river", 1, "m", "a river", (), 4.0, 64, 64, 24, None)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.journal import JOURNAL_VERSION, Journal, JournalError
+from runner.run.journal import JOURNAL_VERSION, Journal, JournalError
 
 KEY = "ab" * 32
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner import faults
-from runner.store import Store
+from runner.cache.store import Store
 from tests.films import Checkout, gen
 from tests.servers.openai_server import OpenAIServer
 from tests.test_hosted_render import Project, film
@@ -298,7 +298,7 @@ def test_a_lock_digest_that_is_a_path_is_refused_and_the_file_never_sent(
 def test_a_killed_runs_working_folders_are_swept_and_a_live_runs_are_not(tmp_path: Path) -> None:
     store = Store(tmp_path / "cache")
     script = (
-        "import sys, time; from pathlib import Path; from runner.store import Store\n"
+        "import sys, time; from pathlib import Path; from runner.cache.store import Store\n"
         "own = Store(Path(sys.argv[1])).own_tmp(); (own / 'part.mp4').write_bytes(b'x' * 1000)\n"
         "print(own, flush=True); time.sleep(float(sys.argv[2]))\n"
     )

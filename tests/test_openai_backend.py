@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from runner import ffmpeg
 from runner.backends.base import Expired, RateLimited, Refused, ShotRequest, Transient
 from runner.backends.openai import OpenAIBackend, fit_image
 from runner.errors import NodeFailed, UserError
+from runner.media import ffmpeg
 from tests.servers.clips import mp4_bytes
 from tests.servers.openai_server import MODERATION_MESSAGE, OpenAIServer
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runner.graph import Graph, Node
-from runner.plan import Plan, full_recipe, make_plan, node_key
+from runner.film.graph import Graph, Node
+from runner.film.plan import Plan, full_recipe, make_plan, node_key
 
 
 def shot(nid: str, prompt: str, **inputs: str) -> Node:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from runner import ffmpeg
 from runner.backends.base import Backend, ShotRequest
 from runner.backends.previz import PrevizBackend
 from runner.errors import NodeFailed
+from runner.media import ffmpeg
 from tests.conftest_media import audio_samples, sha256
 
 PROMPT = """Riverbank at dusk; Mara kneels at the water's edge holding a paper lantern.

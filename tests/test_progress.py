@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from runner.graph import Graph, Node
-from runner.progress import Progress
+from runner.cli.progress import Progress
+from runner.film.graph import Graph, Node
 
 
 class Terminal(io.StringIO):

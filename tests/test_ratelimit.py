@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from runner.ratelimit import SendWindow
+from runner.run.ratelimit import SendWindow
 
 
 class Clock:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from runner.cache.remote import Remote, RemoteCorrupt, RemoteError, remote_from_config
+from runner.cache.store import Store
 from runner.errors import UserError
-from runner.remote import Remote, RemoteCorrupt, RemoteError, remote_from_config
-from runner.store import Store
 from tests.servers.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, s3_env
 
 

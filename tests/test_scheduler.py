@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 
-from runner.scheduler import (
+from runner.run.scheduler import (
     RELEASED,
     WINDOW,
     Outcome,

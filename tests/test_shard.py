@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import shard
 from runner.errors import UserError
-from runner.graph import Graph, Node
+from runner.film import shard
+from runner.film.graph import Graph, Node
 
 
 def film(chains: int, length: int) -> Graph:

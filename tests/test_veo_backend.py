@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from google.oauth2.credentials import Credentials
 
-from runner import ffmpeg
 from runner.backends.base import (
     BackendError,
     Expired,
@@ -25,6 +24,7 @@ from runner.backends.base import (
 )
 from runner.backends.veo import VeoBackend
 from runner.errors import UserError
+from runner.media import ffmpeg
 from tests.conftest_media import ff
 from tests.films import Checkout, gen
 from tests.servers.veo_server import FILTER_REASON, VeoServer

@@ -6,39 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from runner.film.request import Capabilities, ShotRequest
 
-@dataclass(frozen=True)
-class ShotRequest:
-    """Everything a backend needs to render one take of one shot."""
-
-    film: str  # the film's title
-    shot: str  # the shot id, e.g. "river"
-    take: int  # 1-based take index
-    model: str
-    prompt: str  # the compiled prompt text, exactly as sent
-    avoid: tuple[str, ...]  # exclusions, for backends with a negative-prompt field
-    seconds: float
-    width: int
-    height: int
-    fps: int
-    seed: int | None
-    image: Path | None = None  # first-frame reference, when the shot has one
-    remix_of: str | None = None  # the shot whose video this one edits (`remix`)
-    references: tuple[Path, ...] = ()  # reference images (a character, an object, a look)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a model accepts; the planner rejects a shot asking for anything else."""
-
-    sizes: tuple[str, ...]  # "WxH"; empty means any size
-    seconds: tuple[float, ...]  # allowed lengths; empty means any length within max_seconds
-    max_seconds: float = 60.0
-    image: bool = True
-    seed: bool = True
-    negative_prompt: bool = False
-    remix: bool = False  # can edit an earlier job's video (`remix = { shot, prompt }`)
-    reference_images: int = 0  # how many reference images the model takes
+__all__ = ["Backend", "Capabilities", "JobStatus", "ShotRequest"]
 
 
 class BackendError(Exception):

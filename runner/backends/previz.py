@@ -21,9 +21,9 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner import ffmpeg
 from runner.backends.base import Capabilities, JobStatus, ShotRequest
 from runner.errors import NodeFailed
+from runner.media import ffmpeg
 
 if TYPE_CHECKING:
     from PIL.ImageFont import FreeTypeFont

@@ -42,6 +42,13 @@ class Backends:
         self.scratch = scratch or Path(".cache") / "tmp" / "backends"
         self._made: dict[str, Backend] = {}
 
+    def names(self) -> list[str]:
+        return names()
+
+    @property
+    def media(self) -> str:
+        return media_version()
+
     def get(self, name: str) -> Backend:
         """The backend called `name`; KeyError when there is none."""
         backend = self._made.get(name)

@@ -7,7 +7,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from runner import ffmpeg
+from runner.media import ffmpeg
 
 CLIP_SIZE = "160x90"  # served clips are small whatever was asked: only the length matters
 

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from runner import ffmpeg
+from runner.media import ffmpeg
 from tests.servers.clips import mp4_bytes
 
 SORA_SIZES = {

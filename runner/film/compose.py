@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from runner.errors import UserError
-from runner.manifest import Manifest, Settings, Shot, parse_size
+from runner.film.manifest import Manifest, Settings, Shot, parse_size
 
 BUILTIN_DEFAULTS = Settings(backend="previz", seconds=4.0)
 

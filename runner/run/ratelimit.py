@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from runner.scheduler import WINDOW
-from runner.store import read_json, write_json
+from runner.cache.store import read_json, write_json
+from runner.run.scheduler import WINDOW
 
 SENDS_VERSION = 1
 # A send not yet answered is dated this much later (at most a window): if the runner dies

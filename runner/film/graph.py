@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.backends.base import ShotRequest
 from runner.digest import key_of
 from runner.errors import UserError
+from runner.film.request import ShotRequest
 
 RECIPE_VERSION = 1  # bump when the meaning of a recipe field changes: every key changes
 

@@ -27,9 +27,9 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from runner import faults
+from runner.cache.store import RECORD_VERSION, Store
 from runner.digest import file_digest
 from runner.errors import UserError
-from runner.store import RECORD_VERSION, Store
 
 ENV_VAR = "RUNNER_REMOTE"
 CHUNK = 8 << 20  # one GET per 8 MiB when streaming a blob

@@ -20,16 +20,16 @@ from typing import Any
 from runner import faults
 from runner.backends.base import BackendError, Expired
 from runner.backends.registry import Backends
+from runner.cache.outputs import Outputs
+from runner.cache.remote import Remote, RemoteError
+from runner.cache.store import RECORD_VERSION, SegmentCache, Store
 from runner.errors import NodeFailed, UserError
-from runner.graph import Graph, Node, shot_name
-from runner.job import PoolPause, ShotJob
-from runner.journal import Journal, JournalError
-from runner.outputs import Outputs
-from runner.plan import Plan, full_recipe, node_key
-from runner.ratelimit import SendWindow
-from runner.remote import Remote, RemoteError
-from runner.scheduler import RELEASED, Released, Retry
-from runner.store import RECORD_VERSION, SegmentCache, Store
+from runner.film.graph import Graph, Node, shot_name
+from runner.film.plan import Plan, full_recipe, node_key
+from runner.run.job import PoolPause, ShotJob
+from runner.run.journal import Journal, JournalError
+from runner.run.ratelimit import SendWindow
+from runner.run.scheduler import RELEASED, Released, Retry
 
 REFETCH_ATTEMPTS = 4  # downloads of a recorded job before giving up for this run (all free)
 
@@ -193,7 +193,7 @@ class NodeJobs:
 
     def _refetch(self, node: Node, key: str, output: str, job_id: str | None) -> None:
         """Download a paid render again by its job id; its bytes must be the recorded ones."""
-        from runner import ffmpeg
+        from runner.media import ffmpeg
 
         again = f"render it again on purpose (and pay again) with --rerender {shot_name(node.id)}"
         if job_id is None:
@@ -308,7 +308,7 @@ class NodeJobs:
         return self.store.blob(digest)
 
     def _shot(self, node: Node, key: str, work: Path, record: dict[str, Any]) -> Path:
-        from runner import ffmpeg
+        from runner.media import ffmpeg
 
         backend = self.backends.get(node.pool)
         image = self._input(node, "image") if "image" in node.inputs else None
@@ -350,7 +350,7 @@ class NodeJobs:
         return str(record["job_id"])
 
     def _frame(self, node: Node, work: Path) -> Path:
-        from runner import ffmpeg
+        from runner.media import ffmpeg
 
         dest = work / "frame.png"
         ffmpeg.extract_last_frame(self._input(node, "video"), dest)
@@ -359,7 +359,7 @@ class NodeJobs:
         return dest
 
     def _edit(self, node: Node, work: Path, record: dict[str, Any]) -> Path:
-        from runner import assemble
+        from runner.media import assemble
 
         clips = [
             assemble.Clip(

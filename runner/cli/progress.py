@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from runner.graph import Graph
+from runner.film.graph import Graph
 
 FINAL = {"done": "done", "cached": "cached", "failed": "FAILED", "skipped": "skipped"}
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from runner import __version__
+from runner.cache.store import write_atomic
 from runner.digest import file_digest, key_of
-from runner.plan import full_recipe, node_key
-from runner.project import Project, find_root
-from runner.store import write_atomic
+from runner.film.plan import full_recipe, node_key
+from runner.run.project import Project, find_root
 
 PROVENANCE_VERSION = 1
 TAG_VERSION = 1
@@ -92,7 +92,7 @@ def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None)
 
 def publish(project: Project, digests: dict[str, str]) -> tuple[Path, Path]:
     """Write out/<stem>.provenance.json and out/<stem>.mp4 (the edit tagged with its digest)."""
-    from runner import assemble
+    from runner.media import assemble
 
     store = project.store
     text = _record_text(project, digests)

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from runner import faults, ffmpeg
+from runner import faults
 from runner.digest import key_of
 from runner.errors import NodeFailed, UserError
+from runner.media import ffmpeg
 
 SEGMENT_VERSION = 1
 """Bumped whenever the way a segment is made changes, so cached segments are rebuilt."""

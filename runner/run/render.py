@@ -9,16 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import shard
+from runner.cache.lock import Entry
 from runner.errors import UserError
-from runner.execute import NodeJobs
-from runner.graph import Node
-from runner.interrupt import Interrupts
-from runner.lockfile import Entry
-from runner.plan import CACHED, Plan, full_recipe
-from runner.project import Project
-from runner.ratelimit import SendWindow
-from runner.scheduler import GIVE_UP_AFTER, WINDOW, Outcome, Pool, Report, Task, schedule
+from runner.film import shard
+from runner.film.graph import Node
+from runner.film.plan import CACHED, Plan, full_recipe
+from runner.run.execute import NodeJobs
+from runner.run.interrupt import Interrupts
+from runner.run.project import Project
+from runner.run.ratelimit import SendWindow
+from runner.run.scheduler import GIVE_UP_AFTER, WINDOW, Outcome, Pool, Report, Task, schedule
 
 # In-flight jobs per pool when [limits.<backend>] does not say: local work is CPU-bound.
 LOCAL_CONCURRENCY = os.cpu_count() or 2
@@ -144,7 +144,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         _remember(project, plan, jobs, outcome)
         film = prov = None
         if options.shard is None and "edit" in jobs.digests and jobs.have("edit"):
-            from runner import provenance
+            from runner.run import provenance
 
             film, prov = provenance.publish(project, jobs.digests)
     # What this run's accepted creates cost, downloaded yet or not; never what it adopted.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.digest import key_of
-from runner.graph import Graph, Node
+from runner.film.graph import Graph, Node
 
 CACHED, RENDER, BLOCKED = "cached", "render", "blocked"
 

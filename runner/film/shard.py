@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from runner.errors import UserError
-from runner.graph import Graph
+from runner.film.graph import Graph
 
 SHARDED_KINDS = ("shot", "frame")  # the edit is assembled by the final, unsharded render
 

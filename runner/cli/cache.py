@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from runner.cache.lock import HEADER, Lock
+from runner.cache.remote import Remote
 from runner.digest import file_digest
 from runner.errors import UserError
-from runner.lockfile import HEADER, Lock
-from runner.plan import CACHED
-from runner.project import Project, find_root
-from runner.remote import Remote
+from runner.film.plan import CACHED
+from runner.run.project import Project, find_root
 
 
 def _remote(project: Project) -> Remote:

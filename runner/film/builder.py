@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner import compose
-from runner.backends import registry
-from runner.backends.base import ShotRequest
 from runner.errors import UserError
-from runner.graph import RECIPE_VERSION, Graph, Node, toposort
-from runner.manifest import FrameRef, Manifest, parse_size
+from runner.film import compose
+from runner.film.graph import RECIPE_VERSION, Graph, Node, toposort
+from runner.film.manifest import FrameRef, Manifest, parse_size
+from runner.film.request import Capabilities, Catalog, Models, ShotRequest
 
 
 def take_ids(manifest: Manifest, shot_id: str) -> list[str]:
@@ -29,11 +28,10 @@ def build(
     film_dir: Path,
     profile: str | None,
     source: str,
-    backends: registry.Backends | None = None,
+    backends: Catalog,
 ) -> Graph:
     """Turn a validated manifest into nodes. `source` names the manifest in error messages;
-    `backends` are the run's configured backends (pyproject's tables), else the defaults."""
-    backends = backends or registry.Backends()
+    `backends` are the run's configured backends (their tables, from pyproject)."""
     nodes: dict[str, Node] = {}
     root = film_dir.resolve()
     for name, asset in manifest.assets.items():
@@ -131,7 +129,7 @@ def build(
                 shot=fields,
             )
 
-    nodes["edit"] = _edit_node(manifest)
+    nodes["edit"] = _edit_node(manifest, backends.media)
     for node in nodes.values():
         node.seal()
     width, height = parse_size(manifest.film.size)
@@ -145,16 +143,16 @@ def build(
     )
 
 
-def _backend(backends: registry.Backends, name: str, where: str) -> registry.Backend:
+def _backend(backends: Catalog, name: str, where: str) -> Models:
     try:
         return backends.get(name)
     except KeyError:
-        known = ", ".join(registry.names())
+        known = ", ".join(backends.names())
         raise UserError(f"{where}: unknown backend {name!r}; choose one of: {known}") from None
 
 
 def _check_caps(
-    source: str, shot_id: str, s: compose.ShotSettings, model: str, caps: registry.Capabilities
+    source: str, shot_id: str, s: compose.ShotSettings, model: str, caps: Capabilities
 ) -> None:
     where = f"{source}: shots.{shot_id}"
     size = f"{s.width}x{s.height}"
@@ -182,7 +180,7 @@ def _check_remix(
     shot_id: str,
     original: str,
     settings: compose.ShotSettings,
-    caps: registry.Capabilities,
+    caps: Capabilities,
     profile: str | None,
 ) -> None:
     where = f"{source}: shots.{shot_id}.remix"
@@ -195,7 +193,7 @@ def _check_remix(
         )
 
 
-def _edit_node(manifest: Manifest) -> Node:
+def _edit_node(manifest: Manifest, media: str) -> Node:
     cuts: list[dict[str, Any]] = []
     inputs: dict[str, str] = {}
     default = manifest.edit.transition
@@ -214,6 +212,6 @@ def _edit_node(manifest: Manifest) -> Node:
         "height": height,
         "fps": manifest.film.fps,
         "loudness_lufs": manifest.edit.loudness_lufs,
-        "media": registry.media_version(),
+        "media": media,
     }
     return Node("edit", "edit", "local", recipe, inputs=inputs)

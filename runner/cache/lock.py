@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.cache.store import read_json, write_atomic, write_json
 from runner.digest import is_sha256
 from runner.errors import UserError
-from runner.store import read_json, write_atomic, write_json
 
 LOCK_VERSION = 1
 PARSED_VERSION = 2  # the parsed copy kept in the cache (1 was a pickle)

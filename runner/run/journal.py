@@ -23,9 +23,9 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from runner.cache.store import write_json
 from runner.digest import is_sha256
 from runner.errors import NodeFailed
-from runner.store import write_json
 
 JOURNAL_VERSION = 1
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner import __version__
+from runner.cache.remote import RemoteError
 from runner.errors import UserError
-from runner.remote import RemoteError
 
 if TYPE_CHECKING:
-    from runner.project import Project
+    from runner.run.project import Project
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _open(args: argparse.Namespace) -> Project:
-    from runner.project import Project, default_manifest
+    from runner.run.project import Project, default_manifest
 
     return Project.open(args.film or default_manifest(), args.cache_dir, args.profile)
 
@@ -155,9 +155,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from runner import shard
-    from runner.progress import Progress
-    from runner.render import Options, render
+    from runner.cli.progress import Progress
+    from runner.film import shard
+    from runner.run.render import Options, render
 
     project = _open(args)
     options = Options(
@@ -254,7 +254,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from runner import cache_cmd
+    from runner.cli import cache as cache_cmd
 
     project = _open(args)
     if args.action == "push":

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.cache.lock import Lock
+from runner.cache.remote import Remote, RemoteCorrupt
+from runner.cache.store import Store
 from runner.digest import is_sha256
-from runner.lockfile import Lock
-from runner.remote import Remote, RemoteCorrupt
-from runner.store import Store
 
 
 @dataclass

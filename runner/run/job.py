@@ -23,8 +23,8 @@ from runner.backends.base import (
     Transient,
 )
 from runner.errors import NodeFailed
-from runner.journal import Journal
-from runner.ratelimit import SendWindow
+from runner.run.journal import Journal
+from runner.run.ratelimit import SendWindow
 
 SUBMIT_ATTEMPTS = 5
 POLL_ERRORS = 8  # transient poll failures in a row before the node fails (the job lives on)

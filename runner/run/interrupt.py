@@ -57,7 +57,7 @@ class Interrupts:
                 "without paying again"
             )
             return
-        from runner import ffmpeg
+        from runner.media import ffmpeg
 
         ffmpeg.kill_children()  # no ffmpeg outlives the runner
         _say(f"runner: interrupted; {jobs} journaled: `runner render` resumes them for free")

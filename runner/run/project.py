@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends.registry import Backends
+from runner.cache.lock import Lock
+from runner.cache.outputs import Outputs
+from runner.cache.remote import Remote, remote_from_config
+from runner.cache.store import StatCache, Store, read_json, write_atomic, write_json
 from runner.errors import UserError
-from runner.graph import Graph, Node
-from runner.lockfile import Lock
-from runner.outputs import Outputs
-from runner.plan import Plan, make_plan
-from runner.remote import Remote, remote_from_config
-from runner.store import StatCache, Store, read_json, write_atomic, write_json
+from runner.film.graph import Graph, Node
+from runner.film.plan import Plan, make_plan
 
 COMPILED_VERSION = 1
 STATE_VERSION = 2
@@ -230,7 +230,7 @@ def _load_compiled(path: Path, key: str) -> Graph | None:
 
 def _compile(manifest_path: Path, profile: str | None, backends: Backends) -> Graph:
     # Imported here: pydantic and the backends are only needed when the manifest changed.
-    from runner import builder, manifest
+    from runner.film import builder, manifest
 
     loaded = manifest.load(manifest_path)
     return builder.build(loaded, manifest_path.parent, profile, str(manifest_path), backends)

@@ -1,0 +1,74 @@
+"""What a shot asks of a backend, and what a model accepts: plain data the film layer builds
+and checks (compiling needs a backend's tables, never its network)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ShotRequest:
+    """Everything a backend needs to render one take of one shot."""
+
+    film: str  # the film's title
+    shot: str  # the shot id, e.g. "river"
+    take: int  # 1-based take index
+    model: str
+    prompt: str  # the compiled prompt text, exactly as sent
+    avoid: tuple[str, ...]  # exclusions, for backends with a negative-prompt field
+    seconds: float
+    width: int
+    height: int
+    fps: int
+    seed: int | None
+    image: Path | None = None  # first-frame reference, when the shot has one
+    remix_of: str | None = None  # the shot whose video this one edits (`remix`)
+    references: tuple[Path, ...] = ()  # reference images (a character, an object, a look)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model accepts; the planner rejects a shot asking for anything else."""
+
+    sizes: tuple[str, ...]  # "WxH"; empty means any size
+    seconds: tuple[float, ...]  # allowed lengths; empty means any length within max_seconds
+    max_seconds: float = 60.0
+    image: bool = True
+    seed: bool = True
+    negative_prompt: bool = False
+    remix: bool = False  # can edit an earlier job's video (`remix = { shot, prompt }`)
+    reference_images: int = 0  # how many reference images the model takes
+
+
+class Models(Protocol):
+    """What compiling asks of a backend: its tables and request shape, all offline."""
+
+    name: str
+    default_model: str  # used when neither the shot, its profile nor [defaults] names one
+
+    def capabilities(self, model: str) -> Capabilities: ...
+
+    def price_per_second(self, model: str, width: int, height: int) -> float: ...
+
+    def check(self, shot: ShotRequest) -> str | None:
+        """What the backend cannot render about this shot, in words; None when it can."""
+        ...
+
+    def request(self, shot: ShotRequest) -> dict[str, Any]:
+        """The JSON-able part of the shot that changes the output: it goes into the node key."""
+        ...
+
+
+class Catalog(Protocol):
+    """The backends a film may use, by name, and the pinned media build its edit depends on."""
+
+    @property
+    def media(self) -> str: ...
+
+    def get(self, name: str) -> Models:
+        """The backend called `name`; KeyError when there is none."""
+        ...
+
+    def names(self) -> list[str]: ...

@@ -1,0 +1,1 @@
+"""ffmpeg: the argv lists (one module), probing, verifying and assembling the film."""

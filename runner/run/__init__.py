@@ -1,0 +1,1 @@
+"""Running a film: the scheduler, shot jobs and their journal, execution, render, provenance."""
