@@ -4,6 +4,9 @@ Layout under the cache root (`.cache/` by default):
     cas/ab/abcdef...        blobs by sha256, read-only once written
     actions/ab/<key>.json   node key -> result record (output digest, job id, cost, times)
     state/<film>.json       last recipes and failures per film, for `plan` reasons and `status`
+    state/sends/<pool>.json when each recent create was sent (the provider's rate window)
+    journal/<key>.json      creates sent and not yet stored (runner/run/journal.py)
+    CACHE.json              the format of this layout
     tmp/                    work in progress; renamed into place only when complete
     tmp/run-<pid>-<r>/      one run's working folders; tmp/run-<pid>-<r>.lock held while it runs
     pending-push/<key>.json outputs recorded here that the team's cache does not have yet
@@ -228,6 +231,14 @@ class Store:
             finally:
                 os.close(fd)
         return removed
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.root / "journal"
+
+    def blob_digests(self) -> list[str]:
+        """Every blob this cache holds, by digest."""
+        return sorted(p.name for p in (self.root / "cas").glob("*/*") if is_sha256(p.name))
 
     def state_path(self, film_id: str, suffix: str = "") -> Path:
         return self.root / "state" / f"{film_id}{suffix}.json"

@@ -98,8 +98,7 @@ def referenced(root: Path) -> set[str]:
 def gc(project: Project, *, yes: bool) -> tuple[list[str], list[str]]:
     """Blobs no lock references, here and on the remote; deleted only with yes=True."""
     keep = referenced(find_root(project.film_dir.resolve()))
-    cas = project.store.root / "cas"
-    local = sorted(p.name for p in cas.glob("*/*") if p.is_file() and p.name not in keep)
+    local = [digest for digest in project.store.blob_digests() if digest not in keep]
     remote = []
     if project.remote is not None:
         remote = sorted(project.remote.list_digests() - keep)

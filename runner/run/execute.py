@@ -59,7 +59,7 @@ class NodeJobs:
         self.graph = graph
         self.backends = backends or Backends(scratch=store.tmp / "backends")
         self.store = store
-        self.journal = Journal(store.root / "journal")
+        self.journal = Journal(store.journal_dir)
         self.rerender_expired = rerender_expired
         self.resend_unconfirmed = resend_unconfirmed
         self.gates = gates or {}

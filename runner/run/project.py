@@ -74,7 +74,7 @@ class Project:
     def lock(self) -> Lock:
         """film.lock beside the manifest, read once."""
         if not hasattr(self, "_lock"):
-            parsed = self.store.root / "state" / f"{self.film_id}.lock.json"
+            parsed = self.store.state_path(self.film_id, ".lock")
             self._lock = Lock.read(self.manifest_path.with_suffix(".lock"), parsed)
         return self._lock
 
@@ -125,7 +125,7 @@ class Project:
         parts = [COMPILED_VERSION, source_digest(), profile, manifest_sha, backends.digest]
         parts.append(absolute.parent)  # compiled asset paths are absolute
         compiled_key = hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
-        compiled_path = store.root / "state" / f"{film_id}.graph.pickle"
+        compiled_path = store.state_path(film_id, ".graph").with_suffix(".pickle")
         graph = _load_compiled(compiled_path, compiled_key)
         if graph is None:
             graph = _compile(manifest_path, profile, backends)
