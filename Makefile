@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 film: $(STAMP)
 	$(BIN)/runner render $(FILM)
 
+# Four pytest-xdist workers even on two cores: many tests wait on loopback jobs, not the CPU.
+# loadgroup keeps tests that share a module's render (xdist_group) in one worker.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check runner tests bench

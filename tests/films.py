@@ -47,10 +47,10 @@ def gen(root: Path, files: dict[str, str | bytes]) -> Path:
 
 
 def runner(
-    *args: str | Path, cache: Path, cwd: Path | None = None
+    *args: str | Path, cache: Path, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real command line in a child process, as a user would."""
-    env = {**os.environ, "RUNNER_CACHE_DIR": str(cache)}
+    """Run the real command line in a child process, as a user would (env: more variables)."""
+    env = {**os.environ, **(env or {}), "RUNNER_CACHE_DIR": str(cache)}
     env.pop("RUNNER_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "runner", *map(str, args)],

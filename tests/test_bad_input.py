@@ -1,60 +1,100 @@
-"""Every mistake a user can make ends in one clear message, exit code 2 and no traceback."""
+"""Every mistake a user can make ends in one clear message, exit code 2 and no traceback.
+
+The cases run in-process through `cli.main` (the same code path as the command, without a
+Python start-up each); a few run the real command line for its exit code and stderr.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from runner import cli
+from runner.backends import registry
 from tests.films import MINIMAL, gen, runner
 
-
-def check(
-    tmp_path: Path, toml: str, *expected: str, files: dict[str, str | bytes] | None = None
-) -> str:
-    film = gen(tmp_path / "film", {"film.toml": toml, **(files or {})})
-    result = runner("plan", film / "film.toml", cache=tmp_path / "cache")
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    for text in expected:
-        assert text in result.stderr, result.stderr
-    return result.stderr
+Check = Callable[..., str]
 
 
-def test_malformed_toml_names_file_and_line(tmp_path: Path) -> None:
-    check(tmp_path, MINIMAL + "\n[shots.broken\n", "film.toml: invalid TOML", "line")
+@pytest.fixture(autouse=True)
+def fresh_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No backend built for an earlier test (the registry caches them per process) is reused."""
+    monkeypatch.setattr(registry, "_scratch", tmp_path / "backends")
+    monkeypatch.setattr(registry, "_config", {})
+    registry.get.cache_clear()
+    yield
+    registry.get.cache_clear()
 
 
-def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+@pytest.fixture
+def plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str]]:
+    """`runner plan ARGS` in-process, with a cache of this test's own: exit code and stderr."""
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RUNNER_DEBUG", raising=False)  # an internal error must not pass as one
+
+    def run(*args: str | Path) -> tuple[int, str]:
+        capsys.readouterr()
+        code = cli.main(["plan", *map(str, args)])
+        return code, capsys.readouterr().err
+
+    return run
+
+
+@pytest.fixture
+def check(tmp_path: Path, plan: Callable[..., tuple[int, str]]) -> Check:
+    """`runner plan` on a film made of toml (and files): asserts exit code 2, no traceback
+    and every expected text in stderr; returns stderr."""
+
+    def run(toml: str, *expected: str, files: dict[str, str | bytes] | None = None) -> str:
+        film = gen(tmp_path / "film", {"film.toml": toml, **(files or {})})
+        code, err = plan(film / "film.toml")
+        assert code == 2, err
+        assert "Traceback" not in err
+        for text in expected:
+            assert text in err, err
+        return err
+
+    return run
+
+
+def test_malformed_toml_names_file_and_line(check: Check) -> None:
+    check(MINIMAL + "\n[shots.broken\n", "film.toml: invalid TOML", "line")
+
+
+def test_unknown_key_suggests_the_right_one(check: Check) -> None:
     bad = MINIMAL.replace("[defaults]\nseconds = 1", "[defaults]\nsecnds = 1")
-    check(tmp_path, bad, "defaults.secnds: unknown key", "did you mean `seconds`?")
+    check(bad, "defaults.secnds: unknown key", "did you mean `seconds`?")
 
 
-def test_unknown_key_in_a_shot_names_the_key_path(tmp_path: Path) -> None:
+def test_unknown_key_in_a_shot_names_the_key_path(check: Check) -> None:
     bad = MINIMAL.replace('scene = "The lantern rises."', 'scene = "x"\ncamra = "wide"')
-    check(tmp_path, bad, "shots.sky.camra: unknown key", "did you mean `camera`?")
+    check(bad, "shots.sky.camra: unknown key", "did you mean `camera`?")
 
 
-def test_wrong_type_names_the_key_and_value(tmp_path: Path) -> None:
+def test_wrong_type_names_the_key_and_value(check: Check) -> None:
     bad = MINIMAL.replace("fps = 24", 'fps = "fast"')
-    check(tmp_path, bad, "film.fps:", "'fast'")
+    check(bad, "film.fps:", "'fast'")
 
 
-def test_cycle_is_reported_as_its_path(tmp_path: Path) -> None:
+def test_cycle_is_reported_as_its_path(check: Check) -> None:
     bad = MINIMAL.replace('cast = ["mara"]', 'cast = ["mara"]\nneeds = ["sky"]')
-    err = check(tmp_path, bad, "dependency cycle:")
+    err = check(bad, "dependency cycle:")
     assert "river -> sky -> river" in err or "sky -> river -> sky" in err
 
 
-def test_missing_asset(tmp_path: Path) -> None:
+def test_missing_asset(check: Check) -> None:
     toml = MINIMAL + '\n[assets.ref]\npath = "assets/ref.png"\n'
-    check(tmp_path, toml, "assets.ref.path", "no file at")
+    check(toml, "assets.ref.path", "no file at")
 
 
-def test_asset_path_escaping_the_film_folder(tmp_path: Path) -> None:
+def test_asset_path_escaping_the_film_folder(check: Check, tmp_path: Path) -> None:
     (tmp_path / "secret.png").write_bytes(b"x")
     toml = MINIMAL + '\n[assets.ref]\npath = "../secret.png"\n'
-    check(tmp_path, toml, "assets.ref.path", "outside the film's folder")
+    check(toml, "assets.ref.path", "outside the film's folder")
 
 
 @pytest.mark.parametrize(
@@ -66,66 +106,93 @@ def test_asset_path_escaping_the_film_folder(tmp_path: Path) -> None:
     ],
 )
 def test_size_or_length_the_backend_does_not_support(
-    tmp_path: Path, setting: str, expected: str
+    check: Check, setting: str, expected: str
 ) -> None:
     bad = MINIMAL.replace(
         'scene = "Riverbank at dusk."', f'scene = "Riverbank at dusk."\n{setting}'
     )
-    check(tmp_path, bad, expected)
+    check(bad, expected)
 
 
-def test_needs_naming_an_unknown_shot(tmp_path: Path) -> None:
+def test_needs_naming_an_unknown_shot(check: Check) -> None:
     bad = MINIMAL.replace('needs = ["river"]', 'needs = ["rivr"]')
-    check(tmp_path, bad, "shots.sky.needs[0]: no shot named `rivr`", "did you mean `river`?")
+    check(bad, "shots.sky.needs[0]: no shot named `rivr`", "did you mean `river`?")
 
 
-def test_pick_beyond_takes(tmp_path: Path) -> None:
+def test_pick_beyond_takes(check: Check) -> None:
     bad = MINIMAL.replace('scene = "The lantern rises."', 'scene = "x"\ntakes = 3\npick = 4')
-    check(tmp_path, bad, "shots.sky.pick: take 4 does not exist", "from 1 to 3")
+    check(bad, "shots.sky.pick: take 4 does not exist", "from 1 to 3")
 
 
-def test_unknown_backend_lists_the_known_ones(tmp_path: Path) -> None:
+def test_unknown_backend_lists_the_known_ones(check: Check) -> None:
     bad = MINIMAL.replace("[defaults]", '[defaults]\nbackend = "sora"')
-    check(tmp_path, bad, "unknown backend 'sora'", "previz")
+    check(bad, "unknown backend 'sora'", "previz")
 
 
-def test_unknown_character_in_cast(tmp_path: Path) -> None:
+def test_unknown_character_in_cast(check: Check) -> None:
     bad = MINIMAL.replace('cast = ["mara"]', 'cast = ["nana"]')
-    check(tmp_path, bad, "shots.river.cast[0]: no character named `nana`")
+    check(bad, "shots.river.cast[0]: no character named `nana`")
 
 
-def test_missing_manifest_file(tmp_path: Path) -> None:
-    result = runner("plan", tmp_path / "nope.toml", cache=tmp_path / "cache")
-    assert result.returncode == 2
-    assert "no such file" in result.stderr and "Traceback" not in result.stderr
+def test_missing_manifest_file(tmp_path: Path, plan: Callable[..., tuple[int, str]]) -> None:
+    code, err = plan(tmp_path / "nope.toml")
+    assert code == 2
+    assert "no such file" in err and "Traceback" not in err
 
 
-def test_unknown_profile(tmp_path: Path) -> None:
+def test_unknown_profile(tmp_path: Path, plan: Callable[..., tuple[int, str]]) -> None:
     film = gen(tmp_path / "film", {"film.toml": MINIMAL})
-    result = runner("plan", film / "film.toml", "--profile", "final", cache=tmp_path / "c")
-    assert result.returncode == 2
-    assert "no [profiles.final]" in result.stderr
+    code, err = plan(film / "film.toml", "--profile", "final")
+    assert code == 2
+    assert "no [profiles.final]" in err
 
 
-def test_limits_for_an_unknown_backend(tmp_path: Path) -> None:
-    check(tmp_path, MINIMAL + "\n[limits.previs]\nconcurrency = 2\n", "limits.previs", "previz")
+def test_limits_for_an_unknown_backend(check: Check) -> None:
+    check(MINIMAL + "\n[limits.previs]\nconcurrency = 2\n", "limits.previs", "previz")
 
 
-def test_more_reference_images_than_the_model_takes(tmp_path: Path) -> None:
+def test_more_reference_images_than_the_model_takes(check: Check) -> None:
     toml = MINIMAL + "".join(f'[assets.r{i}]\npath = "r{i}.png"\n' for i in range(4))
     toml = toml.replace(
         'cast = ["mara"]',
         'cast = ["mara"]\nreferences = ["assets.r0", "assets.r1", "assets.r2", "assets.r3"]',
     )
     files: dict[str, str | bytes] = {f"r{i}.png": b"png" for i in range(4)}
-    check(tmp_path, toml, "shots.river.references: previz model previz takes 3", files=files)
+    check(toml, "shots.river.references: previz model previz takes 3", files=files)
 
 
-def test_remix_of_an_unknown_shot(tmp_path: Path) -> None:
+def test_remix_of_an_unknown_shot(check: Check) -> None:
     bad = MINIMAL + '[shots.blue]\nremix = { shot = "rivr", prompt = "blue" }\n'
-    check(tmp_path, bad, "shots.blue.remix.shot: no shot named `rivr`")
+    check(bad, "shots.blue.remix.shot: no shot named `rivr`")
 
 
-def test_remix_on_a_backend_that_cannot(tmp_path: Path) -> None:
-    bad = MINIMAL + ('[shots.blue]\nbackend = "veo"\nremix = { shot = "river", prompt = "blue" }\n')
-    check(tmp_path, bad, "shots.blue")
+def test_remix_on_a_backend_that_cannot(check: Check) -> None:
+    # Both shots on Veo, at a size and length it renders: the remix is all that is wrong.
+    veo = 'backend = "veo"\nsize = "1280x720"\nseconds = 4\n'
+    bad = MINIMAL + f'[shots.green]\n{veo}scene = "Green."\n'
+    bad += f'[shots.blue]\n{veo}remix = {{ shot = "green", prompt = "blue" }}\n'
+    check(bad, "shots.blue.remix: backend veo cannot remix a video")
+
+
+# The real command line, in a child process: its exit code and a stderr with no traceback.
+@pytest.mark.parametrize(
+    ("toml", "args", "expected"),
+    [
+        (MINIMAL + "\n[shots.broken\n", [], "film.toml: invalid TOML"),
+        (MINIMAL.replace('needs = ["river"]', 'needs = ["rivr"]'), [], "no shot named `rivr`"),
+        (MINIMAL, ["--profile", "final"], "no [profiles.final]"),
+        (None, [], "no such file"),
+    ],
+    ids=["malformed-toml", "unknown-shot", "unknown-profile", "missing-manifest"],
+)
+def test_the_command_line_exits_2_with_one_line_and_no_traceback(
+    tmp_path: Path, toml: str | None, args: list[str], expected: str
+) -> None:
+    manifest = tmp_path / "film" / "film.toml"
+    if toml is not None:
+        gen(manifest.parent, {"film.toml": toml})
+    result = runner("plan", manifest, *args, cache=tmp_path / "cache")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("runner: error: "), result.stderr
+    assert expected in result.stderr and result.stderr.count("\n") == 1, result.stderr

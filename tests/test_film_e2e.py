@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -78,8 +79,51 @@ def png() -> bytes:
 
 @pytest.fixture
 def film(tmp_path: Path) -> Path:
+    """The film, never rendered."""
     gen(tmp_path / "film", {"film.toml": FILM, "assets/ref.png": png()})
     return tmp_path / "film" / "film.toml"
+
+
+@dataclass
+class FirstRender:
+    """The film rendered once for the whole module, kept pristine, and its first run."""
+
+    root: Path
+    result: subprocess.CompletedProcess[str]
+
+    @property
+    def out(self) -> Path:
+        return self.root / "pristine" / "film" / "out"
+
+
+# Tests of the module's one render run in one pytest-xdist worker (`--dist loadgroup`), so the
+# film is rendered once, not once per worker.
+one_render = pytest.mark.xdist_group("film_e2e_first_render")
+
+
+@pytest.fixture(scope="module")
+def first_render(tmp_path_factory: pytest.TempPathFactory) -> FirstRender:
+    """Render the film once per module, with an API key in the environment (which no file
+    may hold), and keep the film folder and its cache as they were after that run."""
+    root = tmp_path_factory.mktemp("rendered")
+    manifest = gen(root / "film", {"film.toml": FILM, "assets/ref.png": png()}) / "film.toml"
+    result = runner("render", manifest, cache=root / "cache", env={"OPENAI_API_KEY": SECRET})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    for name in ("film", "cache"):
+        shutil.copytree(root / name, root / "pristine" / name)
+    return FirstRender(root, result)
+
+
+@pytest.fixture
+def rendered_film(first_render: FirstRender) -> Path:
+    """The film as the module's first render left it, for this test to change: the folder and
+    cache are restored from the pristine copy at the same path (the cache keys a film's own
+    state by its path, as on a user's machine)."""
+    for name in ("film", "cache"):
+        shutil.rmtree(first_render.root / name, ignore_errors=True)
+        shutil.copytree(first_render.root / "pristine" / name, first_render.root / name)
+    return first_render.root / "film" / "film.toml"
 
 
 def render(manifest: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -99,11 +143,12 @@ def plan_json(manifest: Path) -> dict[str, object]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def test_render_then_rerender_nothing_and_identical_bytes(film: Path) -> None:
-    first = render(film)
-    assert first.returncode == 0, first.stderr
-    out = film.parent / "out"
-    assert rendered(first) == [
+@one_render
+def test_render_then_rerender_nothing_and_identical_bytes(
+    first_render: FirstRender, rendered_film: Path
+) -> None:
+    film = rendered_film
+    assert rendered(first_render.result) == [
         "edit",
         "frames.river.last",
         "shots.end",
@@ -112,16 +157,19 @@ def test_render_then_rerender_nothing_and_identical_bytes(film: Path) -> None:
         "shots.sky.take1",
         "shots.sky.take2",
     ]
-    movie = (out / "film.mp4").read_bytes()
+    movie = (first_render.out / "film.mp4").read_bytes()
     second = render(film)
     assert second.returncode == 0, second.stderr
     assert rendered(second) == []
-    assert (out / "film.mp4").read_bytes() == movie
+    assert (film.parent / "out" / "film.mp4").read_bytes() == movie
     assert plan_json(film)["to_render"] == 0
 
 
-def test_editing_one_prompt_rerenders_that_shot_its_dependents_and_the_edit(film: Path) -> None:
-    assert render(film).returncode == 0
+@one_render
+def test_editing_one_prompt_rerenders_that_shot_its_dependents_and_the_edit(
+    rendered_film: Path,
+) -> None:
+    film = rendered_film
     film.write_text(FILM.replace("Mara kneels at the water's edge.", "Mara stands on the bridge."))
     plan = plan_json(film)
     statuses = {n["id"]: n["status"] for n in plan["nodes"]}  # type: ignore[attr-defined]
@@ -145,43 +193,45 @@ def test_editing_one_prompt_rerenders_that_shot_its_dependents_and_the_edit(film
     ]
 
 
-def test_changing_pick_renders_no_shot(film: Path) -> None:
-    assert render(film).returncode == 0
+@one_render
+def test_changing_pick_renders_no_shot(rendered_film: Path) -> None:
+    film = rendered_film
     film.write_text(FILM.replace("pick = 2", "pick = 1"))
     assert rendered(render(film)) == ["edit"]
 
 
-def test_deleted_out_is_reassembled_byte_identical_from_the_cache(film: Path) -> None:
-    assert render(film).returncode == 0
-    out = film.parent / "out"
+@one_render
+def test_deleted_out_is_reassembled_byte_identical_from_the_cache(rendered_film: Path) -> None:
+    out = rendered_film.parent / "out"
     movie = (out / "film.mp4").read_bytes()
     record = (out / "film.provenance.json").read_bytes()
     shutil.rmtree(out)
-    again = render(film)
+    again = render(rendered_film)
     assert again.returncode == 0
     assert rendered(again) == []
     assert (out / "film.mp4").read_bytes() == movie
     assert (out / "film.provenance.json").read_bytes() == record
 
 
+@one_render
 def test_another_machine_with_an_empty_cache_makes_the_same_bytes(
-    film: Path, tmp_path: Path
+    first_render: FirstRender, tmp_path: Path
 ) -> None:
-    assert render(film).returncode == 0
     clone = tmp_path / "clone"
-    shutil.copytree(film.parent, clone, ignore=shutil.ignore_patterns("out"))
+    shutil.copytree(first_render.out.parent, clone, ignore=shutil.ignore_patterns("out"))
     again = runner("render", clone / "film.toml", cache=tmp_path / "other-cache")
     assert again.returncode == 0, again.stderr
     for name in ("film.mp4", "film.provenance.json"):
-        assert (clone / "out" / name).read_bytes() == (film.parent / "out" / name).read_bytes()
+        assert (clone / "out" / name).read_bytes() == (first_render.out / name).read_bytes()
 
 
+@one_render
 def test_provenance_is_complete_tagged_into_the_film_and_holds_no_secret(
-    film: Path, monkeypatch: pytest.MonkeyPatch
+    first_render: FirstRender,
 ) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    assert render(film).returncode == 0
-    out = film.parent / "out"
+    # The module's render ran with OPENAI_API_KEY=SECRET in its environment.
+    out = first_render.out
+    cache = first_render.root / "pristine" / "cache"
     record = json.loads((out / "film.provenance.json").read_text())
     assert record["version"] == 1
     nodes = {n["id"]: n for n in record["nodes"]}
@@ -190,7 +240,7 @@ def test_provenance_is_complete_tagged_into_the_film_and_holds_no_secret(
     assert river["prompt"].startswith("Mara kneels at the water's edge.")
     assert river["inputs"]["image"]["node"] == "assets.ref"
     assert river["output_sha256"] == file_digest(
-        film.parent.parent / "cache" / "cas" / river["output_sha256"][:2] / river["output_sha256"]
+        cache / "cas" / river["output_sha256"][:2] / river["output_sha256"]
     )
     assert record["assembly"]["ffmpeg"]
     # The record's digest is in the MP4's metadata.
@@ -204,7 +254,7 @@ def test_provenance_is_complete_tagged_into_the_film_and_holds_no_secret(
     ).stdout
     assert f"runner-provenance-sha256:{digest}" in meta
     # The API key is in the environment, and in no file the runner wrote.
-    for path in [*out.rglob("*"), *(film.parent.parent / "cache").rglob("*")]:
+    for path in [*out.rglob("*"), *cache.rglob("*")]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
 
@@ -241,11 +291,12 @@ def test_killed_mid_render_resumes_without_redoing_finished_shots(tmp_path: Path
     assert len(rendered(again)) == 8 + 1 - len(finished)
 
 
-def test_status_graph_and_show(film: Path) -> None:
-    cache = film.parent.parent / "cache"
-    status = runner("status", film, cache=cache)
+@one_render
+def test_status_graph_and_show(film: Path, rendered_film: Path) -> None:
+    status = runner("status", film, cache=film.parent.parent / "cache")
     assert "missing  shots.river" in status.stdout
-    assert render(film).returncode == 0
+    film = rendered_film  # the same film, rendered
+    cache = film.parent.parent / "cache"
     film.write_text(FILM.replace("A river town at dusk.", "A river town at night."))
     status = runner("status", film, cache=cache)
     assert re.search(r"stale\s+shots.harbor\s+prompt changed", status.stdout), status.stdout

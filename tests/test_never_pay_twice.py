@@ -221,12 +221,23 @@ def test_two_renders_of_one_film_at_once_both_succeed_and_share_the_bill(
 def test_first_ctrl_c_stops_new_creates_and_stores_the_paid_jobs(
     tmp_path: Path, server: OpenAIServer
 ) -> None:
-    server.job_seconds = 1.5
+    server.job_seconds = 60.0  # in flight until the runner has said it stops (no race on load)
     p = Project(tmp_path, server, film(6, limits="concurrency = 2"))
     proc = p.start()
-    wait_for(lambda: len(server.creates) == 2)
+    wait_for(lambda: len(server.creates) == 2 and len(journal(p)) == 2)
+    wait_for(lambda: all("job_id" in json.loads(j.read_text()) for j in journal(p)))
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    assert proc.stderr is not None
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if "no new creates" in line:
+            break
+    with server.lock:  # now the two paid jobs finish
+        for job in server.jobs.values():
+            job.duration = 0.0
+    err = "".join(said) + proc.stderr.read()  # to the end (communicate could skip buffered text)
+    proc.wait(timeout=60)
     assert proc.returncode == 130, err
     assert "no new creates; finishing 2 paid jobs in flight" in err
     assert "Traceback" not in err and "Exception ignored" not in err

@@ -251,23 +251,34 @@ def test_storage_options_can_point_at_an_s3_compatible_endpoint(
         assert remote.has(digest)
 
 
-def free_port() -> int:
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound, never listening, so no other test or
+    server (pytest-xdist runs several at once) can take it while this test runs."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 def test_an_unreachable_endpoint_gives_a_clear_error_without_secrets(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    closed_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     s3_env(monkeypatch)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
-    options = {"key": ACCESS_KEY, "secret": SECRET_KEY}
+    endpoint = f"http://127.0.0.1:{closed_port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    # One attempt, not botocore's default five with backoff (8-10 s of waiting on a closed
+    # port): the same connection error reaches the same message, only sooner.
+    options = {
+        "key": ACCESS_KEY,
+        "secret": SECRET_KEY,
+        "config_kwargs": {"retries": {"max_attempts": 1}},
+    }
     remote = Remote("s3://team-bucket/film-cache", options)
     with pytest.raises(RemoteError) as info:
         remote.has("ab" * 32)
     message = str(info.value)
     assert "s3://team-bucket/film-cache" in message
+    assert "cannot reach the bucket" in message and endpoint in message  # the connection failed
     assert "endpoint" in message and "\n" not in message
     assert SECRET_KEY not in message and SECRET_KEY not in repr(info.value.__cause__)
 

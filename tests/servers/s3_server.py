@@ -1,14 +1,16 @@
 """A real S3-protocol server on loopback: moto's standalone server, as s3fs's own tests use.
 
-`S3Server` starts `moto.server.ThreadedMotoServer` on 127.0.0.1 and a free port, creates a
-bucket and hands out the endpoint and an `s3://bucket/prefix` URL. `s3_env` puts fake
+One `moto.server.ThreadedMotoServer` per process, on 127.0.0.1 and a free port, started on
+first use and kept until `stop_moto()` (the test session's end): starting and stopping one
+costs about half a second. Each `S3Server` is a fresh bucket on it: it hands out the endpoint
+and an `s3://bucket/prefix` URL, and deletes its bucket when it stops. `s3_env` puts fake
 credentials and the endpoint in the environment for one test only (through monkeypatch), so
-the code under test finds them the way it would find real ones. moto keeps its state per
-process, so every server gets its own bucket name and resets moto when it stops.
+the code under test finds them the way it would find real ones.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from types import TracebackType
 from typing import Any
@@ -34,14 +36,43 @@ LEAKY_ENV = (
 )
 
 
+_moto: Any = None
+_moto_lock = threading.Lock()
+
+
+def moto_endpoint() -> str:
+    """The endpoint of this process's moto server, started on first use."""
+    global _moto
+    with _moto_lock:
+        if _moto is None:
+            import logging
+
+            from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            server.start()
+            _moto = server
+        host, port = _moto.get_host_and_port()
+        return f"http://{host}:{port}"
+
+
+def stop_moto() -> None:
+    """Stop this process's moto server, if one was started."""
+    global _moto
+    with _moto_lock:
+        if _moto is not None:
+            _moto.stop()
+            _moto = None
+
+
 class S3Server:
-    """moto on loopback with one fresh bucket; a context manager."""
+    """A fresh bucket on a real S3-protocol server on loopback; a context manager."""
 
     def __init__(self, prefix: str = "team-cache") -> None:
         self.bucket = f"runner-{uuid.uuid4().hex[:12]}"
         self.prefix = prefix
         self.endpoint = ""
-        self._server: Any = None
 
     @property
     def url(self) -> str:
@@ -60,15 +91,7 @@ class S3Server:
         )
 
     def __enter__(self) -> S3Server:
-        import logging
-
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        self.endpoint = moto_endpoint()
         self.client().create_bucket(Bucket=self.bucket)
         return self
 
@@ -78,14 +101,18 @@ class S3Server:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        import urllib.request
-
-        try:  # moto's backends are process-wide: leave nothing behind for the next server
-            urllib.request.urlopen(
-                urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"), timeout=5
-            ).close()
-        finally:
-            self._server.stop()
+        """Delete the bucket and everything in it (uploads cut short too): the server lives on."""
+        client = self.client()
+        uploads = client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+        for upload in uploads:
+            client.abort_multipart_upload(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+        client.delete_bucket(Bucket=self.bucket)
 
 
 def s3_env(monkeypatch: pytest.MonkeyPatch, server: S3Server | None = None) -> None:
