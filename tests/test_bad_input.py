@@ -6,26 +6,15 @@ Python start-up each); a few run the real command line for its exit code and std
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from runner import cli
-from runner.backends import registry
 from tests.films import MINIMAL, gen, runner
 
 Check = Callable[..., str]
-
-
-@pytest.fixture(autouse=True)
-def fresh_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No backend built for an earlier test (the registry caches them per process) is reused."""
-    monkeypatch.setattr(registry, "_scratch", tmp_path / "backends")
-    monkeypatch.setattr(registry, "_config", {})
-    registry.get.cache_clear()
-    yield
-    registry.get.cache_clear()
 
 
 @pytest.fixture
