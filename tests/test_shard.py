@@ -48,7 +48,7 @@ def test_a_chain_stays_in_one_shard() -> None:
 
 def _members_in_a_process_with_hash_seed(seed: str) -> set[str]:
     script = (
-        "import json; from runner import shard; from tests.test_shard import film\n"
+        "import json; from runner.film import shard; from tests.test_shard import film\n"
         "print(json.dumps(sorted(shard.members(film(8, 2), 2, 3))))\n"
     )
     root = Path(__file__).resolve().parents[1]
