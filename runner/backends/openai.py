@@ -8,33 +8,29 @@ and its DeprecationWarning on the videos methods never reaches users.
 
 from __future__ import annotations
 
-import difflib
-import email.utils
 import io
-import math
 import os
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from runner import faults
+from runner.backends import policy
 from runner.backends.base import (
     BackendError,
     Capabilities,
-    Expired,
     JobStatus,
-    RateLimited,
     Refused,
     ShotRequest,
     Transient,
 )
 from runner.errors import UserError
+from runner.film import model_table
+from runner.film.model_table import ModelRow
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -48,32 +44,28 @@ SHUTDOWN = (
     "backend at a gateway that serves this model with OPENAI_BASE_URL or base_url in " + TABLE
 )
 CONFIG_KEYS = ("api_key", "api_key_env", "base_url", "models", "timeout")
-MODEL_KEYS = ("image", "max_seconds", "price_per_second", "price_per_second_hd", "seconds", "sizes")
 DEFAULT_TIMEOUT = 120.0  # seconds per read; connecting gets at most 15
 FIND_SLACK = 5.0  # seconds: the provider's created_at is whole seconds on another clock
 FIND_PAGE = 50
 FIND_MAX_PAGES = 20
-HD_AREA = 1280 * 720  # above this many pixels the "hd" price applies
 SORA_SECONDS = (4.0, 8.0, 12.0)
 SORA_720P = ("1280x720", "720x1280")
 SORA_PRO = (*SORA_720P, "1792x1024", "1024x1792", "1920x1080", "1080x1920")
 
-
-@dataclass(frozen=True)
-class ModelRow:
-    """What one model accepts and costs; built in, or a row from the pyproject table."""
-
-    sizes: tuple[str, ...] = ()
-    seconds: tuple[float, ...] = ()
-    max_seconds: float = 60.0
-    image: bool = True
-    price_per_second: float | None = None
-    price_per_second_hd: float | None = None  # above 1280x720; None: same as price_per_second
-
-
+# The protocol has no seed or negative-prompt field (`avoid` stays in the text) and every job
+# can be remixed; a gateway's model starts from this row.
+NEW_ROW = ModelRow(remix=True)
+FIXED: dict[str, object] = {"reference_images": 0, "last_frame": False, "extend": False}
+FIXED |= {"seed": False, "max_seed": None, "negative_prompt": False}
 BUILTIN: dict[str, ModelRow] = {
-    "sora-2": ModelRow(SORA_720P, SORA_SECONDS, 12.0, True, 0.10),
-    "sora-2-pro": ModelRow(SORA_PRO, SORA_SECONDS, 12.0, True, 0.30, 0.50),
+    "sora-2": NEW_ROW.model_copy(
+        update={"sizes": SORA_720P, "seconds": SORA_SECONDS, "max_seconds": 12.0}
+        | {"audio": True, "price_per_second": 0.10}
+    ),
+    "sora-2-pro": NEW_ROW.model_copy(
+        update={"sizes": SORA_PRO, "seconds": SORA_SECONDS, "max_seconds": 12.0}
+        | {"audio": True, "price_per_second": 0.30, "price_per_second_hd": 0.50}
+    ),
 }
 
 _T = TypeVar("_T")
@@ -89,7 +81,7 @@ class OpenAIBackend:
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir
         config = dict(config or {})
-        _reject_unknown(config, CONFIG_KEYS, TABLE)
+        model_table.reject_unknown(config, CONFIG_KEYS, TABLE)
         self._base_url = _optional_str(config, "base_url")
         self._api_key = _optional_str(config, "api_key")
         self._api_key_env = _optional_str(config, "api_key_env") or "OPENAI_API_KEY"
@@ -97,12 +89,8 @@ class OpenAIBackend:
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
             raise UserError(f"{TABLE} timeout: expected a number of seconds, got {timeout!r}")
         self._timeout = float(timeout)
-        self._models = dict(BUILTIN)
         models = config.get("models", {})
-        if not isinstance(models, Mapping):
-            raise UserError(f"{TABLE} models: expected a table of model rows, got {models!r}")
-        for model, row in models.items():
-            self._models[model] = _model_row(model, row, BUILTIN.get(model, ModelRow()))
+        self._models = model_table.load(TABLE, models, BUILTIN, NEW_ROW, fixed=FIXED)
         self._lock = threading.Lock()
         self._client: OpenAI | None = None
         self._secret = ""  # the key in use, scrubbed from every message
@@ -112,52 +100,21 @@ class OpenAIBackend:
 
     def capabilities(self, model: str) -> Capabilities:
         """The model's row; permissive for an unknown model (`check` then says what to add)."""
-        row = self._models.get(model, ModelRow())
-        return Capabilities(
-            sizes=row.sizes,
-            seconds=row.seconds,
-            max_seconds=row.max_seconds,
-            image=row.image,
-            seed=False,
-            negative_prompt=False,  # no such field: `avoid` stays in the compiled text
-            remix=True,
-        )
+        return self._models.get(model, NEW_ROW)
 
     def price_per_second(self, model: str, width: int, height: int) -> float:
         """USD per second of video; sora-2-pro costs more above 720p."""
         row = self._models.get(model)
-        if row is None or row.price_per_second is None:
-            return 0.0
-        if width * height > HD_AREA and row.price_per_second_hd is not None:
-            return row.price_per_second_hd
-        return row.price_per_second
+        return (row.price(width, height) if row else None) or 0.0
 
     def check(self, shot: ShotRequest) -> str | None:
         """What this backend cannot render about the shot, in words; None when it can."""
-        row = self._models.get(shot.model)
-        add_row = (
-            f'add a row to {TABLE}, e.g. models = {{ "{shot.model}" = {{ sizes = ["1280x720"], '
-            "seconds = [5, 10], price_per_second = 0.2 } }"
-        )
         if self._official_endpoint():
             return (
                 f"it would send to api.openai.com. {SHUTDOWN} (a gateway that serves {shot.model})"
             )
-        if row is None:
-            return f"model {shot.model!r} is not in the openai backend's table; {add_row}"
-        if row.price_per_second is None:
-            return f"model {shot.model!r} has no price_per_second; {add_row}"
-        size = f"{shot.width}x{shot.height}"
-        if row.sizes and size not in row.sizes:
-            return f"size {size} is not supported by {shot.model}; allowed: {', '.join(row.sizes)}"
-        if row.seconds and shot.seconds not in row.seconds:
-            allowed = ", ".join(f"{s:g}" for s in row.seconds)
-            return f"seconds {shot.seconds:g} is not supported by {shot.model}; allowed: {allowed}"
-        if not 0 < shot.seconds <= row.max_seconds:
-            return f"seconds {shot.seconds:g} is not in (0, {row.max_seconds:g}] for {shot.model}"
-        if shot.image is not None and not row.image:
-            return f"{shot.model} takes no image reference"
-        return None
+        missing = model_table.missing(self.name, shot.model, self._models, TABLE)
+        return missing or model_table.words(shot, self._models[shot.model], self.name)
 
     def credentials_problem(self) -> str | None:
         if self._api_key or os.environ.get(self._api_key_env):
@@ -205,7 +162,7 @@ class OpenAIBackend:
                 fit_image(shot.image, shot.width, shot.height),
                 "image/png",
             )
-        video = self._call(lambda: client.videos.create(**kwargs), creating=True)
+        video = self._call(lambda: client.videos.create(**kwargs), stage="create")
         with self._lock:
             self._claimed.add(video.id)
         return video.id
@@ -214,7 +171,7 @@ class OpenAIBackend:
         """Send exactly one remix of an earlier job (POST /v1/videos/{id}/remix)."""
         client = self._get_client()
         video = self._call(
-            lambda: client.videos.remix(source_job_id, prompt=shot.prompt), creating=True
+            lambda: client.videos.remix(source_job_id, prompt=shot.prompt), stage="create"
         )
         with self._lock:
             self._claimed.add(video.id)
@@ -248,7 +205,7 @@ class OpenAIBackend:
                     return
                 page = page.get_next_page()
 
-        self._call(scan)
+        self._call(scan, stage="list")
         if found is not None:
             with self._lock:
                 self._claimed.add(found)
@@ -257,8 +214,10 @@ class OpenAIBackend:
     def poll(self, job_id: str) -> JobStatus:
         """The job's state; `poll_after` follows the server's `openai-poll-after-ms` header."""
         client = self._get_client()
-        raw = self._call(lambda: client.videos.with_raw_response.retrieve(job_id), job=job_id)
-        video: Video = self._call(raw.parse, job=job_id)
+        raw = self._call(
+            lambda: client.videos.with_raw_response.retrieve(job_id), job=job_id, stage="job"
+        )
+        video: Video = self._call(raw.parse, job=job_id, stage="job")
         poll_after: float | None = None
         header = raw.headers.get("openai-poll-after-ms")
         if header is not None:
@@ -290,10 +249,8 @@ class OpenAIBackend:
         import openai
 
         client = self._get_client()
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
 
-        def fetch(offset: int) -> bool:
+        def fetch(part: Path, offset: int) -> bool:
             """Write the body to part from offset; False when the server did not resume there."""
             headers = {"Range": f"bytes={offset}-"} if offset else None
             try:
@@ -319,24 +276,16 @@ class OpenAIBackend:
                 raise
             return True
 
-        def fetch_rest() -> None:
+        def fetch_rest(part: Path) -> None:
             offset = part.stat().st_size if part.is_file() else 0
-            if fetch(offset):
+            if fetch(part, offset):
                 return
             part.unlink(missing_ok=True)
-            if not fetch(0):
+            if not fetch(part, 0):
                 raise Transient(f"job {job_id}: the server sent a range that was not asked for")
 
-        keep = False
-        try:
-            self._call(fetch_rest, job=job_id, downloading=True)
-            os.replace(part, dest)
-        except (Transient, RateLimited):
-            keep = True  # cut short, or never started: the next call resumes
-            raise
-        finally:
-            if not keep:
-                part.unlink(missing_ok=True)
+        with policy.part_file(dest, resumable=True) as part:
+            self._call(lambda: fetch_rest(part), job=job_id, stage="download")
 
     def _official_endpoint(self) -> bool:
         """Whether requests would go to OpenAI's own API, whose Videos endpoints are gone."""
@@ -388,17 +337,9 @@ class OpenAIBackend:
 
     def _scrub(self, text: str) -> str:
         """text without the API key, whatever the provider echoed."""
-        secret = self._secret
-        return text.replace(secret, "***") if len(secret) >= 4 else text
+        return policy.scrub(text, self._secret)
 
-    def _call(
-        self,
-        fn: Callable[[], _T],
-        *,
-        job: str | None = None,
-        creating: bool = False,
-        downloading: bool = False,
-    ) -> _T:
+    def _call(self, fn: Callable[[], _T], *, stage: policy.Stage, job: str | None = None) -> _T:
         """Run one SDK call with its DeprecationWarning silenced and its errors classified."""
         import openai
 
@@ -406,55 +347,42 @@ class OpenAIBackend:
             with _quiet_sdk():
                 return fn()
         except openai.APIStatusError as exc:
-            raise self._status_error(exc, job, creating, downloading) from None
+            raise self._status_error(exc, stage, job) from None
         except openai.APIConnectionError as exc:
             raise self._transport_error(exc, exc.__cause__ or exc.__context__) from None
         except openai.OpenAIError as exc:
             raise Transient(self._scrub(f"openai SDK error: {exc}"), sent=True) from None
         except Exception as exc:
             # httpx2 errors raised while streaming a body, outside the SDK's own wrapping.
-            import httpx2
-
-            if isinstance(exc, httpx2.TransportError):
+            if policy.transport_sent(exc) is not None:
                 raise self._transport_error(exc, exc) from None
             raise
 
     def _transport_error(self, exc: Exception, cause: BaseException | None) -> Transient:
         """A timeout or a dropped or refused connection; `sent` False only when it never left."""
-        import httpx2
-
-        never_left = isinstance(cause, httpx2.ConnectError | httpx2.ConnectTimeout)
-        never_left |= isinstance(cause, httpx2.PoolTimeout)
         detail = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
         where = self._base_url or os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
-        return Transient(
-            self._scrub(f"connection to {where} failed ({detail})"), sent=not never_left
-        )
+        sent = policy.transport_sent(cause) is not False
+        return Transient(self._scrub(f"connection to {where} failed ({detail})"), sent=sent)
 
-    def _status_error(
-        self, exc: Any, job: str | None, creating: bool, downloading: bool
-    ) -> BackendError:
-        """Classify an HTTP error answer: 429, refusals, unknown models, expiry, 5xx."""
+    def _status_error(self, exc: Any, stage: policy.Stage, job: str | None) -> BackendError:
+        """An HTTP error answer: an unknown model names the shutdown; the rest is policy."""
         status: int = exc.status_code
-        message = self._scrub(_provider_message(exc))
         request_id = exc.request_id
         suffix = f" (HTTP {status}" + (f", request {request_id})" if request_id else ")")
+        message = self._scrub(_provider_message(exc)) + suffix
         code = str(exc.code or "")
-        if status == 429 and code == "insufficient_quota":  # billing, not pace: waiting won't help
-            return Refused(f"{message}{suffix}; check the account's quota and billing")
-        if status == 429:
-            return RateLimited(f"rate limited: {message}{suffix}", _retry_after(exc.response))
-        if status >= 500 or status == 408:
-            return Transient(f"server error: {message}{suffix}", sent=True)
-        if downloading and (status in (404, 410) or "expire" in message.lower()):
-            return Expired(f"job {job}: {message}{suffix}")
-        if status in (401, 403) and "model" not in message.lower():
-            return Refused(f"{message}{suffix}; check {self._api_key_env} (or api_key in {TABLE})")
-        if code == "model_not_found" or (creating and status in (404, 410)):
-            return Refused(f"{message}{suffix}. {SHUTDOWN}")
-        if status == 404 and job is not None:
-            return Expired(f"the provider no longer has job {job}: {message}{suffix}")
-        return Refused(f"{message}{suffix}")
+        if code == "model_not_found" or (stage == "create" and status in (404, 410)):
+            return Refused(f"{message}. {SHUTDOWN}")
+        return policy.from_status(
+            status,
+            message,
+            stage=stage,
+            code=code,
+            retry_after=policy.retry_after(exc.response.headers),
+            job=job,
+            credentials=f"check {self._api_key_env} (or api_key in {TABLE})",
+        )
 
 
 def fit_image(path: Path, width: int, height: int) -> bytes:
@@ -552,97 +480,12 @@ def _provider_message(exc: Any) -> str:
     return str(getattr(exc, "message", "") or exc)
 
 
-def _retry_after(response: Any) -> float | None:
-    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date); else None."""
-    headers = response.headers
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - time.time()
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def _reject_unknown(table: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, allowed, n=1)
-            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise UserError(
-                f"{where}: unknown key {key!r}{did_you_mean} (allowed: {', '.join(allowed)})"
-            )
-
-
 def _optional_str(config: Mapping[str, Any], key: str) -> str | None:
     value = config.get(key)
     if value is None or (isinstance(value, str) and value):
         return value
     # Never echo the value: it may be a key.
     raise UserError(f"{TABLE} {key}: expected a non-empty string")
-
-
-def _model_row(model: str, row: Any, base: ModelRow) -> ModelRow:
-    """A `models` row from the pyproject table, over the built-in row of the same model."""
-    where = f"{TABLE} models.{model}"
-    if not isinstance(row, Mapping):
-        raise UserError(f"{where}: expected a table, e.g. {{ sizes = [...], seconds = [...] }}")
-    _reject_unknown(row, MODEL_KEYS, where)
-
-    def number(key: str) -> float | None:
-        value = row.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise UserError(f"{where}.{key}: expected a number >= 0, got {value!r}")
-        return float(value)
-
-    sizes = row.get("sizes", base.sizes)
-    if not isinstance(sizes, list | tuple) or not all(_is_size(s) for s in sizes):
-        raise UserError(f'{where}.sizes: expected a list like ["1280x720"], got {sizes!r}')
-    seconds = row.get("seconds", base.seconds)
-    if not isinstance(seconds, list | tuple) or not all(
-        isinstance(s, int | float) and not isinstance(s, bool) and s > 0 for s in seconds
-    ):
-        raise UserError(f"{where}.seconds: expected a list like [5, 10], got {seconds!r}")
-    image = row.get("image", base.image)
-    if not isinstance(image, bool):
-        raise UserError(f"{where}.image: expected true or false, got {image!r}")
-    max_seconds = number("max_seconds")
-    if max_seconds is None:
-        max_seconds = max(seconds) if seconds and "seconds" in row else base.max_seconds
-    price = number("price_per_second")
-    price_hd = number("price_per_second_hd")
-    return ModelRow(
-        sizes=tuple(str(s) for s in sizes),
-        seconds=tuple(float(s) for s in seconds),
-        max_seconds=float(max_seconds),
-        image=image,
-        price_per_second=base.price_per_second if price is None else price,
-        price_per_second_hd=(
-            (base.price_per_second_hd if price is None else None) if price_hd is None else price_hd
-        ),
-    )
-
-
-def _is_size(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
-    w, sep, h = value.partition("x")
-    return bool(sep) and w.isdigit() and h.isdigit()
 
 
 __all__ = ["OpenAIBackend", "fit_image"]

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from runner.backends.base import Capabilities, JobStatus, ShotRequest
 from runner.errors import NodeFailed
+from runner.film import model_table
+from runner.film.model_table import ModelRow
 from runner.media import ffmpeg
 
 if TYPE_CHECKING:
@@ -36,6 +38,18 @@ FONT_NAME = "previz-aileron.ttf"
 RECIPE_VERSION = 1
 """Bumped when the look of a previz clip changes, so cached clips re-render."""
 
+# Any even size from 64 to 3840 (see `check`), any length up to 60 s, free. It takes all a
+# hosted model might (references, remix), so a film meant for Veo or a gateway previews
+# offline; like Sora, `avoid` goes into the text, so the card shows it.
+ROW = ModelRow(
+    max_seconds=MAX_SECONDS,
+    price_per_second=0.0,
+    image=True,
+    reference_images=3,
+    remix=True,
+    seed=True,
+)
+
 
 class PrevizBackend:
     """Renders shot cards locally with Pillow and ffmpeg; synchronous, $0."""
@@ -48,17 +62,7 @@ class PrevizBackend:
         self.workdir = workdir  # previz takes no configuration
 
     def capabilities(self, model: str) -> Capabilities:
-        """Any even size from 64 to 3840, any length up to 60 s (see `check` for the bounds)."""
-        return Capabilities(
-            sizes=(),
-            seconds=(),
-            max_seconds=MAX_SECONDS,
-            image=True,
-            seed=True,
-            negative_prompt=False,  # like Sora: `avoid` goes into the text, so previz shows it
-            remix=True,
-            reference_images=3,  # accepted, so a film meant for Veo previews offline
-        )
+        return ROW
 
     def credentials_problem(self) -> str | None:
         return None  # offline: nothing to reach
@@ -68,8 +72,9 @@ class PrevizBackend:
         for side, value in (("width", shot.width), ("height", shot.height)):
             if not MIN_SIDE <= value <= MAX_SIDE or value % 2:
                 return f"{side} {value} is not an even number from {MIN_SIDE} to {MAX_SIDE}"
-        if not 0 < shot.seconds <= MAX_SECONDS:
-            return f"seconds {shot.seconds:g} is not in (0, {MAX_SECONDS:g}]"
+        problem = model_table.words(shot, ROW, self.name)
+        if problem is not None:
+            return problem
         if not 1 <= shot.fps <= MAX_FPS:
             return f"fps {shot.fps} is not from 1 to {MAX_FPS}"
         if round(shot.seconds * shot.fps) < 1:
@@ -77,8 +82,7 @@ class PrevizBackend:
         return None
 
     def price_per_second(self, model: str, width: int, height: int) -> float:
-        """Previz is free."""
-        return 0.0
+        return ROW.price(width, height) or 0.0
 
     def request(self, shot: ShotRequest) -> dict[str, Any]:
         """Everything that changes the clip's bytes, except the image (hashed by the caller)."""

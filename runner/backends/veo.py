@@ -15,7 +15,6 @@ the constructor); with only an API key it uses Vertex AI express mode (`x-goog-a
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import threading
@@ -23,21 +22,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.backends.base import (
-    Capabilities,
-    Expired,
-    JobStatus,
-    RateLimited,
-    Refused,
-    ShotRequest,
-    Transient,
-)
-from runner.errors import UserError
+from runner.backends import policy
+from runner.backends.base import Capabilities, Expired, JobStatus, Refused, ShotRequest, Transient
+from runner.film import model_table
+from runner.film.model_table import ModelRow
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -58,13 +50,11 @@ SIZES: dict[str, tuple[str, str]] = {
 
 HD_SIZES = ("1280x720", "1920x1080", "720x1280", "1080x1920")
 DEFAULT_LOCATION = "us-central1"  # where Google's Veo examples run; "global" may lack Veo
+TABLE = "[tool.runner.backends.veo]"
 CONFIG_KEYS = frozenset(
     {"base_url", "project", "location", "api_key", "models", "timeout", "poll_seconds",
      "storage_url"}
 )  # fmt: skip
-MODEL_KEYS = frozenset(
-    {"sizes", "seconds", "image", "audio", "price", "prices", "reference_images"}
-)
 NO_CREDENTIALS = (
     "veo needs a Google Cloud project or a Vertex AI API key: set GOOGLE_CLOUD_PROJECT "
     "(and GOOGLE_CLOUD_LOCATION, default us-central1) with Application Default "
@@ -76,44 +66,32 @@ KEY_VARS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # where google-genai looks for 
 CLOUD_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
-MAX_REFERENCES = 3  # Veo 3.1 takes up to three asset reference images
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One row of the capability and price table."""
-
-    sizes: tuple[str, ...] = HD_SIZES
-    seconds: tuple[float, ...] = (4.0, 6.0, 8.0)
-    image: bool = True  # first-frame image to video
-    audio: bool = True  # sends generateAudio=true; the price below includes it
-    price: float = 0.40  # USD per second of video
-    prices: tuple[tuple[str, float], ...] = ()  # per resolution ("4k", 0.60), overrides price
-    reference_images: bool = False  # takes up to MAX_REFERENCES "asset" reference images
-
-
-MODELS: dict[str, ModelSpec] = {
-    # Vertex AI model pages (Veo 3 / 3.1): 16:9 and 9:16, 720p and 1080p, 4, 6 or 8 s at 24 fps.
-    # Vertex AI pricing, video with audio: $0.40/s for Veo 3 and 3.1, $0.15/s for the Fast
-    # variants; 3.1 at 4K: $0.60/s ($0.35/s Fast).
-    "veo-3.1-generate-preview": ModelSpec(
-        sizes=(*HD_SIZES, "3840x2160", "2160x3840"),
-        prices=(("4k", 0.60),),
-        reference_images=True,
+# A new model's row: Veo takes a seed (uint32) and a negative prompt, and renders with audio
+# (generateAudio, included in the price) unless its row says `audio = false`.
+NEW_ROW = ModelRow(
+    sizes=HD_SIZES,
+    seconds=(4.0, 6.0, 8.0),
+    audio=True,
+    seed=True,
+    max_seed=0xFFFFFFFF,
+    negative_prompt=True,
+)
+FIXED = {"remix": False, "extend": False, "last_frame": False}  # not sent (yet)
+_UHD = {"sizes": (*HD_SIZES, "3840x2160", "2160x3840")}
+# Vertex AI model pages (Veo 3 / 3.1): 16:9 and 9:16, 720p and 1080p, 4, 6 or 8 s at 24 fps;
+# 3.1 takes up to three asset reference images. Vertex AI pricing, video with audio: $0.40/s
+# for Veo 3 and 3.1, $0.15/s for the Fast variants; 3.1 at 4K: $0.60/s ($0.35/s Fast).
+_31 = _UHD | {"price_per_second": 0.40, "prices": {"4k": 0.60}, "reference_images": 3}
+_31_FAST = _UHD | {"price_per_second": 0.15, "prices": {"4k": 0.35}}
+MODELS: dict[str, ModelRow] = {
+    "veo-3.1-generate-preview": NEW_ROW.model_copy(update=_31),
+    "veo-3.1-generate-001": NEW_ROW.model_copy(update=_31),
+    "veo-3.1-fast-generate-preview": NEW_ROW.model_copy(update=_31_FAST),
+    "veo-3.1-fast-generate-001": NEW_ROW.model_copy(update=_31_FAST),
+    "veo-3.0-generate-001": NEW_ROW.model_copy(update={"price_per_second": 0.40}),
+    "veo-3.0-fast-generate-001": NEW_ROW.model_copy(
+        update={"price_per_second": 0.15, "image": False}
     ),
-    "veo-3.1-generate-001": ModelSpec(
-        sizes=(*HD_SIZES, "3840x2160", "2160x3840"),
-        prices=(("4k", 0.60),),
-        reference_images=True,
-    ),
-    "veo-3.1-fast-generate-preview": ModelSpec(
-        sizes=(*HD_SIZES, "3840x2160", "2160x3840"), price=0.15, prices=(("4k", 0.35),)
-    ),
-    "veo-3.1-fast-generate-001": ModelSpec(
-        sizes=(*HD_SIZES, "3840x2160", "2160x3840"), price=0.15, prices=(("4k", 0.35),)
-    ),
-    "veo-3.0-generate-001": ModelSpec(),
-    "veo-3.0-fast-generate-001": ModelSpec(price=0.15, image=False),
 }
 
 
@@ -135,15 +113,11 @@ class VeoBackend:
         for embedding, and for loopback tests with a static bearer token."""
         self.workdir = workdir
         cfg = dict(config or {})
-        unknown = sorted(set(cfg) - CONFIG_KEYS)
-        if unknown:
-            raise UserError(
-                f"[tool.runner.backends.veo]: unknown key(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(CONFIG_KEYS))}"
-            )
+        model_table.reject_unknown(cfg, CONFIG_KEYS, TABLE)
         self._config = cfg
         self._credentials = credentials
-        self.models = _model_table(cfg.get("models") or {})
+        models = cfg.get("models", {})
+        self.models = model_table.load(TABLE, models, MODELS, NEW_ROW, sizes=SIZES, fixed=FIXED)
         self.poll_seconds = float(cfg.get("poll_seconds", 5.0))
         self.timeout = float(cfg.get("timeout", 120.0))
         self._lock = threading.Lock()
@@ -153,27 +127,13 @@ class VeoBackend:
     # -- capabilities and prices -------------------------------------------------------
 
     def capabilities(self, model: str) -> Capabilities:
-        """The model's row as the planner sees it; an unknown model gets an empty size list."""
-        spec = self.models.get(model)
-        if spec is None:
-            return Capabilities(sizes=(), seconds=(), max_seconds=0.0, image=False)
-        return Capabilities(
-            sizes=spec.sizes,
-            seconds=spec.seconds,
-            max_seconds=max(spec.seconds, default=0.0),
-            image=spec.image,
-            seed=True,
-            negative_prompt=True,
-            reference_images=MAX_REFERENCES if spec.reference_images else 0,
-        )
+        """The model's row; a new model's for an unknown one (`check` then says what to add)."""
+        return self.models.get(model, NEW_ROW)
 
     def price_per_second(self, model: str, width: int, height: int) -> float:
         """USD per second from the price table (per resolution where the row has one)."""
-        spec = self.models.get(model)
-        if spec is None:
-            return 0.0
-        resolution = SIZES.get(f"{width}x{height}", ("", ""))[1]
-        return dict(spec.prices).get(resolution, spec.price)
+        row = self.models.get(model)
+        return (row.price(width, height) if row else None) or 0.0
 
     def credentials_problem(self) -> str | None:
         cfg = self._config
@@ -183,28 +143,13 @@ class VeoBackend:
 
     def check(self, shot: ShotRequest) -> str | None:
         """What Veo cannot render about this shot, in words; None when it can."""
-        spec = self.models.get(shot.model)
-        if spec is None:
-            return (
-                f"unknown veo model {shot.model!r} (known: {', '.join(sorted(self.models))}; "
-                "add a row under [tool.runner.backends.veo.models])"
-            )
-        size = f"{shot.width}x{shot.height}"
-        if size not in spec.sizes:
-            return f"size {size} is not one of {', '.join(spec.sizes)} for {shot.model}"
-        if shot.seconds not in spec.seconds:
-            allowed = ", ".join(f"{s:g}" for s in spec.seconds)
-            return f"seconds {shot.seconds:g} is not one of {allowed} for {shot.model}"
-        if shot.image is not None and not spec.image:
-            return f"{shot.model} does not take a first-frame image"
-        if shot.seed is not None and not 0 <= shot.seed <= 0xFFFFFFFF:
-            return f"seed {shot.seed} is not from 0 to 4294967295"
-        return None
+        missing = model_table.missing(self.name, shot.model, self.models, TABLE)
+        return missing or model_table.words(shot, self.models[shot.model], self.name)
 
     def request(self, shot: ShotRequest) -> dict[str, Any]:
         """Everything sent that changes the video (the image's digest is hashed by the caller)."""
         aspect, resolution = SIZES.get(f"{shot.width}x{shot.height}", ("", ""))
-        spec = self.models.get(shot.model, ModelSpec())
+        row = self.models.get(shot.model, NEW_ROW)
         return {
             "backend": self.name,
             "version": RECIPE_VERSION,
@@ -215,7 +160,7 @@ class VeoBackend:
             "aspect_ratio": aspect,
             "resolution": resolution,
             "seed": shot.seed,
-            "audio": spec.audio,
+            "audio": row.audio,
             "take": shot.take,  # takes of one request are separate renders
         }
 
@@ -229,7 +174,7 @@ class VeoBackend:
         from google.genai import types
 
         aspect, resolution = SIZES[f"{shot.width}x{shot.height}"]
-        spec = self.models[shot.model]
+        row = self.models[shot.model]
         config = types.GenerateVideosConfig(
             number_of_videos=1,
             duration_seconds=round(shot.seconds),
@@ -237,7 +182,7 @@ class VeoBackend:
             resolution=resolution,
             negative_prompt=_negative_prompt(shot),
             seed=shot.seed,
-            generate_audio=True if spec.audio else None,
+            generate_audio=True if row.audio else None,
             reference_images=[
                 types.VideoGenerationReferenceImage(
                     image=_image(types, path),
@@ -255,7 +200,7 @@ class VeoBackend:
                 model=shot.model, source=source, config=config
             )
         except Exception as exc:
-            raise self._classify(exc, creating=True) from None
+            raise self._classify(exc, stage="create") from None
         if not operation.name:
             raise Transient("veo answered the create without an operation name", sent=True)
         return operation.name
@@ -295,18 +240,13 @@ class VeoBackend:
         if not videos:
             raise Expired(f"veo job {job_id} has no video: {_filtered_reason(result)}")
         video = videos[0]
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
-        try:
+        with policy.part_file(dest) as part:
             if video.video_bytes:
                 part.write_bytes(video.video_bytes)
             elif video.uri:
-                self._fetch(video.uri, part)
+                self._fetch(video.uri, part, job_id)
             else:
                 raise Expired(f"veo job {job_id}: the video has neither bytes nor a URI")
-            os.replace(part, dest)
-        finally:
-            part.unlink(missing_ok=True)
 
     # -- the client ---------------------------------------------------------------------
 
@@ -358,29 +298,27 @@ class VeoBackend:
                 types.GenerateVideosOperation.model_validate({"name": job_id})
             )
         except Exception as exc:
-            raise self._classify(exc, creating=False, job_id=job_id) from None
+            raise self._classify(exc, stage="job", job_id=job_id) from None
 
-    def _classify(self, exc: Exception, *, creating: bool, job_id: str = "") -> Exception:
-        """An SDK or transport failure as the runner's error classes.
-
-        A create: 429 -> RateLimited, other 4xx -> Refused, 5xx and network -> Transient.
-        A poll or download (the job lives on): 404 -> Expired, other 4xx -> Transient, so the
-        journaled job is retried and never dropped over a credentials hiccup.
-        """
+    def _classify(self, exc: Exception, *, stage: policy.Stage, job_id: str = "") -> Exception:
+        """An SDK, transport or google-auth failure as the runner's error classes."""
         from google.genai import errors
 
         if isinstance(exc, errors.APIError):
-            code = int(exc.code or 0)
             status = str(exc.status or "")
-            message = self._scrub(f"{code} {status}: {exc.message or exc.details}")
-            if code == 429 or status == "RESOURCE_EXHAUSTED":
-                return RateLimited(f"veo rate limit: {message}", _retry_after(exc))
-            if not creating and code in (404, 410):
-                return Expired(f"veo no longer has job {job_id}: {message}")
-            if 400 <= code < 500 and code != 408:
-                return Refused(message) if creating else Transient(message)
-            return Transient(f"veo error: {message}", sent=True)
-        sent = _maybe_sent(exc)
+            message = self._scrub(f"{exc.code} {status}: {exc.message or exc.details}")
+            headers = getattr(getattr(exc, "response", None), "headers", None)
+            wait = policy.retry_after(headers)
+            return policy.from_status(
+                int(exc.code or 0),
+                f"veo: {message}",
+                stage=stage,
+                code=status,
+                retry_after=_retry_info(exc.details) if wait is None else wait,
+                job=job_id,
+                credentials=f"check the project's credentials or api_key in {TABLE}",
+            )
+        sent = policy.transport_sent(exc)
         if sent is not None:
             kind = type(exc).__name__
             return Transient(self._scrub(f"veo connection failed ({kind}): {exc}"), sent=sent)
@@ -392,13 +330,10 @@ class VeoBackend:
 
     def _scrub(self, text: str) -> str:
         """`text` with the API key replaced: keys never reach a message, log or record."""
-        secrets = (self._secret, self._config.get("api_key"), *map(os.environ.get, KEY_VARS))
-        for secret in secrets:
-            if secret:
-                text = text.replace(str(secret).strip(), "***")
-        return text
+        key = self._config.get("api_key")
+        return policy.scrub(text, self._secret, str(key or ""), *map(os.environ.get, KEY_VARS))
 
-    def _fetch(self, uri: str, dest: Path) -> None:
+    def _fetch(self, uri: str, dest: Path, job_id: str) -> None:
         """Stream a video URI (gs:// through the Cloud Storage JSON API) into dest."""
         url = uri
         headers: dict[str, str] = {}
@@ -423,11 +358,12 @@ class VeoBackend:
             if expected is not None and written != int(expected):
                 raise Transient(f"veo video download cut short: {written} of {expected} bytes")
         except urllib.error.HTTPError as exc:
-            if exc.code in (404, 410):
-                raise Expired(f"veo video {uri} is gone ({exc.code})") from None
-            if exc.code == 429:
-                raise RateLimited(f"veo video download rate-limited ({exc.code})") from None
-            raise Transient(f"veo video download failed: {exc.code} {exc.reason}") from None
+            message = f"veo video {uri}: {exc.code} {exc.reason}"
+            wait = policy.retry_after(exc.headers)
+            error = policy.from_status(
+                exc.code, message, stage="download", retry_after=wait, job=job_id
+            )
+            raise error from None
         except (urllib.error.URLError, HTTPException, OSError) as exc:
             raise Transient(f"veo video download failed: {exc}") from None
 
@@ -447,43 +383,6 @@ class VeoBackend:
                 raise Transient(f"cannot refresh Google credentials: {exc}") from None
         token = credentials.token
         return str(token) if token else None
-
-
-def _model_table(overrides: Mapping[str, Any]) -> dict[str, ModelSpec]:
-    """The built-in model rows with [tool.runner.backends.veo.models] merged over them."""
-    table = dict(MODELS)
-    for model, row in overrides.items():
-        where = f"[tool.runner.backends.veo.models.{model!r}]"
-        if not isinstance(row, Mapping):
-            raise UserError(f"{where}: expected a table of {', '.join(sorted(MODEL_KEYS))}")
-        unknown = sorted(set(row) - MODEL_KEYS)
-        if unknown:
-            raise UserError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        spec = table.get(model, ModelSpec())
-        try:
-            if "sizes" in row:
-                bad = [s for s in row["sizes"] if s not in SIZES]
-                if bad:
-                    raise UserError(f"{where}: sizes {bad} not among {', '.join(SIZES)}")
-                spec = replace(spec, sizes=tuple(str(s) for s in row["sizes"]))
-            if "seconds" in row:
-                spec = replace(spec, seconds=tuple(float(s) for s in row["seconds"]))
-            if "prices" in row:
-                spec = replace(
-                    spec, prices=tuple((str(k), float(v)) for k, v in row["prices"].items())
-                )
-            if "image" in row:
-                spec = replace(spec, image=bool(row["image"]))
-            if "audio" in row:
-                spec = replace(spec, audio=bool(row["audio"]))
-            if "reference_images" in row:
-                spec = replace(spec, reference_images=bool(row["reference_images"]))
-            if "price" in row:
-                spec = replace(spec, price=float(row["price"]))
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise UserError(f"{where}: {exc}") from None
-        table[model] = spec
-    return table
 
 
 def _negative_prompt(shot: ShotRequest) -> str | None:
@@ -544,40 +443,14 @@ def _filtered_reason(result: Any) -> str:
     return "the operation finished without a video"
 
 
-def _retry_after(exc: Any) -> float | None:
-    """Seconds to wait from a Retry-After header or a google.rpc.RetryInfo detail."""
-    headers = getattr(getattr(exc, "response", None), "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-    details = exc.details.get("error", exc.details) if isinstance(exc.details, dict) else {}
-    for detail in details.get("details") or []:
+def _retry_info(details: Any) -> float | None:
+    """Seconds to wait from a google.rpc.RetryInfo detail of a 429 (`"retryDelay": "7s"`)."""
+    error = details.get("error", details) if isinstance(details, dict) else {}
+    for detail in error.get("details") or []:
         delay = detail.get("retryDelay") if isinstance(detail, dict) else None
         match = re.fullmatch(r"([\d.]+)s", str(delay or ""))
         if match:
             return float(match.group(1))
-    return None
-
-
-def _maybe_sent(exc: Exception) -> bool | None:
-    """For an HTTP transport error: may the request have reached the server? None when `exc`
-    is no transport error. A refused or timed-out connection certainly sent nothing."""
-    for name in ("httpx2", "httpx"):
-        try:
-            http = importlib.import_module(name)
-        except ImportError:
-            continue
-        if isinstance(exc, http.ConnectError | http.ConnectTimeout | http.PoolTimeout):
-            return False
-        if isinstance(exc, http.TransportError):
-            return True
-    if isinstance(exc, ConnectionRefusedError):
-        return False
-    if isinstance(exc, TimeoutError | ConnectionError):
-        return True
     return None
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
-from runner.film import compose
+from runner.film import compose, model_table
 from runner.film.graph import RECIPE_VERSION, Graph, Node, toposort
 from runner.film.manifest import FrameRef, Manifest, parse_size
-from runner.film.request import Capabilities, Catalog, Models, ShotRequest
+from runner.film.request import Catalog, Models, ShotRequest
 
 
 def take_ids(manifest: Manifest, shot_id: str) -> list[str]:
@@ -54,7 +54,6 @@ def build(
         backend = _backend(backends, settings.backend, f"{source}: shots.{shot_id}.backend")
         model = settings.model or backend.default_model
         caps = backend.capabilities(model)
-        _check_caps(source, shot_id, settings, model, caps)
         prompt = compose.compile_prompt(manifest, shot_id, negative_prompt=caps.negative_prompt)
         inputs: dict[str, str] = {}
         if isinstance(shot.image, FrameRef):
@@ -75,15 +74,8 @@ def build(
             inputs["image"] = shot.image
         for i, ref in enumerate(shot.references):
             inputs[f"ref{i}"] = ref
-        if len(shot.references) > caps.reference_images:
-            raise UserError(
-                f"{source}: shots.{shot_id}.references: {settings.backend} model {model} takes "
-                f"{caps.reference_images or 'no'} reference images; "
-                f"this shot gives {len(shot.references)}"
-            )
         if shot.remix is not None:
             inputs["remix"] = picked(manifest, shot.remix.shot)
-            _check_remix(manifest, source, shot_id, shot.remix.shot, settings, caps, profile)
         after = [t for need in shot.needs for t in take_ids(manifest, need)]
         for take, nid in enumerate(take_ids(manifest, shot_id), start=1):
             fields: dict[str, Any] = {
@@ -100,17 +92,15 @@ def build(
                 "seed": settings.seed,
                 "remix_of": shot.remix.shot if shot.remix else None,
             }
-            # A stand-in path says "this shot has an image" to the capability check; the real
-            # file is known only once its upstream (an asset or a frame) is made.
+            # Stand-in paths say "this shot has an image, these references" to the checks; the
+            # real files are known only once their upstreams (assets, frames) are made.
             has_image = Path(inputs["image"]) if "image" in inputs else None
+            references = tuple(Path(ref) for ref in shot.references)
             request = ShotRequest(
-                **{**fields, "avoid": tuple(manifest.style.avoid), "image": has_image}
+                **{**fields, "avoid": tuple(manifest.style.avoid), "image": has_image},
+                references=references,
             )
-            problem = backend.check(request)
-            if problem is not None:
-                raise UserError(
-                    f"{source}: shots.{shot_id}: {settings.backend} cannot render it: {problem}"
-                )
+            _check(f"{source}: shots.{shot_id}", request, backend, settings.backend, caps)
             recipe = {
                 "kind": "shot",
                 "v": RECIPE_VERSION,
@@ -128,6 +118,8 @@ def build(
                 cost_usd=round(price * settings.seconds, 4),
                 shot=fields,
             )
+        if shot.remix is not None:
+            _check_remix(manifest, source, shot_id, shot.remix.shot, settings.backend, profile)
 
     nodes["edit"] = _edit_node(manifest, backends.media)
     for node in nodes.values():
@@ -151,27 +143,17 @@ def _backend(backends: Catalog, name: str, where: str) -> Models:
         raise UserError(f"{where}: unknown backend {name!r}; choose one of: {known}") from None
 
 
-def _check_caps(
-    source: str, shot_id: str, s: compose.ShotSettings, model: str, caps: Capabilities
+def _check(
+    where: str, request: ShotRequest, backend: Models, name: str, row: model_table.ModelRow
 ) -> None:
-    where = f"{source}: shots.{shot_id}"
-    size = f"{s.width}x{s.height}"
-    if caps.sizes and size not in caps.sizes:
-        raise UserError(
-            f"{where}.size: {size} is not supported by {s.backend} model {model}; "
-            f"allowed: {', '.join(caps.sizes)}"
-        )
-    if caps.seconds and s.seconds not in caps.seconds:
-        allowed = ", ".join(f"{x:g}" for x in caps.seconds)
-        raise UserError(
-            f"{where}.seconds: {s.seconds:g} is not supported by {s.backend} model {model}; "
-            f"allowed: {allowed}"
-        )
-    if s.seconds > caps.max_seconds:
-        raise UserError(
-            f"{where}.seconds: {s.seconds:g} is longer than {s.backend} model {model} allows "
-            f"(at most {caps.max_seconds:g}); split the shot"
-        )
+    """The shot against the model's row (the one check, located at the shot's key), then what
+    only the backend knows (an unknown model, an endpoint that is gone, previz's bounds)."""
+    problem = backend.check(request)
+    located = model_table.check(request, row, name)
+    if located is not None and (problem is None or problem == str(located)):
+        raise UserError(located.at(where))
+    if problem is not None:
+        raise UserError(f"{where}: {name} cannot render it: {problem}")
 
 
 def _check_remix(
@@ -179,17 +161,14 @@ def _check_remix(
     source: str,
     shot_id: str,
     original: str,
-    settings: compose.ShotSettings,
-    caps: Capabilities,
+    backend: str,
     profile: str | None,
 ) -> None:
-    where = f"{source}: shots.{shot_id}.remix"
-    if not caps.remix:
-        raise UserError(f"{where}: backend {settings.backend} cannot remix a video")
-    if compose.resolve(manifest, original, profile).backend != settings.backend:
+    """A remix edits a job of the same provider: both shots must render on one backend."""
+    if compose.resolve(manifest, original, profile).backend != backend:
         raise UserError(
-            f"{where}: shot {original!r} renders on another backend; a remix edits a job "
-            f"of the same provider, so both shots need backend = {settings.backend!r}"
+            f"{source}: shots.{shot_id}.remix: shot {original!r} renders on another backend; a "
+            f"remix edits a job of the same provider, so both shots need backend = {backend!r}"
         )
 
 

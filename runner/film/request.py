@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from runner.film.model_table import ModelRow
+
 
 @dataclass(frozen=True)
 class ShotRequest:
@@ -28,18 +30,8 @@ class ShotRequest:
     references: tuple[Path, ...] = ()  # reference images (a character, an object, a look)
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What a model accepts; the planner rejects a shot asking for anything else."""
-
-    sizes: tuple[str, ...]  # "WxH"; empty means any size
-    seconds: tuple[float, ...]  # allowed lengths; empty means any length within max_seconds
-    max_seconds: float = 60.0
-    image: bool = True
-    seed: bool = True
-    negative_prompt: bool = False
-    remix: bool = False  # can edit an earlier job's video (`remix = { shot, prompt }`)
-    reference_images: int = 0  # how many reference images the model takes
+Capabilities = ModelRow
+"""What a model accepts (and costs): a row of the backend's model table."""
 
 
 class Models(Protocol):

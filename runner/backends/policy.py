@@ -1,0 +1,132 @@
+"""What every hosted backend decides the same way, whatever its protocol: which provider
+answers are refusals, pauses, retries or expiries; whether a create that failed may have
+reached the provider; how long a 429 asks us to wait; keys kept out of messages; and a
+download written beside its destination until it is whole.
+
+A backend turns its SDK's errors into a status, a code and a message and asks here.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from runner.backends.base import BackendError, Expired, RateLimited, Refused, Transient
+
+Stage = Literal["create", "job", "download", "list"]
+"""What the failed call was: a (paid) create, a poll of a job, a download of its video, or a
+listing of recent jobs."""
+
+QUOTA_CODES = frozenset({"insufficient_quota"})  # a 429 about billing: waiting will not help
+
+
+def from_status(
+    status: int,
+    message: str,
+    *,
+    stage: Stage,
+    code: str = "",
+    retry_after: float | None = None,
+    job: str | None = None,
+    credentials: str = "",
+) -> BackendError:
+    """An HTTP error answer as the runner's error classes.
+
+    `message` is the provider's own words (scrubbed); `credentials` says where the key is set,
+    added to a 401 or 403. After the create, a 404 or 410 means the job is gone (Expired);
+    the runner keeps a journaled job over any refusal, so a refused poll never drops it.
+    """
+    if status == 429 and code in QUOTA_CODES:
+        return Refused(f"{message}; check the account's quota and billing")
+    if status == 429 or code == "RESOURCE_EXHAUSTED":
+        return RateLimited(f"rate limited: {message}", retry_after)
+    if status == 408 or status >= 500:
+        return Transient(f"server error: {message}", sent=True)
+    gone = status in (404, 410) or (stage == "download" and "expire" in message.lower())
+    if stage in ("job", "download") and gone:
+        return Expired(f"the provider no longer has job {job}: {message}")
+    if status in (401, 403) and credentials and "model" not in message.lower():
+        return Refused(f"{message}; {credentials}")
+    return Refused(message)
+
+
+def transport_sent(exc: BaseException | None) -> bool | None:
+    """For a transport failure (httpx, httpx2, sockets): may the request have reached the
+    server? False only when it certainly did not (no connection was made); None when `exc`
+    is no transport failure."""
+    for name in ("httpx2", "httpx"):
+        try:
+            http = importlib.import_module(name)
+        except ImportError:
+            continue
+        if isinstance(exc, http.ConnectError | http.ConnectTimeout | http.PoolTimeout):
+            return False
+        if isinstance(exc, http.TransportError):
+            return True
+    if isinstance(exc, ConnectionRefusedError):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    return None
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds from `retry-after-ms` or `Retry-After` (seconds or an HTTP date); else None."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def scrub(text: str, *secrets: str | None) -> str:
+    """`text` with every secret replaced: keys never reach a message, log or record. Strings
+    too short to be a key are left alone, so a message is never mangled."""
+    for secret in secrets:
+        secret = (secret or "").strip()
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+@contextmanager
+def part_file(dest: Path, *, resumable: bool = False) -> Iterator[Path]:
+    """The `.part` file beside `dest` to write the video into; renamed onto `dest` when the
+    block ends. A failure removes it, except a transfer cut short (Transient, RateLimited) of
+    a `resumable` download: its next call asks for the rest."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        yield part
+        os.replace(part, dest)
+    except (Transient, RateLimited):
+        if not resumable:
+            part.unlink(missing_ok=True)
+        raise
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
