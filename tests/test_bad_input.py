@@ -160,7 +160,7 @@ def test_remix_on_a_backend_that_cannot(check: Check) -> None:
     veo = 'backend = "veo"\nsize = "1280x720"\nseconds = 4\n'
     bad = MINIMAL + f'[shots.green]\n{veo}scene = "Green."\n'
     bad += f'[shots.blue]\n{veo}remix = {{ shot = "green", prompt = "blue" }}\n'
-    check(bad, "shots.blue.remix: backend veo cannot remix a video")
+    check(bad, "shots.blue.remix: veo model veo-3.1-generate-preview cannot remix a video")
 
 
 # The real command line, in a child process: its exit code and a stderr with no traceback.
