@@ -24,7 +24,9 @@ def run(stream: io.StringIO) -> str:
         progress("start", "shots.a", "")
         progress("start", "shots.b", "")
         progress("done", "shots.a", "")
+        progress("paid", "shots.a", "0.8000")
         progress("failed", "shots.b", "moderation: refused")
+        progress("paid", "shots.b", "0.8000")  # refused after the create: still paid
     return stream.getvalue()
 
 
@@ -39,6 +41,6 @@ def test_plain_lines_when_not_a_terminal() -> None:
 def test_live_view_on_a_terminal_shows_state_counts_and_spend() -> None:
     text = run(Terminal())
     assert "rendering" in text and "shots.b" in text
-    assert "spend $0.80" in text
+    assert "spend $1.60" in text  # what the run paid, not what it finished
     assert "[2/2] FAILED  shots.b" in text
     assert "[bold]" not in text and "[yellow]" not in text  # markup rendered, not printed

@@ -50,6 +50,8 @@ class Progress:
         elif event == "retry":  # rate limited: the node waits for its pool to resume
             self.running.pop(node_id, None)
             self._print(f"rate limited: {node_id} waits ({detail})")
+        elif event == "paid":  # a create the provider accepted in this run
+            self.spend += float(detail)
         elif event == "stopping":  # a failure: no new creates; paid jobs are finished
             self._print(f"runner: {node_id} failed; {detail}")
         elif event == "throttled":  # node id is the pool; detail its new pace, said once
@@ -57,8 +59,6 @@ class Progress:
         else:
             started = self.running.pop(node_id, None)
             self.finished += 1
-            if event == "done":
-                self.spend += self.graph.nodes[node_id].cost_usd
             took = f" {time.monotonic() - started:.1f}s" if started is not None else ""
             line = f"[{self.finished}/{self.total}] {FINAL[event]:7} {node_id}{took}"
             if detail:

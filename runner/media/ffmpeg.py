@@ -62,9 +62,17 @@ def ffmpeg_exe() -> str:
     return str(imageio_ffmpeg.get_ffmpeg_exe())
 
 
-@cache
+_version_lock = threading.Lock()
+
+
 def ffmpeg_version() -> str:
     """The ffmpeg build's version string, e.g. "9.0.2-17-g2a571b6068-20260930"."""
+    with _version_lock:  # worker threads ask at once: run ffmpeg -version once, not per thread
+        return _ffmpeg_version()
+
+
+@cache
+def _ffmpeg_version() -> str:
     out = _capture([ffmpeg_exe(), "-hide_banner", "-version"])
     match = re.match(r"ffmpeg version n?(\S+)", out)
     if match is None:

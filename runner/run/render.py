@@ -134,7 +134,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
                 MonotonicClock(),
                 fresh=jobs.fresh,
                 keep_going=options.keep_going,
-                report=_stop_on_failure(locker.wrap(report), jobs, options.keep_going),
+                report=_money_events(locker.wrap(report), jobs, options.keep_going),
                 stop=jobs.stopping.is_set,
             )
         finally:
@@ -152,12 +152,15 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
     return RenderResult(plan, outcome, film, prov, round(spend, 4), interrupts.interrupted)
 
 
-def _stop_on_failure(report: Report, jobs: NodeJobs, keep_going: bool) -> Report:
-    """After a failure (without --keep-going), stop sending creates and say what is still
-    being finished: jobs a provider accepted are paid for and are downloaded and stored."""
+def _money_events(report: Report, jobs: NodeJobs, keep_going: bool) -> Report:
+    """Say what this run paid per node ("paid"), and after a failure (without --keep-going)
+    stop sending creates and say what is still being finished: jobs a provider accepted are
+    paid for, and are downloaded and stored."""
 
     def on_event(event: str, node_id: str, detail: str) -> None:
         report(event, node_id, detail)
+        if event in ("done", "failed") and jobs.spent.get(node_id):
+            report("paid", node_id, f"{jobs.spent[node_id]:.4f}")  # what this run paid
         if event == "failed" and not keep_going and not jobs.stopping.is_set():
             jobs.stop_sending()
             paid = jobs.paid_in_flight()
