@@ -108,6 +108,49 @@ def test_needs_naming_an_unknown_shot(check: Check) -> None:
     check(bad, "shots.sky.needs[0]: no shot named `rivr`", "did you mean `river`?")
 
 
+def test_a_shot_needing_an_unknown_name_with_no_close_match_has_no_stray_semicolon(
+    check: Check,
+) -> None:
+    bad = MINIMAL.replace('needs = ["river"]', 'needs = ["b"]')
+    check(bad, "shots.sky.needs[0]: no shot named `b` (shots: river, sky)")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("fps = 24", 'fps = "24"', "film.fps: expected a whole number, got the string '24'"),
+        ("seconds = 1", 'seconds = "4"', "defaults.seconds: expected a number, got the string"),
+    ],
+    ids=["fps", "seconds"],
+)
+def test_a_quoted_number_is_an_error_saying_to_drop_the_quotes(
+    check: Check, old: str, new: str, expected: str
+) -> None:
+    check(MINIMAL.replace(old, new), expected, "without quotes")
+
+
+@pytest.mark.parametrize(
+    "dialogue",
+    ['["Go on."]', '[{ speaker = "mara", text = "Go on." }]'],
+    ids=["a-string", "wrong-keys"],
+)
+def test_a_wrong_dialogue_shape_shows_how_to_write_it(check: Check, dialogue: str) -> None:
+    bad = MINIMAL.replace('cast = ["mara"]', f'cast = ["mara"]\ndialogue = {dialogue}')
+    err = check(bad, "shots.river.dialogue[0]", 'dialogue = [{ who = "mara", line = ')
+    assert "valid dictionary or instance of Line" not in err
+
+
+def test_show_suggests_the_shot_meant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    film = gen(tmp_path / "film", {"film.toml": MINIMAL})
+    assert cli.main(["show", str(film / "film.toml"), "skyy"]) == 2
+    assert (
+        "no shot named `skyy`; did you mean `sky`? (shots: river, sky)" in capsys.readouterr().err
+    )
+
+
 def test_pick_beyond_takes(check: Check) -> None:
     bad = MINIMAL.replace('scene = "The lantern rises."', 'scene = "x"\ntakes = 3\npick = 4')
     check(bad, "shots.sky.pick: take 4 does not exist", "from 1 to 3")

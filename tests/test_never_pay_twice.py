@@ -165,7 +165,8 @@ def test_a_clip_deleted_from_the_cache_comes_back_from_its_provider_for_free(
     plan = json.loads(p.run("plan", "--json").stdout)
     reasons = {n["id"]: n["reasons"] for n in plan["nodes"]}
     assert reasons["shots.s1"] == [
-        "output in no cache: fetched again from openai by job id, at no cost"
+        "locked output not in any cache",
+        "fetched again from openai by job id, at no cost",
     ]
     assert plan["estimated_cost_usd"] == 0
     result = p.run("render")

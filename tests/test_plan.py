@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from runner.film.explain import Before, fingerprint
 from runner.film.graph import Graph, Node
 from runner.film.plan import Plan, full_recipe, make_plan, node_key
 
@@ -45,7 +45,7 @@ class World:
 
     def __init__(self) -> None:
         self.cache: dict[str, str] = {}
-        self.previous: dict[str, dict[str, Any]] = {}
+        self.previous: dict[str, Before] = {}  # this machine's history: no lock key
 
     def plan(self, graph: Graph) -> Plan:
         return make_plan(
@@ -64,7 +64,7 @@ class World:
                 continue
             key = node_key(node, digests)
             digests[node.id] = self.cache.setdefault(key, f"out-{key[:8]}")
-            self.previous[node.id] = full_recipe(node, digests)
+            self.previous[node.id] = Before(fingerprint(full_recipe(node, digests)))
 
 
 def statuses(plan: Plan) -> dict[str, str]:
@@ -118,7 +118,7 @@ def test_an_upstream_change_propagates_with_reasons() -> None:
     graph = film()
     graph.nodes["shots.river"].recipe["request"]["seconds"] = 8
     plan = world.plan(graph)
-    assert plan.decisions["shots.river"].reasons == ["seconds changed"]
+    assert plan.decisions["shots.river"].reasons == ["seconds changed: 4 -> 8"]
     for nid in ("frames.river.last", "shots.sky.take1", "shots.sky.take2", "edit"):
         assert plan.decisions[nid].status == "blocked"
     assert plan.decisions["edit"].reasons == ["waits for shots.river", "waits for shots.sky.take2"]
@@ -153,3 +153,61 @@ def test_plan_is_pure() -> None:
     world.plan(graph)
     world.plan(graph)
     assert json.dumps(graph.to_json(), sort_keys=True) == before
+
+
+def locked(world: World, graph: Graph) -> dict[str, Before]:
+    """film.lock as a teammate's clone sees it: each node's key and fields, no cache."""
+    digests: dict[str, str] = {}
+    out: dict[str, Before] = {}
+    for node in graph.nodes.values():
+        if node.kind == "asset":
+            digests[node.id] = "ref-digest"
+            continue
+        key = node_key(node, digests)
+        digests[node.id] = world.cache[key]
+        out[node.id] = Before(fingerprint(full_recipe(node, digests), node), key)
+    return out
+
+
+def test_a_clone_with_only_the_lock_explains_each_node_from_its_fields() -> None:
+    world = World()
+    world.build_all(film())
+    lock = locked(world, film())
+    graph = film()
+    graph.nodes["shots.river"].recipe["request"]["seconds"] = 8
+    plan = make_plan(
+        graph, lookup=lambda n, k: None, asset_digest=lambda n: "ref-digest", previous=lock
+    )
+    river = plan.decisions["shots.river"]
+    assert [c.to_json() for c in river.causes] == [
+        {"code": "field_changed", "field": "seconds", "before": 4, "after": 8}
+    ]
+    assert river.reasons == ["seconds changed: 4 -> 8"]
+    assert all("never rendered" not in d.reasons for d in plan.decisions.values())
+
+    unchanged = make_plan(
+        film(), lookup=lambda n, k: None, asset_digest=lambda n: "ref-digest", previous=lock
+    )
+    assert unchanged.decisions["shots.river"].reasons == ["locked output not in any cache"]
+
+
+def test_a_changed_pick_is_named_as_such_from_the_lock() -> None:
+    world = World()
+    world.build_all(film())
+    lock = locked(world, film())
+    graph = film()
+    graph.nodes["edit"].inputs["clip1"] = "shots.sky.take1"
+    plan = make_plan(
+        graph,
+        lookup=lambda n, k: world.cache.get(k),
+        asset_digest=lambda n: "ref-digest",
+        previous=lock,
+    )
+    assert [c.to_json() for c in plan.decisions["edit"].causes] == [
+        {
+            "code": "pick_changed",
+            "node": "shots.sky.take1",
+            "before": "shots.sky.take2",
+            "after": "shots.sky.take1",
+        }
+    ]

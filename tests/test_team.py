@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -105,7 +106,7 @@ def test_a_teammate_gets_the_byte_identical_film_without_rendering_or_paying(
     assert alice.run("render").returncode == 0
     assert len(openai_server.creates) == 4
     lock = tomllib.loads(alice.manifest.with_suffix(".lock").read_text())
-    assert lock["version"] == 1
+    assert lock["version"] == 2
     assert sorted(lock["nodes"]) == ["edit", "shots.s0", "shots.s1", "shots.s2", "shots.s3"]
     assert lock["nodes"]["shots.s0"]["job_id"].startswith("video_")
     assert lock["nodes"]["shots.s0"]["cost_usd"] == pytest.approx(0.4)
@@ -283,3 +284,66 @@ def test_cache_push_pull_verify_and_gc(tmp_path: Path) -> None:
     assert alice.run("cache", "gc", "--yes").returncode == 0
     cas = alice.root / "cache" / "cas"
     assert {p.name for p in cas.rglob("*") if p.is_file()} == locked
+
+
+def no_credentials(member: Member) -> Member:
+    """A pull request's CI job: no provider key and no remote (the gateway's URL is a
+    variable, not a secret, so it is there)."""
+    for name in ("OPENAI_API_KEY", "RUNNER_REMOTE"):
+        member.env.pop(name, None)
+    return member
+
+
+def test_a_fresh_clone_explains_a_prompt_edit_from_the_lock_alone(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    alice = Member(tmp_path / "alice", None, openai_server)
+    gen(alice.root / "film", {"film.toml": hosted_film(3)})
+    assert alice.run("render").returncode == 0
+    fields = tomllib.loads(alice.manifest.with_suffix(".lock").read_text())["nodes"]["shots.s1"]
+    assert fields["fields"]["seconds"] == "4" and fields["fields"]["model"] == "sora-2"
+    assert fields["fields"]["prompt"].startswith("sha256:")  # a digest: long and private
+
+    ci = no_credentials(clone(alice, tmp_path / "ci", None, openai_server))
+    ci.manifest.write_text(ci.manifest.read_text().replace("Team shot 1.", "Shot one."))
+    result = ci.run("plan", "--json")
+    assert result.returncode == 0, result.stderr
+    nodes = {n["id"]: n for n in json.loads(result.stdout)["nodes"]}
+    assert nodes["shots.s1"]["causes"] == [{"code": "field_changed", "field": "prompt"}]
+    assert nodes["shots.s1"]["reasons"] == ["prompt changed"]
+    for nid in ("shots.s0", "shots.s2"):  # locked, in no cache: fetched by job id, free
+        assert nodes[nid]["reasons"][0] == "locked output not in any cache"
+        assert [c["code"] for c in nodes[nid]["causes"]] == ["locked_elsewhere", "refetch_free"]
+    assert nodes["edit"]["status"] == "blocked"
+    assert {c["code"] for c in nodes["edit"]["causes"]} == {"waits_for"}
+    assert not any("never rendered" in n["reasons"] for n in nodes.values())
+
+    # Without a record of the old request, --diff names the fields film.lock's digests say.
+    diff = ci.run("plan", "--diff")
+    assert "shots.s1 (recorded)" in diff.stdout and "prompt changed: film.lock" in diff.stdout
+
+
+def test_the_text_plan_prices_each_shot_and_diff_shows_the_changed_words(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    alice = Member(tmp_path / "alice", None, openai_server)
+    film = hosted_film(3).replace('title = "Team"', 'title = "Team"\nbudget_usd = 5')
+    gen(alice.root / "film", {"film.toml": film})
+    assert alice.run("render").returncode == 0
+    text = alice.manifest.read_text().replace("Team shot 1.", "Shot one, at night.")
+    alice.manifest.write_text(text.replace("[shots.s2]", "[shots.s2]\nseconds = 8"))
+    result = alice.run("plan", "--diff")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"render\s+shots\.s1\s+openai\s+sora-2\s+4s\s+\$0\.40\s+prompt changed", out)
+    assert re.search(
+        r"render\s+shots\.s2\s+openai\s+sora-2\s+8s\s+\$0\.80\s+seconds changed: 4 -> 8", out
+    )
+    assert re.search(r"blocked\s+edit\s+local.*after shots\.s1", out)
+    assert re.search(r"openai\s+2 to render\s+12 s\s+\$1\.20", out)
+    assert "estimated cost $1.20" in out
+    assert "spent so far on this film: $1.20 (film.lock)" in out
+    assert "budget $5.00: $3.80 left, $2.60 after this plan" in out
+    assert "[-Team shot 1.-] {+Shot one, at night.+}" in out
+    assert re.search(r"^-.*Team shot 1\.$", out, re.M) and re.search(r"^\+.*at night\.$", out, re.M)
+    assert "seconds: 4 -> 8" in out

@@ -5,12 +5,19 @@ rendered node its key and the chosen output digest (plus the provider job id, mo
 and cost, for people reading the diff). A node whose key is in the lock takes the locked output
 and is never re-rendered silently. The file is TOML, sorted by node id, one table per node,
 so a pull request's diff shows exactly which shots changed.
+
+Version 2 adds a `fields` table per node: one value per recipe field (plain for small scalars,
+a short digest for the prompt), so `plan` explains a change from the lock alone, on a fresh
+clone with no cache. Version-1 locks are read (their entries have no fields) and written back
+as version 2 by the next render. Tables other than `nodes` are for later versions (per-profile
+sections): the format grows by adding tables.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,8 +27,9 @@ from runner.cache.store import read_json, write_atomic, write_json
 from runner.digest import is_sha256
 from runner.errors import UserError
 
-LOCK_VERSION = 1
-PARSED_VERSION = 2  # the parsed copy kept in the cache (1 was a pickle)
+LOCK_VERSION = 2
+READS = (1, 2)  # every lock version this runner reads
+PARSED_VERSION = 3  # the parsed copy kept in the cache (1 was a pickle, 2 had no fields)
 RESTORE = "restore film.lock from git, or delete it (the next render writes a new one)"
 HEADER = "# film.lock: what runner rendered for {manifest}. Generated; commit it beside it.\n"
 
@@ -36,12 +44,22 @@ class Entry:
     model: str | None = None
     seconds: float | None = None
     cost_usd: float | None = None
+    fields: dict[str, Any] | None = None  # explain.fingerprint of the recipe (version 2)
 
 
 class Lock:
-    def __init__(self, path: Path, entries: dict[str, Entry]) -> None:
+    def __init__(self, path: Path, entries: dict[str, Entry], version: int = LOCK_VERSION) -> None:
         self.path = path
         self.entries = entries
+        self.version = version  # as read: an older one is rewritten by the next render
+
+    @property
+    def outdated(self) -> bool:
+        return self.version != LOCK_VERSION and bool(self.entries)
+
+    def spent_usd(self) -> float:
+        """What the locked renders cost (the film's spend so far, as the team recorded it)."""
+        return round(sum(e.cost_usd or 0.0 for e in self.entries.values()), 4)
 
     @classmethod
     def read(cls, path: Path, parsed: Path | None = None) -> Lock:
@@ -56,17 +74,22 @@ class Lock:
             saved = read_json(parsed)  # JSON, never a pickle: the cache is read, not run
             if isinstance(saved, dict) and saved.get("lock") == f"{PARSED_VERSION}:{digest}":
                 try:
-                    return cls(path, cls._entries(path, saved.get("nodes")))
+                    entries = cls._entries(path, saved.get("nodes"))
+                    version = saved.get("version")
+                    if version in READS:
+                        return cls(path, entries, version)
                 except UserError:
                     pass  # a damaged copy: parse the file itself
-        lock = cls(path, cls._parse(path, raw))
+        version, entries = cls._parse(path, raw)
+        lock = cls(path, entries, version)
         if parsed is not None:
             nodes = {node: asdict(entry) for node, entry in lock.entries.items()}
-            write_json(parsed, {"lock": f"{PARSED_VERSION}:{digest}", "nodes": nodes})
+            saved = {"lock": f"{PARSED_VERSION}:{digest}", "version": version, "nodes": nodes}
+            write_json(parsed, saved)
         return lock
 
     @staticmethod
-    def _parse(path: Path, raw: bytes) -> dict[str, Entry]:
+    def _parse(path: Path, raw: bytes) -> tuple[int, dict[str, Entry]]:
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
@@ -74,12 +97,13 @@ class Lock:
                 f"{path}: not a readable lock file ({err}); restore it from git or delete it "
                 "(the next render writes a new one)"
             ) from None
-        if data.get("version") != LOCK_VERSION:
+        version = data.get("version")
+        if version not in READS:
             raise UserError(
-                f"{path}: lock file version {data.get('version')!r}; this runner reads "
-                f"version {LOCK_VERSION}"
+                f"{path}: lock file version {version!r}; this runner reads versions "
+                f"{', '.join(map(str, READS))} (a newer runner wrote it: upgrade runner)"
             )
-        return Lock._entries(path, data.get("nodes", {}))
+        return version, Lock._entries(path, data.get("nodes", {}))
 
     @staticmethod
     def _entries(path: Path, nodes: Any) -> dict[str, Entry]:
@@ -102,6 +126,11 @@ class Lock:
                     raise UserError(
                         f"{where}.{field}: not a sha256 digest (64 lowercase hex); {RESTORE}"
                     )
+            if entry.fields is not None and not (
+                isinstance(entry.fields, dict)
+                and all(isinstance(v, str | int | float | bool) for v in entry.fields.values())
+            ):
+                raise UserError(f"{where}.fields: expected a table of plain values; {RESTORE}")
             entries[node] = entry
         return entries
 
@@ -129,14 +158,30 @@ class Lock:
         lines.append(f"version = {LOCK_VERSION}\n")
         for node in sorted(self.entries):
             lines.append(f"\n[nodes.{_quote(node)}]\n")
-            for field, value in asdict(self.entries[node]).items():
+            entry = asdict(self.entries[node])
+            fields = entry.pop("fields")
+            for field, value in entry.items():
                 if value is not None:
                     lines.append(f"{field} = {_value(value)}\n")
+            if fields:  # None values are left out: a missing field reads as None
+                lines.append(f"\n[nodes.{_quote(node)}.fields]\n")
+                for name in sorted(fields):
+                    if fields[name] is not None:
+                        lines.append(f"{_key(name)} = {_value(fields[name])}\n")
         write_atomic(self.path, "".join(lines).encode())
+        self.version = LOCK_VERSION
 
 
 def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a TOML basic string
+
+
+def _key(name: str) -> str:
+    """A bare TOML key where it can be one (`prompt`), else quoted (`"inputs.image"`)."""
+    return name if _BARE.fullmatch(name) else _quote(name)
+
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _value(value: Any) -> str:

@@ -7,7 +7,6 @@ imported inside the commands so `runner --help` starts fast.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -42,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", parents=[common], help="what would render, why, and the cost")
     film_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable plan (see README)")
+    p.add_argument(
+        "--diff",
+        action="store_true",
+        help="per changed shot, the recorded prompt and parameters against the new ones",
+    )
 
     p = sub.add_parser("render", parents=[common], help="render what changed and assemble")
     film_arg(p)
@@ -131,27 +135,9 @@ def _open(args: argparse.Namespace) -> Project:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    project = _open(args)
-    plan = project.plan()
-    # A pull request's CI job plans without secrets: say what render will need, never fail.
-    for name, problem in project.credential_problems([d.id for d in plan.to_render]).items():
-        print(f"runner: warning: {name}: {problem}; `render` will need it", file=sys.stderr)
-    if args.json:
-        print(json.dumps(plan.to_json(), indent=2))
-        return EXIT_OK
-    cached = 0
-    lines = []
-    for d in plan.decisions.values():
-        if d.status == "cached":
-            cached += 1
-            continue
-        lines.append(f"{d.status:8} {d.id:32} {'; '.join(d.reasons)}")
-    print("\n".join(lines)) if lines else None
-    print(
-        f"{len(plan.to_render)} to render, {cached} cached, "
-        f"estimated cost ${plan.estimated_cost_usd:.2f}"
-    )
-    return EXIT_OK
+    from runner.cli import plan
+
+    return plan.cmd_plan(_open(args), args)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -206,6 +192,8 @@ def _shot_nodes(project: Project, shots: list[str]) -> frozenset[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from runner.film.explain import NEVER_RENDERED, describe_all
+
     project = _open(args)
     plan = project.plan()
     state = project.state()
@@ -214,10 +202,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             label, why = "failed", state["failed"][d.id]
         elif d.status == "cached":
             label, why = "cached", ""
-        elif d.id not in state["built"]:
-            label, why = "missing", "never rendered"
+        elif any(c.code == NEVER_RENDERED for c in d.causes):
+            label, why = "missing", "never rendered"  # not in film.lock, nor built here
         else:
-            label, why = "stale", "; ".join(d.reasons)
+            label, why = "stale", "; ".join(describe_all(d.causes, text=True))
         print(f"{label:8} {d.id:32} {why}".rstrip())
     return EXIT_OK
 
@@ -246,8 +234,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     project = _open(args)
     shots = [n for n in project.graph.nodes.values() if n.shot and n.shot["shot"] == args.shot]
     if not shots:
+        import difflib
+
         names = sorted({n.shot["shot"] for n in project.graph.nodes.values() if n.shot})
-        raise UserError(f"{args.film}: no shot named {args.shot!r} (shots: {', '.join(names)})")
+        close = difflib.get_close_matches(args.shot, names, n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise UserError(
+            f"{args.film}: no shot named `{args.shot}`{hint} (shots: {', '.join(names)})"
+        )
     assert shots[0].shot is not None
     sys.stdout.write(shots[0].shot["prompt"])
     return EXIT_OK

@@ -132,6 +132,7 @@ def build(
         fps=manifest.film.fps,
         nodes=toposort(nodes, source),
         limits={k: v.model_dump(exclude_none=True) for k, v in manifest.limits.items()},
+        budget_usd=manifest.film.budget_usd,
     )
 
 

@@ -67,6 +67,7 @@ class Graph:
     fps: int
     nodes: dict[str, Node]  # in topological order
     limits: dict[str, dict[str, Any]]
+    budget_usd: float | None = None  # [film] budget_usd: what the film may spend in all
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "nodes": [asdict(n) for n in self.nodes.values()]}

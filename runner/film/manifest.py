@@ -22,7 +22,9 @@ SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """No unknown keys, and no coercion: `fps = "24"` is an error, not 24."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -47,6 +49,7 @@ class FilmInfo(Strict):
     title: str
     size: str = "1280x720"
     fps: int = Field(24, ge=1, le=120)
+    budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)  # `plan` shows what is left
 
     _size = field_validator("size")(_check_size)
 
@@ -177,6 +180,7 @@ def load(path: Path) -> Manifest:
 
 def _explain(path: Path, err: ValidationError, data: dict[str, Any]) -> str:
     lines: list[str] = []
+    shown: set[str] = set()  # examples given once per message
     for item in err.errors():
         loc = _clean_loc(item["loc"], data)
         where = ".".join(loc) or "(top level)"
@@ -184,14 +188,46 @@ def _explain(path: Path, err: ValidationError, data: dict[str, Any]) -> str:
             message = f"unknown key{_did_you_mean(loc)}"
         elif item["type"] == "missing":
             message = "required key is missing"
+        elif item["type"] in _TYPE_WORDS and isinstance(item.get("input"), str):
+            # Strict: a quoted number is a mistake, not a number (`fps = "24"`).
+            key = loc[-1].split("[")[0] if loc else "key"
+            message = (
+                f"expected {_TYPE_WORDS[item['type']]}, got the string {item['input']!r}; "
+                f"write it without quotes ({key} = {item['input']})"
+            )
+        elif item["type"] in ("model_type", "dict_type") and _example(loc):
+            message = f"expected a table, got {item.get('input')!r}; write {_example(loc)}"
         else:
             message = item["msg"]
             if "input" in item and not isinstance(item["input"], dict | list):
                 message += f" (got {item['input']!r})"
+        example = _example(loc[:-1])
+        if item["type"] in ("extra_forbidden", "missing") and example and example not in shown:
+            message += f"; write {example}"
+            shown.add(example)
         line = f"{path}: {where}: {message}"
         if line not in lines:
             lines.append(line)
     return "\n".join(lines)
+
+
+_TYPE_WORDS = {
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+}
+_EXAMPLES = {
+    "dialogue": 'dialogue = [{ who = "mara", line = "Go on. Find her." }] (who: a character id)',
+    "image": 'image = "assets.NAME" or image = { shot = "river", frame = "last" }',
+    "remix": 'remix = { shot = "sky", prompt = "Same shot, but every lantern glows blue." }',
+}
+
+
+def _example(loc: list[str]) -> str | None:
+    """How a shot's table-shaped key is written, for an error inside it."""
+    if len(loc) >= 3 and loc[0] == "shots":
+        return _EXAMPLES.get(loc[2].split("[")[0])
+    return None
 
 
 def _clean_loc(loc: tuple[int | str, ...], data: Any) -> list[str]:
@@ -270,8 +306,8 @@ def _check_references(path: Path, m: Manifest) -> None:
 
     def unknown_shot(where: str, name: str) -> None:
         close = difflib.get_close_matches(name, list(m.shots), n=1)
-        hint = f"did you mean `{close[0]}`? " if close else ""
-        problems.append(f"{path}: {where}: no shot named `{name}`; {hint}(shots: {shot_names})")
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        problems.append(f"{path}: {where}: no shot named `{name}`{hint} (shots: {shot_names})")
 
     for sid, shot in m.shots.items():
         where = f"shots.{sid}"

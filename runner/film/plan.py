@@ -11,6 +11,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.digest import key_of
+from runner.film.explain import (
+    LOCKED_ELSEWHERE,
+    NEVER_RENDERED,
+    OUTPUT_MISSING,
+    RECIPE_CHANGED,
+    REFETCH_FREE,
+    RERENDER,
+    WAITS_FOR,
+    Before,
+    Cause,
+    changes,
+    describe_all,
+    fingerprint,
+)
 from runner.film.graph import Graph, Node
 
 CACHED, RENDER, BLOCKED = "cached", "render", "blocked"
@@ -21,11 +35,16 @@ class Decision:
     id: str
     kind: str
     status: str  # "cached" | "render" | "blocked"
-    reasons: list[str] = field(default_factory=list)
+    causes: list[Cause] = field(default_factory=list)
     key: str | None = None  # None while an input is still to be rendered
     output: str | None = None  # the output digest, when cached
     recipe: dict[str, Any] | None = None
     cost_usd: float = 0.0
+
+    @property
+    def reasons(self) -> list[str]:
+        """The causes in words (made in one place: `explain.describe`)."""
+        return describe_all(self.causes)
 
 
 @dataclass
@@ -45,7 +64,13 @@ class Plan:
         return {
             "version": 1,
             "nodes": [
-                {"id": d.id, "kind": d.kind, "status": d.status, "reasons": d.reasons}
+                {
+                    "id": d.id,
+                    "kind": d.kind,
+                    "status": d.status,
+                    "reasons": d.reasons,
+                    "causes": [c.to_json() for c in d.causes],
+                }
                 for d in self.decisions.values()
             ],
             "to_render": len(self.to_render),
@@ -75,12 +100,13 @@ def make_plan(
     *,
     lookup: Callable[[str, str], str | None],
     asset_digest: Callable[[Node], str],
-    previous: Mapping[str, dict[str, Any]],
+    previous: Mapping[str, Before],
     force: frozenset[str] = frozenset(),
     refetchable: Callable[[Node, str], bool] = lambda node, key: False,
 ) -> Plan:
-    """Decide every node. lookup(node id, key) gives the cached output digest or None;
-    previous holds the recipes last built per node id (read only to explain);
+    """Decide every node: the one place that says cached / render / why. lookup(node id,
+    key) gives the cached output digest or None; previous holds what each node was last
+    made from (film.lock's fields, else this machine's history; read only to explain);
     refetchable(node, key) says a paid output no cache has can be downloaded again by its
     recorded job id (free)."""
     digests: dict[str, str] = {}
@@ -92,10 +118,10 @@ def make_plan(
             continue
         waiting = [dep for dep in node.deps if dep not in digests]
         if waiting:
-            reasons = [f"waits for {dep}" for dep in waiting]
-            reasons += explain(node.recipe, previous.get(node.id), inputs=False)
+            causes = [Cause(WAITS_FOR, node=dep) for dep in waiting]
+            causes += explain(node, node.recipe, previous.get(node.id), inputs=False)
             decisions[node.id] = Decision(
-                node.id, node.kind, BLOCKED, reasons, cost_usd=node.cost_usd
+                node.id, node.kind, BLOCKED, causes, cost_usd=node.cost_usd
             )
             continue
         key = node_key(node, digests)
@@ -103,56 +129,34 @@ def make_plan(
         if output is not None:
             digests[node.id] = output
             decisions[node.id] = Decision(node.id, node.kind, CACHED, key=key, output=output)
-        elif node.id not in force and refetchable(node, key):
-            reasons = [f"output in no cache: fetched again from {node.pool} by job id, at no cost"]
-            decisions[node.id] = Decision(node.id, node.kind, RENDER, reasons, key)
+            continue
+        recipe = full_recipe(node, digests)
+        before = previous.get(node.id)  # read only to explain: a no-op plan never does
+        locked = before is not None and before.key == key
+        if node.id in force:
+            causes, cost = [Cause(RERENDER)], node.cost_usd
+        elif refetchable(node, key):
+            missing = Cause(LOCKED_ELSEWHERE if locked else OUTPUT_MISSING)
+            causes, cost = [missing, Cause(REFETCH_FREE, backend=node.pool)], 0.0
+        elif locked:
+            causes, cost = [Cause(LOCKED_ELSEWHERE)], node.cost_usd
         else:
-            recipe = full_recipe(node, digests)
-            if node.id in force:
-                reasons = ["rendered again on request (--rerender)"]
-            else:
-                reasons = explain(recipe, previous.get(node.id), node=node)
-            decisions[node.id] = Decision(
-                node.id, node.kind, RENDER, reasons, key, recipe=recipe, cost_usd=node.cost_usd
-            )
+            causes, cost = explain(node, recipe, before), node.cost_usd
+        decisions[node.id] = Decision(
+            node.id, node.kind, RENDER, causes, key, recipe=recipe, cost_usd=cost
+        )
     return Plan(decisions)
 
 
 def explain(
-    recipe: dict[str, Any],
-    before: dict[str, Any] | None,
-    *,
-    node: Node | None = None,
-    inputs: bool = True,
-) -> list[str]:
-    """Why a recipe differs from the one last built for the same node."""
+    node: Node, recipe: dict[str, Any], before: Before | None, *, inputs: bool = True
+) -> list[Cause]:
+    """Why a recipe differs from what the node was last made from."""
     if before is None:
-        return ["never rendered"]
-    reasons: list[str] = []
-    if recipe.get("v") != before.get("v"):
-        reasons.append("recipe version changed")
-    if recipe.get("backend") != before.get("backend"):
-        reasons.append("backend changed")
-    now_req, old_req = recipe.get("request", {}), before.get("request", {})
-    for name in sorted(set(now_req) | set(old_req)):
-        if now_req.get(name) != old_req.get(name):
-            reasons.append(f"{name} changed")
-    for name in sorted(set(recipe) - {"v", "backend", "request", "inputs", "kind"}):
-        if recipe.get(name) != before.get(name):
-            reasons.append(f"{name} changed")
-    if inputs:
-        now_in, old_in = recipe.get("inputs", {}), before.get("inputs", {})
-        for role in sorted(set(now_in) | set(old_in)):
-            if now_in.get(role) != old_in.get(role):
-                reasons.append(f"upstream {_input_name(node, role)} changed")
-    if not reasons and inputs:
-        reasons.append("output missing from cache")
-    return reasons
-
-
-def _input_name(node: Node | None, role: str) -> str:
-    if node is None:
-        return role
-    if role == "after":
-        return ", ".join(node.after)
-    return node.inputs.get(role, role)
+        return [Cause(NEVER_RENDERED)]
+    if before.fields is None:
+        return [Cause(RECIPE_CHANGED)] if inputs else []
+    causes = changes(node, fingerprint(recipe, node), before.fields, inputs=inputs)
+    if not causes and inputs:
+        causes.append(Cause(OUTPUT_MISSING))
+    return causes

@@ -25,6 +25,7 @@ from runner.cache.outputs import Outputs
 from runner.cache.remote import Remote, remote_from_config
 from runner.cache.store import StatCache, Store, read_json, write_atomic, write_json
 from runner.errors import UserError
+from runner.film.explain import Before, fingerprint
 from runner.film.graph import Graph, Node
 from runner.film.plan import Plan, make_plan
 
@@ -183,12 +184,37 @@ class Project:
             self.graph,
             lookup=outputs.locate,
             asset_digest=asset_digest,
-            previous=self.recipes(),
+            previous=Previous(self.lock, self.recipes()),
             force=force,
             refetchable=refetchable,
         )
         stats.save()
         return plan
+
+
+class Previous(Mapping[str, Before]):
+    """What each node was last made from, to explain a change: film.lock's fields (the
+    team's record, on every machine), else this machine's build history."""
+
+    def __init__(self, lock: Lock, recipes: Mapping[str, dict[str, Any]]) -> None:
+        self.lock = lock
+        self.recipes = recipes
+
+    def __getitem__(self, node_id: str) -> Before:
+        entry = self.lock.entries.get(node_id)
+        if entry is not None and entry.fields is not None:
+            return Before(entry.fields, entry.key)
+        recipe = self.recipes.get(node_id)
+        fields = fingerprint(recipe) if recipe is not None else None
+        if entry is None and fields is None:
+            raise KeyError(node_id)
+        return Before(fields, entry.key if entry is not None else None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(self.lock.entries) | set(self.recipes))
+
+    def __len__(self) -> int:
+        return len(set(self.lock.entries) | set(self.recipes))
 
 
 class LazyRecipes(Mapping[str, dict[str, Any]]):

@@ -12,6 +12,7 @@ from typing import Any
 from runner.cache.lock import Entry
 from runner.errors import UserError
 from runner.film import shard
+from runner.film.explain import fingerprint
 from runner.film.graph import Node
 from runner.film.plan import CACHED, Plan, full_recipe
 from runner.run.execute import NodeJobs
@@ -209,6 +210,7 @@ class LockWriter:
         if node.kind == "asset" or record is None:
             return
         shot = node.shot or {}
+        recipe = self.jobs.recipes.get(node_id) or full_recipe(node, self.jobs.digests)
         entry = Entry(
             key=record["key"],
             output=record["output"],
@@ -218,6 +220,7 @@ class LockWriter:
             model=record.get("model"),
             seconds=shot.get("seconds"),
             cost_usd=record.get("cost_usd"),
+            fields=fingerprint(recipe, node),
         )
         self.dirty |= self.lock.put(node_id, entry)
 
@@ -232,13 +235,15 @@ class LockWriter:
         for d in self.plan.decisions.values():
             if d.status != CACHED or d.key is None or d.kind == "asset":
                 continue
-            if self.lock.output_for(d.id, d.key) is None:
+            entry = self.lock.entries.get(d.id)
+            if self.lock.output_for(d.id, d.key) is None or (entry and entry.fields is None):
                 record = store.read_record(d.key) or {}
                 self.jobs.records.setdefault(d.id, {**record, "key": d.key, "output": d.output})
                 self.put(d.id)
         nodes = {n.id for n in self.project.graph.nodes.values() if n.kind != "asset"}
         self.dirty |= self.lock.keep_only(nodes)
-        if self.dirty or (not self.lock.path.exists() and self.lock.entries):
+        missing = not self.lock.path.exists() and self.lock.entries
+        if self.dirty or missing or self.lock.outdated:
             self.write()
 
 

@@ -1,0 +1,178 @@
+"""`runner plan`: what would render, why, and what it costs, read by a person before paying.
+
+Like `terraform plan`: one line per node that renders (backend, model, seconds, cost, why), a
+total per backend and for the run, the film's spend so far from film.lock and what is left of
+`[film] budget_usd`. `--diff` shows, per changed shot, the recorded request against the new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from typing import Any
+
+from runner.film.explain import FIELD_CHANGED, describe_all, show
+from runner.film.plan import CACHED, Decision, Plan
+from runner.run.project import Project
+
+QUIET = frozenset({"prompt", "take", "backend", "version"})  # not shown as a parameter change
+
+
+def cmd_plan(project: Project, args: argparse.Namespace) -> int:
+    plan = project.plan()
+    # A pull request's CI job plans without secrets: say what render will need, never fail.
+    for name, problem in project.credential_problems([d.id for d in plan.to_render]).items():
+        print(f"runner: warning: {name}: {problem}; `render` will need it", file=sys.stderr)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+        return 0
+    print("\n".join(text_plan(project, plan)))
+    if args.diff:
+        for lines in (diff(project, d) for d in plan.to_render):
+            if lines:
+                print("\n" + "\n".join(lines))
+    return 0
+
+
+def text_plan(project: Project, plan: Plan) -> list[str]:
+    """One line per node that renders, then totals, the spend so far and the budget."""
+    rows: list[tuple[str, ...]] = []
+    totals: dict[str, list[float]] = {}  # backend -> [nodes, seconds, cost]
+    for d in plan.to_render:
+        node = project.graph.nodes[d.id]
+        shot = node.shot or {}
+        seconds = shot.get("seconds")
+        why = "; ".join(describe_all(d.causes, text=True))
+        rows.append(
+            (
+                d.status,
+                d.id,
+                node.pool,
+                str(shot.get("model") or ""),
+                f"{seconds:g}s" if seconds is not None else "",
+                f"${d.cost_usd:.2f}",
+                why,
+            )
+        )
+        total = totals.setdefault(node.pool, [0, 0.0, 0.0])
+        total[0] += 1
+        total[1] += seconds or 0.0
+        total[2] += d.cost_usd
+    lines = _columns(rows)
+    if totals:
+        lines.append("")
+    for pool, (count, seconds, cost) in sorted(totals.items()):
+        length = f"{seconds:g} s" if seconds else ""
+        lines.append(f"  {pool:8} {int(count):4} to render {length:>8}  ${cost:.2f}")
+    cached = sum(1 for d in plan.decisions.values() if d.status == CACHED)
+    lines.append(
+        f"{len(plan.to_render)} to render, {cached} cached, "
+        f"estimated cost ${plan.estimated_cost_usd:.2f}"
+    )
+    spent = project.lock.spent_usd()
+    money = f"spent so far on this film: ${spent:.2f} (film.lock)"
+    budget = project.graph.budget_usd
+    if budget is not None:
+        left = budget - spent
+        after = left - plan.estimated_cost_usd
+        money += f"; budget ${budget:.2f}: ${left:.2f} left, ${after:.2f} after this plan"
+        if after < 0:
+            money += " (OVER BUDGET)"
+    lines.append(money)
+    return lines
+
+
+def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    out = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if i in (4, 5) else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=False))
+        ]
+        out.append(("  ".join(cells) + "  " + row[-1]).rstrip())
+    return out
+
+
+def diff(project: Project, d: Decision) -> list[str]:
+    """The recorded request against the new one, for a node whose fields changed: a unified
+    diff of the prompt (with the changed words) and the changed parameters. The recorded
+    request comes from its action record (this cache, else the team's); without one, the
+    names of the fields film.lock's digests say changed."""
+    changed = [c for c in d.causes if c.code == FIELD_CHANGED]
+    if not changed:
+        return []
+    node = project.graph.nodes[d.id]
+    now: dict[str, Any] = node.recipe.get("request", node.recipe)
+    old = _recorded_request(project, d.id)
+    lines = [f"--- {d.id} (recorded)", f"+++ {d.id} (now)"]
+    if old is None:
+        names = ", ".join(str(c.field) for c in changed)
+        lines.append(
+            f"  {names} changed: film.lock keeps only digests, and no cache here or on the "
+            "team's remote has the recorded request"
+        )
+        return lines
+    before, after = str(old.get("prompt", "")), str(now.get("prompt", ""))
+    if before != after:
+        lines += prompt_diff(before, after)
+    for name in sorted((set(old) | set(now)) - QUIET):
+        if old.get(name) != now.get(name):
+            lines.append(f"  {name}: {show(old.get(name))} -> {show(now.get(name))}")
+    return lines
+
+
+def prompt_diff(before: str, after: str) -> list[str]:
+    """A unified diff of the prompt's lines; each replaced line is followed by its words
+    (`[-removed-]{+added+}`, like `git diff --word-diff`)."""
+    old, new = before.splitlines(), after.splitlines()
+    out: list[str] = []
+    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+    for group in matcher.get_grouped_opcodes(1):
+        a0, a1, b0, b1 = group[0][1], group[-1][2], group[0][3], group[-1][4]
+        out.append(f"@@ -{a0 + 1},{a1 - a0} +{b0 + 1},{b1 - b0} @@")
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                out += [f" {line}" for line in old[i1:i2]]
+                continue
+            out += [f"-{line}" for line in old[i1:i2]]
+            out += [f"+{line}" for line in new[j1:j2]]
+            if tag == "replace" and i2 - i1 == j2 - j1:
+                for a, b in zip(old[i1:i2], new[j1:j2], strict=True):
+                    out.append(f"~{word_diff(a, b)}")
+    return out
+
+
+def word_diff(before: str, after: str) -> str:
+    old, new = before.split(" "), after.split(" ")
+    parts: list[str] = []
+    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            parts.append(" ".join(old[i1:i2]))
+            continue
+        if i2 > i1:
+            parts.append(f"[-{' '.join(old[i1:i2])}-]")
+        if j2 > j1:
+            parts.append(f"{{+{' '.join(new[j1:j2])}+}}")
+    return " ".join(parts)
+
+
+def _recorded_request(project: Project, node_id: str) -> dict[str, Any] | None:
+    """The request the node was last rendered with: the action record of the key film.lock
+    names (this cache, else the team's), else this machine's last recipe."""
+    entry = project.lock.entries.get(node_id)
+    recipe: Any = None
+    if entry is not None:
+        record = project.outputs.record(entry.key)
+        recipe = (record or {}).get("recipe")
+    if recipe is None:
+        recipe = project.recipes().get(node_id)
+    if not isinstance(recipe, dict):
+        return None
+    request = recipe.get("request", recipe)
+    return request if isinstance(request, dict) else None

@@ -1,0 +1,62 @@
+"""film.lock: version 2 keeps a fingerprint of each node's recipe; version 1 is still read and
+is written back as version 2 by the next render."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from runner import cli
+from runner.cache.lock import LOCK_VERSION, Entry, Lock
+from tests.films import MINIMAL, gen
+
+KEY, OUT = "a" * 64, "b" * 64
+
+
+def test_fields_round_trip_through_the_lock_file(tmp_path: Path) -> None:
+    fields = {
+        "prompt": "sha256:0123456789abcdef",
+        "seconds": 4.0,
+        "image": True,
+        "inputs.image": "frames.river.last@0123456789abcdef",
+        "model": "sora-2",
+    }
+    lock = Lock(tmp_path / "film.lock", {"shots.river": Entry(KEY, OUT, "shot", fields=fields)})
+    lock.write()
+    text = lock.path.read_text()
+    assert "version = 2" in text and '[nodes."shots.river".fields]' in text
+    assert "seconds = 4.0\n" in text and '"inputs.image" = ' in text
+    again = Lock.read(lock.path)
+    assert again.version == LOCK_VERSION == 2
+    assert again.entries["shots.river"].fields == fields
+
+
+def test_a_version_1_lock_is_read_and_a_render_writes_it_as_version_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    film = gen(tmp_path / "film", {"film.toml": MINIMAL}) / "film.toml"
+    assert cli.main(["render", str(film)]) == 0
+    lock = film.with_suffix(".lock")
+    # What runner 1 wrote: the same entries without their fields.
+    old = re.sub(r'\n\[nodes\."[^"]+"\.fields\]\n(?:[^\[\n].*\n)*', "", lock.read_text())
+    lock.write_text(old.replace("version = 2", "version = 1"))
+    assert Lock.read(lock).version == 1 and "fields" not in lock.read_text()
+
+    # A teammate's clone: the v1 lock and no cache; a node the lock names is not "never rendered".
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "clone-cache"))
+    capsys.readouterr()
+    assert cli.main(["plan", str(film)]) == 0
+    out = capsys.readouterr().out
+    assert "never rendered" not in out and "locked output not in any cache" in out
+
+    # Back on the machine that rendered it: nothing renders, and the lock is upgraded.
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli.main(["render", str(film)]) == 0
+    assert "0 rendered" in capsys.readouterr().err
+    upgraded = tomllib.loads(lock.read_text())
+    assert upgraded["version"] == 2
+    assert all("fields" in entry for entry in upgraded["nodes"].values())
