@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runner.backends.base import BackendError, Expired, RateLimited, Refused, Transient
+from runner.errors import scrub_urls
 
 Stage = Literal["create", "job", "download", "list"]
 """What the failed call was: a (paid) create, a poll of a job, a download of its video, or a
@@ -105,7 +106,9 @@ def retry_after(headers: Any) -> float | None:
 
 def scrub(text: str, *secrets: str | None) -> str:
     """`text` with every secret replaced: keys never reach a message, log or record. Strings
-    too short to be a key are left alone, so a message is never mangled."""
+    too short to be a key are left alone, so a message is never mangled. Every URL loses its
+    userinfo and query values (a base URL may carry a password or an api-key)."""
+    text = scrub_urls(text)
     for secret in secrets:
         secret = (secret or "").strip()
         if len(secret) >= 4:

@@ -358,14 +358,14 @@ class VeoBackend:
             if expected is not None and written != int(expected):
                 raise Transient(f"veo video download cut short: {written} of {expected} bytes")
         except urllib.error.HTTPError as exc:
-            message = f"veo video {uri}: {exc.code} {exc.reason}"
+            message = self._scrub(f"veo video {uri}: {exc.code} {exc.reason}")
             wait = policy.retry_after(exc.headers)
             error = policy.from_status(
                 exc.code, message, stage="download", retry_after=wait, job=job_id
             )
             raise error from None
         except (urllib.error.URLError, HTTPException, OSError) as exc:
-            raise Transient(f"veo video download failed: {exc}") from None
+            raise Transient(self._scrub(f"veo video download failed: {exc}")) from None
 
     def _bearer_token(self) -> str | None:
         """An OAuth token for Cloud Storage, from the client's credentials, if it has any."""

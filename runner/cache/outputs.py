@@ -90,11 +90,21 @@ class Outputs:
             return True
         return self.remote is not None and self.remote.has(digest)
 
-    def have(self, digest: str) -> bool:
+    def have(self, digest: str, *, verify: bool = False) -> bool:
         """The bytes are here, or have just been pulled from the team's remote and verified.
-        A remote blob that does not hash to its name is refused, reported and never used."""
+        A remote blob that does not hash to its name is refused, reported and never used.
+
+        verify: the bytes are about to be read (an input to local work, a file sent to a
+        provider): hash the local blob too; a corrupt one goes to quarantine/ and is pulled
+        again from the team's remote when it has it."""
         if self.store.has_blob(digest):
-            return True
+            if not verify or self.store.verify_blob(digest):
+                return True
+            print(
+                f"runner: warning: cached blob {digest} does not hash to its name; moved to "
+                f"{self.store.root / 'quarantine'}, getting it again",
+                file=sys.stderr,
+            )
         if self.remote is None or not is_sha256(digest):
             return False
         try:
@@ -102,6 +112,48 @@ class Outputs:
         except RemoteCorrupt as err:
             print(f"runner: warning: {err}", file=sys.stderr)
             return False
+
+    def full_record(
+        self,
+        node_id: str,
+        key: str,
+        kind: str,
+        *,
+        output: str | None = None,
+        job_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The action record of key, whatever happened to the local file: a truncated or
+        missing one is taken from the team's remote, else rebuilt from film.lock (job id,
+        backend, model, cost) or from `output` and the journal's `job_id`, so a paid render
+        never loses its job id. {} when nothing knows it. A damaged local file is replaced by
+        what was found."""
+        record = self.store.read_record(key)
+        if record is not None:
+            return record
+        damaged = self.store.record_damaged(key)
+        if self.remote is not None:
+            record = self.remote.pull_record(key, self.store)  # saved here when found
+            if record is not None:
+                return record
+        entry = self.lock.entries.get(node_id)
+        if entry is not None and entry.key == key:
+            rebuilt: dict[str, Any] = {
+                "output": entry.output,
+                "job_id": entry.job_id or job_id,
+                "backend": entry.backend,
+                "model": entry.model,
+                "cost_usd": entry.cost_usd,
+                "repaired_from": "film.lock",
+            }
+        elif output is not None and job_id is not None:
+            rebuilt = {"output": output, "job_id": job_id, "repaired_from": "journal"}
+        else:
+            return {}
+        rebuilt = {"node": node_id, "kind": kind, **rebuilt}
+        rebuilt = {k: v for k, v in rebuilt.items() if v is not None}
+        if damaged:
+            self.store.record(key, rebuilt)
+        return {**rebuilt, "key": key}
 
     def blob(self, digest: str) -> Path:
         return self.store.blob(digest)

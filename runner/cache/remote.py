@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from runner import faults
 from runner.cache.store import RECORD_VERSION, Store
 from runner.digest import file_digest
-from runner.errors import UserError
+from runner.errors import UserError, scrub_urls
 
 ENV_VAR = "RUNNER_REMOTE"
 CHUNK = 8 << 20  # one GET per 8 MiB when streaming a blob
@@ -121,6 +121,22 @@ class Remote:
         self._write(self._blob(digest), src=src)
         faults.point("mid-push")  # the caller pushes the record next
         return True
+
+    def replace_blob(self, digest: str, store: Store) -> None:
+        """Overwrite a remote blob that does not hash to its name with a verified local copy;
+        the bad bytes are moved to <url>/quarantine/ first (evidence, not deleted)."""
+        _check_digest(digest)
+        src = store.blob(digest)
+        if file_digest(src) != digest:
+            raise RemoteCorrupt(f"local blob {src} does not hash to its name; not pushed")
+        fs = self._connect()
+        try:
+            fs.mv(self._blob(digest), f"{self._root}/quarantine/{digest}.{os.urandom(4).hex()}")
+        except FileNotFoundError:
+            pass
+        except Exception as err:
+            self._fail("move a corrupt blob aside", err)
+        self._write(self._blob(digest), src=src)
 
     def verify(self, digests: Iterable[str] | None = None) -> list[str]:
         """Digests whose remote bytes do not hash to their name (absent ones are skipped)."""
@@ -332,7 +348,7 @@ class Remote:
 
     def _scrub(self, err: BaseException) -> str:
         """The error's text on one line, with any credential we know of blanked out."""
-        text = " ".join(str(err).split())
+        text = scrub_urls(" ".join(str(err).split()))
         text = _USERINFO.sub("***@", text)
         secrets = [os.environ.get(name, "") for name in _SECRET_ENV]
         secrets += [str(v) for k, v in _flatten(self.storage_options) if k in _SECRET_OPTIONS]

@@ -10,6 +10,7 @@ Layout under the cache root (`.cache/` by default):
     tmp/                    work in progress; renamed into place only when complete
     tmp/run-<pid>-<r>/      one run's working folders; tmp/run-<pid>-<r>.lock held while it runs
     pending-push/<key>.json outputs recorded here that the team's cache does not have yet
+    quarantine/<sha256>.<t> blobs that did not hash to their name, kept as evidence
 
 Every write goes to a temporary file in the same filesystem and is renamed into place, so a
 crash at any moment leaves either the old file or the complete new one, never half of one.
@@ -22,6 +23,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -72,6 +75,8 @@ class Store:
         self.root = root
         self.tmp = root / "tmp"
         self._cas = os.path.join(root, "cas")
+        self._verified: set[str] = set()  # blobs this process hashed (or wrote) and found whole
+        self._guard = threading.Lock()
 
     def check_format(self) -> None:
         """Mark the cache with its format on first use; refuse one a newer runner made."""
@@ -98,10 +103,13 @@ class Store:
         return os.path.isfile(os.path.join(self._cas, digest[:2], digest))
 
     def put(self, src: Path) -> str:
-        """Move a finished file into the store; returns its digest. src must be under tmp/."""
+        """Move a finished file into the store; returns its digest. src must be under tmp/.
+
+        A blob already there is kept only if it hashes to its name: a corrupt one is moved to
+        quarantine/ and replaced, so making a node again heals it."""
         digest = file_digest(src)
         dest = self.blob(digest)
-        if dest.is_file():
+        if dest.is_file() and self.verify_blob(digest):
             src.unlink()
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -109,10 +117,51 @@ class Store:
                 os.fsync(f.fileno())
             src.chmod(0o444)  # blobs are immutable: a stray write must not corrupt the cache
             os.replace(src, dest)
+            with self._guard:
+                self._verified.add(digest)
         return digest
+
+    def verify_blob(self, digest: str) -> bool:
+        """True when the blob is here and hashes to its name. A blob that does not is moved to
+        quarantine/ (False). Each blob is hashed once per process: reading it as an input to
+        local work costs one hash, next to the decoding that follows."""
+        with self._guard:
+            if digest in self._verified and self.has_blob(digest):
+                return True
+        try:
+            whole = file_digest(self.blob(digest)) == digest
+        except (FileNotFoundError, IsADirectoryError):
+            return False
+        if not whole:
+            self.quarantine(digest)
+            return False
+        with self._guard:
+            self._verified.add(digest)
+        return True
+
+    def quarantine(self, digest: str) -> Path | None:
+        """Move a blob aside to quarantine/ (not deleted: it may be evidence); its path there,
+        or None when it was already gone."""
+        dest = self.root / "quarantine" / f"{digest}.{time.time_ns()}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self._guard:
+            self._verified.discard(digest)
+            try:
+                os.replace(self.blob(digest), dest)
+            except FileNotFoundError:
+                return None
+        return dest
+
+    def quarantined(self) -> list[Path]:
+        folder = self.root / "quarantine"
+        return sorted(folder.iterdir()) if folder.is_dir() else []
 
     def _action_path(self, key: str) -> Path:
         return self.root / "actions" / key[:2] / f"{key}.json"
+
+    def record_damaged(self, key: str) -> bool:
+        """A record file is there but is no readable record of key (truncated, say)."""
+        return self._action_path(key).is_file() and self.read_record(key) is None
 
     def read_record(self, key: str) -> dict[str, Any] | None:
         """The record for key, whether or not its output is here (provenance reads these)."""
@@ -240,6 +289,18 @@ class Store:
         """Every blob this cache holds, by digest."""
         return sorted(p.name for p in (self.root / "cas").glob("*/*") if is_sha256(p.name))
 
+    def record_keys(self) -> list[str]:
+        """Every node key this cache holds a record file for (readable or not)."""
+        found = (p.stem for p in (self.root / "actions").glob("*/*.json"))
+        return sorted(key for key in found if is_sha256(key) or key.startswith("segment-"))
+
+    def quarantine_record(self, key: str) -> None:
+        """Move an unreadable record aside (it may hold a job id worth reading by hand)."""
+        dest = self.root / "quarantine" / f"{key}.json.{time.time_ns()}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with suppress(FileNotFoundError):
+            os.replace(self._action_path(key), dest)
+
     def state_path(self, film_id: str, suffix: str = "") -> Path:
         return self.root / "state" / f"{film_id}{suffix}.json"
 
@@ -251,8 +312,12 @@ class SegmentCache:
         self.store = store
 
     def lookup(self, key: str) -> Path | None:
+        """A cached segment, verified (the join reads it): a corrupt one is quarantined and
+        conformed again."""
         record = self.store.lookup(f"segment-{key}")
-        return self.store.blob(record["output"]) if record else None
+        if record is None or not self.store.verify_blob(str(record["output"])):
+            return None
+        return self.store.blob(record["output"])
 
     def save(self, key: str, path: Path) -> Path:
         tmp = self.store.own_tmp() / f"segment-{key}"

@@ -4,6 +4,7 @@ team's, check them, and drop what no lock in the repository references."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.cache.lock import HEADER, Lock
@@ -65,18 +66,102 @@ def pull(project: Project) -> list[str]:
     return pulled
 
 
-def verify(project: Project) -> list[str]:
-    """Blobs, here or on the remote, whose bytes do not hash to their name."""
+@dataclass
+class Finding:
+    """Something in a cache that is not what its name says, and what --repair did about it."""
+
+    where: str  # "local" or "remote"
+    what: str  # "blob" or "record"
+    name: str  # the digest or the node key
+    fate: str = ""
+
+
+def verify(project: Project, *, repair: bool = False) -> list[Finding]:
+    """Every blob, here and on the remote, that does not hash to its name, and every action
+    record here that cannot be read. With repair: a corrupt blob is moved to quarantine/ and
+    fetched again (the team's remote, else its provider by job id, at no cost) or left for
+    the next render to make again; a damaged record is rebuilt from what is known."""
     store = project.store
-    digests = set(_film_outputs(project).values())
-    bad = [
-        f"local {d}"
-        for d in sorted(digests)
-        if store.has_blob(d) and file_digest(store.blob(d)) != d
+    found = [
+        Finding("local", "blob", d)
+        for d in store.blob_digests()
+        if file_digest(store.blob(d)) != d  # not verify_blob: that quarantines unasked
     ]
+    found += [Finding("local", "record", k) for k in store.record_keys() if store.record_damaged(k)]
     if project.remote is not None:
-        bad += [f"remote {d}" for d in project.remote.verify(sorted(digests))]
-    return bad
+        found += [Finding("remote", "blob", d) for d in project.remote.verify()]
+    if repair:
+        nodes: dict[str, str] = {}
+        if any(f.what == "record" for f in found):  # node key -> node id, to rebuild records
+            plan = project.plan().decisions.values()
+            nodes = {d.key: d.id for d in plan if d.key is not None}
+            nodes |= {e.key: node for node, e in project.lock.entries.items()}
+        for finding in found:
+            finding.fate = _repair(project, finding, nodes)
+    return found
+
+
+def _repair(project: Project, finding: Finding, nodes: dict[str, str]) -> str:
+    store, outputs = project.store, project.outputs
+    if finding.where == "remote":
+        assert project.remote is not None
+        if not store.verify_blob(finding.name):
+            return "no good copy here; push one from a cache that has it"
+        project.remote.replace_blob(finding.name, store)
+        return "replaced by this cache's copy (the bad one moved to the remote's quarantine/)"
+    if finding.what == "record":
+        return _repair_record(project, finding.name, nodes.get(finding.name))
+    store.quarantine(finding.name)
+    if outputs.have(finding.name):
+        return "moved to quarantine/; pulled again from the team's remote"
+    for source, job_id, backend in _jobs_behind(project, finding.name):
+        if _refetch(project, finding.name, job_id, backend):
+            where = f"{backend} by the job id in {source}"
+            return f"moved to quarantine/; fetched again from {where}, at no cost"
+    return "moved to quarantine/; the next `runner render` that needs it makes it again"
+
+
+def _jobs_behind(project: Project, digest: str) -> list[tuple[str, str, str]]:
+    """(where it was found, job id, backend) of the provider jobs that made a blob."""
+    jobs = [
+        ("film.lock", e.job_id, e.backend)
+        for e in project.lock.entries.values()
+        if e.output == digest and e.job_id and e.backend
+    ]
+    for key in project.store.record_keys():
+        record = project.store.read_record(key) or {}
+        if record.get("output") == digest and record.get("job_id") and record.get("backend"):
+            jobs.append(("its record", str(record["job_id"]), str(record["backend"])))
+    return [(w, str(j), str(b)) for w, j, b in jobs]
+
+
+def _refetch(project: Project, digest: str, job_id: str, backend_name: str) -> bool:
+    """Download a job's video again; stored whatever it is (never lose a paid render), True
+    when it is the blob we lost."""
+    from runner.backends.base import BackendError
+
+    try:
+        backend = project.backends.get(backend_name)
+    except (KeyError, UserError):
+        return False
+    with project.store.workdir() as work:
+        dest = work / "video.mp4"
+        try:
+            backend.download(job_id, dest)
+        except BackendError:
+            return False
+        return project.store.put(dest) == digest
+
+
+def _repair_record(project: Project, key: str, node: str | None) -> str:
+    if node is not None:
+        kind = project.graph.nodes[node].kind if node in project.graph.nodes else ""
+        record = project.outputs.full_record(node, key, kind)
+        if record:
+            source = record.get("repaired_from", "the team's remote")
+            return f"rebuilt from {source}"
+    project.store.quarantine_record(key)
+    return "moved to quarantine/ (nothing knows it); the next render makes its node again"
 
 
 def referenced(root: Path) -> set[str]:

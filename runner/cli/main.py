@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from runner import __version__
 from runner.cache.remote import RemoteError
-from runner.errors import UserError
+from runner.errors import UserError, printable, scrub_urls, shown
 
 if TYPE_CHECKING:
     from runner.run.project import Project
@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     ]:
         a = actions.add_parser(action, parents=[common], help=text)
         film_arg(a)
+        if action == "verify":
+            a.add_argument(
+                "--repair",
+                action="store_true",
+                help="quarantine what is corrupt and fetch or rebuild it (at no cost)",
+            )
         if action == "gc":
             a.add_argument("--yes", action="store_true", help="delete (without it, only list)")
 
@@ -110,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except UserError as err:
-        print(f"runner: error: {err}", file=sys.stderr)
+        print(f"runner: error: {shown(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except RemoteError as err:
-        print(f"runner: error: {err}", file=sys.stderr)
+        print(f"runner: error: {shown(str(err))}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:  # `runner graph | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -124,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # never a bare traceback: say what broke and how to see more
         if os.environ.get("RUNNER_DEBUG"):
             raise
-        print(f"runner: internal error: {err!r} (set RUNNER_DEBUG=1 for details)", file=sys.stderr)
+        why = shown(repr(err))
+        print(f"runner: internal error: {why} (set RUNNER_DEBUG=1 for details)", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -157,7 +164,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         stale = project.plan(options.rerender).to_render
         if stale:
             for d in stale:
-                print(f"runner: would render {d.id}: {'; '.join(d.reasons)}", file=sys.stderr)
+                why = shown("; ".join(d.reasons))
+                print(f"runner: would render {printable(d.id)}: {why}", file=sys.stderr)
             print(f"runner: --frozen: {len(stale)} nodes would render", file=sys.stderr)
             return EXIT_FAILED
     with Progress(project.graph) as progress:
@@ -170,9 +178,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     for nid, why in out.failed.items():
-        print(f"runner: {nid} failed: {why}", file=sys.stderr)
+        print(f"runner: {printable(nid)} failed: {shown(why)}", file=sys.stderr)
     for nid, why in sorted(out.skipped.items()):
-        print(f"runner: not rendered: {nid} ({why})", file=sys.stderr)
+        print(f"runner: not rendered: {printable(nid)} ({shown(why)})", file=sys.stderr)
     if result.film is not None:
         print(result.film)
     if result.interrupted:
@@ -206,7 +214,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             label, why = "missing", "never rendered"  # not in film.lock, nor built here
         else:
             label, why = "stale", "; ".join(describe_all(d.causes, text=True))
-        print(f"{label:8} {d.id:32} {why}".rstrip())
+        print(f"{label:8} {printable(d.id):32} {printable(scrub_urls(why))}".rstrip())
     return EXIT_OK
 
 
@@ -243,7 +251,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"{args.film}: no shot named `{args.shot}`{hint} (shots: {', '.join(names)})"
         )
     assert shots[0].shot is not None
-    sys.stdout.write(shots[0].shot["prompt"])
+    # The prompt's own line breaks stay; an escape sequence or NUL is shown, never obeyed.
+    sys.stdout.write(printable(shots[0].shot["prompt"], keep="\n\t"))
     return EXIT_OK
 
 
@@ -256,11 +265,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
     elif args.action == "pull":
         print(f"pulled {len(cache_cmd.pull(project))} blobs")
     elif args.action == "verify":
-        bad = cache_cmd.verify(project)
-        for line in bad:
-            print(f"corrupt: {line}")
-        print(f"{len(bad)} corrupt blobs")
-        return EXIT_FAILED if bad else EXIT_OK
+        bad = cache_cmd.verify(project, repair=args.repair)
+        for f in bad:
+            fate = f": {f.fate}" if f.fate else ""
+            print(f"corrupt: {f.where} {f.what} {f.name}{fate}")
+        blobs = sum(f.what == "blob" for f in bad)
+        print(f"{blobs} corrupt blobs, {len(bad) - blobs} damaged records")
+        return EXIT_FAILED if bad and not args.repair else EXIT_OK
     else:
         local, remote = cache_cmd.gc(project, yes=args.yes)
         verb = "deleted" if args.yes else "would delete"

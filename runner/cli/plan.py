@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from runner.errors import shown
 from runner.film.explain import FIELD_CHANGED, describe_all, show
 from runner.film.plan import CACHED, Decision, Plan
 from runner.run.project import Project
@@ -24,15 +25,16 @@ def cmd_plan(project: Project, args: argparse.Namespace) -> int:
     plan = project.plan()
     # A pull request's CI job plans without secrets: say what render will need, never fail.
     for name, problem in project.credential_problems([d.id for d in plan.to_render]).items():
-        print(f"runner: warning: {name}: {problem}; `render` will need it", file=sys.stderr)
+        print(f"runner: warning: {name}: {shown(problem)}; `render` will need it", file=sys.stderr)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
         return 0
-    print("\n".join(text_plan(project, plan)))
+    # User text (ids, prompts, reasons) is shown, never obeyed: no escape sequence gets through.
+    print(shown("\n".join(text_plan(project, plan))))
     if args.diff:
         for lines in (diff(project, d) for d in plan.to_render):
             if lines:
-                print("\n" + "\n".join(lines))
+                print("\n" + shown("\n".join(lines)))
     return 0
 
 

@@ -6,6 +6,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from runner.errors import printable, shown
 from runner.film.graph import Graph
 
 FINAL = {"done": "done", "cached": "cached", "failed": "FAILED", "skipped": "skipped"}
@@ -66,6 +67,7 @@ class Progress:
             self._print(line)
 
     def _print(self, line: str) -> None:
+        line = shown(line)  # ids and provider messages: no URL secrets, no terminal controls
         if self.live is not None:
             self.live.console.print(line, markup=False, highlight=False)
         else:
@@ -80,7 +82,9 @@ class Progress:
         now = time.monotonic()
         for nid, started in sorted(self.running.items()):
             node = self.graph.nodes[nid]
-            table.add_row(Text("rendering", "yellow"), nid, node.pool, f"{now - started:.1f}s")
+            table.add_row(
+                Text("rendering", "yellow"), printable(nid), node.pool, f"{now - started:.1f}s"
+            )
         table.add_row(
             Text(f"{self.finished}/{self.total}", "bold"),
             "nodes finished",

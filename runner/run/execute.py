@@ -28,6 +28,7 @@ from runner.film.graph import Graph, Node, shot_name
 from runner.film.plan import Plan, full_recipe, node_key
 from runner.run.job import PoolPause, ShotJob
 from runner.run.journal import Journal, JournalError
+from runner.run.project import asset_path
 from runner.run.ratelimit import SendWindow
 from runner.run.scheduler import RELEASED, Released, Retry
 
@@ -55,8 +56,12 @@ class NodeJobs:
         force: frozenset[str] = frozenset(),
         remote: Remote | None = None,
         backends: Backends | None = None,
+        film_dir: Path | None = None,
+        manifest: Path | None = None,
     ) -> None:
         self.graph = graph
+        self.film_dir = film_dir  # assets must resolve inside it whenever they are read
+        self.manifest = manifest or Path("film.toml")
         self.backends = backends or Backends(scratch=store.tmp / "backends")
         self.store = store
         self.journal = Journal(store.journal_dir)
@@ -142,9 +147,16 @@ class NodeJobs:
         output = self.outputs.locate(node_id, key)
         if output is None or not self.outputs.have(output):
             return False
-        record = self.store.read_record(key)
+        try:
+            journaled = (self.journal.get(key) or {}).get("job_id")
+        except JournalError:
+            journaled = None
+        kind = self.graph.nodes[node_id].kind
+        record = self.outputs.full_record(
+            node_id, key, kind, output=output, job_id=str(journaled) if journaled else None
+        )
         self.digests[node_id] = output
-        self.records[node_id] = {**(record or {}), "key": key, "output": output}
+        self.records[node_id] = {**record, "key": key, "output": output}
         return True
 
     def have(self, node_id: str) -> bool:
@@ -301,10 +313,15 @@ class NodeJobs:
         upstream = self.graph.nodes[node.inputs[role]]
         if upstream.kind == "asset":  # assets live in the film's folder, not the cache
             assert upstream.path is not None
-            return Path(upstream.path)
+            if self.film_dir is None:
+                return Path(upstream.path)
+            return asset_path(upstream, self.film_dir, self.manifest)
         digest = self.digests[upstream.id]
-        if not self.outputs.have(digest):
-            raise NodeFailed(f"{node.id}: the output of {upstream.id} is in no cache")
+        if not self.outputs.have(digest, verify=True):  # read now: its bytes must be its name
+            raise NodeFailed(
+                f"{node.id}: the output of {upstream.id} is in no cache (or was corrupt and "
+                "moved to quarantine); run again to make or fetch it again, at no cost"
+            )
         return self.store.blob(digest)
 
     def _shot(self, node: Node, key: str, work: Path, record: dict[str, Any]) -> Path:

@@ -10,8 +10,8 @@ instead of one record per node; the recipes behind those keys are read only to e
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import pickle
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +29,7 @@ from runner.film.explain import Before, fingerprint
 from runner.film.graph import Graph, Node
 from runner.film.plan import Plan, make_plan
 
-COMPILED_VERSION = 1
+COMPILED_VERSION = 2  # 1 was a pickle: never read again, the cache is data, not code
 STATE_VERSION = 2
 
 
@@ -126,11 +126,13 @@ class Project:
         parts = [COMPILED_VERSION, source_digest(), profile, manifest_sha, backends.digest]
         parts.append(absolute.parent)  # compiled asset paths are absolute
         compiled_key = hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
-        compiled_path = store.state_path(film_id, ".graph").with_suffix(".pickle")
+        compiled_path = store.state_path(film_id, ".graph")
         graph = _load_compiled(compiled_path, compiled_key)
         if graph is None:
             graph = _compile(manifest_path, profile, backends)
-            write_atomic(compiled_path, pickle.dumps((compiled_key, graph)))
+            compiled = {"version": COMPILED_VERSION, "key": compiled_key, "graph": graph.to_json()}
+            write_atomic(compiled_path, json.dumps(compiled, separators=(",", ":")).encode())
+            compiled_path.with_suffix(".pickle").unlink(missing_ok=True)  # format 1, unread
         return cls(manifest_path, film_dir, store, graph, profile, film_id, manifest_sha, backends)
 
     def tool_config(self) -> dict[str, Any]:
@@ -162,9 +164,8 @@ class Project:
         stats = StatCache(self.store.state_path("assets"))
 
         def asset_digest(node: Node) -> str:
-            assert node.path is not None
             try:
-                return stats.digest(Path(node.path))
+                return stats.digest(asset_path(node, self.film_dir, self.manifest_path))
             except FileNotFoundError:
                 raise UserError(
                     f"{self.manifest_path}: {node.id}.path: no file at {node.path}; "
@@ -217,6 +218,20 @@ class Previous(Mapping[str, Before]):
         return len(set(self.lock.entries) | set(self.recipes))
 
 
+def asset_path(node: Node, film_dir: Path, manifest: Path) -> Path:
+    """An asset's file, checked every time it is read or hashed: the path as it resolves
+    now (a file swapped for a symlink after compiling, say) must stay inside the film folder."""
+    assert node.path is not None
+    real = os.path.realpath(node.path)
+    root = os.path.realpath(film_dir)
+    if os.path.commonpath([real, root]) != root:
+        raise UserError(
+            f"{manifest}: {node.id}.path: {node.path} now leads outside the film's folder "
+            f"{film_dir} (a symlink?); copy the file into the folder instead"
+        )
+    return Path(real)
+
+
 class LazyRecipes(Mapping[str, dict[str, Any]]):
     """The recipes last built per node, loaded on first use (a no-op plan never needs them)."""
 
@@ -246,12 +261,42 @@ class LazyRecipes(Mapping[str, dict[str, Any]]):
 
 
 def _load_compiled(path: Path, key: str) -> Graph | None:
-    """The compiled graph if it was compiled from these bytes by this version, else None."""
+    """The compiled graph if it was compiled from these bytes by this version, else None.
+
+    Plain JSON, parsed, never unpickled: a crafted cache file is data, never code. Anything
+    unreadable or of the wrong shape is compiled again, with no error."""
     try:
-        saved_key, graph = pickle.loads(path.read_bytes())
-    except (OSError, pickle.UnpicklingError, ValueError, EOFError, AttributeError, TypeError):
+        saved = json.loads(path.read_bytes())
+        if saved.get("version") != COMPILED_VERSION or saved.get("key") != key:
+            return None
+        graph = Graph.from_json(saved["graph"])
+    except (OSError, ValueError, AttributeError, TypeError, KeyError, RecursionError):
         return None
-    return graph if saved_key == key and isinstance(graph, Graph) else None
+    return graph if _well_formed(graph) else None
+
+
+def _well_formed(graph: Graph) -> bool:
+    """The shapes the planner relies on: a damaged file is compiled again, never half-used."""
+    if not all(isinstance(v, int) for v in (graph.width, graph.height, graph.fps)):
+        return False
+    for nid, node in graph.nodes.items():
+        if not (
+            nid == node.id
+            and isinstance(node.id, str)
+            and isinstance(node.kind, str)
+            and isinstance(node.pool, str)
+            and isinstance(node.recipe, dict)
+            and isinstance(node.inputs, dict)
+            and all(dep in graph.nodes for dep in node.inputs.values())
+            and isinstance(node.after, list)
+            and all(dep in graph.nodes for dep in node.after)
+            and isinstance(node.cost_usd, int | float)
+            and (node.shot is None or isinstance(node.shot, dict))
+            and (node.path is None or isinstance(node.path, str))
+            and isinstance(node.digest, str)
+        ):
+            return False
+    return isinstance(graph.limits, dict)
 
 
 def _compile(manifest_path: Path, profile: str | None, backends: Backends) -> Graph:

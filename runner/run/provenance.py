@@ -19,6 +19,7 @@ from typing import Any
 from runner import __version__
 from runner.cache.store import write_atomic
 from runner.digest import file_digest, key_of
+from runner.errors import NodeFailed
 from runner.film.plan import full_recipe, node_key
 from runner.run.project import Project, find_root
 
@@ -44,7 +45,7 @@ def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None)
             continue
         recipe = full_recipe(node, digests)
         key = node_key(node, digests)
-        record = project.store.read_record(key) or {}
+        record = project.outputs.full_record(node.id, key, node.kind)
         entry["key"] = key
         entry["inputs"] = {
             role: {"node": dep, "sha256": digests[dep]} for role, dep in sorted(node.inputs.items())
@@ -102,32 +103,42 @@ def publish(project: Project, digests: dict[str, str]) -> tuple[Path, Path]:
     prov = out / f"{project.stem}.provenance.json"
     tag_key = key_of({"kind": "tag", "v": TAG_VERSION, "edit": digests["edit"], "prov": prov_sha})
     tagged = store.lookup(tag_key)
-    if tagged is None:
+    digest = str(tagged["output"]) if tagged is not None else None
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(prov, text)
+    if digest is not None and _published(film, digest):
+        return film, prov  # a no-op render reads nothing more than this
+    # About to copy it: a tagged film that does not hash to its name is quarantined, made again.
+    if digest is None or not store.verify_blob(digest):
+        if not project.outputs.have(digests["edit"], verify=True):
+            raise NodeFailed(
+                "edit: its output was corrupt and is moved to quarantine; run `runner render` "
+                "again to assemble it again"
+            )
         with store.workdir() as work:
             dest = work / "film.mp4"
             assemble.tag(store.blob(digests["edit"]), dest, f"runner-provenance-sha256:{prov_sha}")
             digest = store.put(dest)
         store.record(tag_key, {"kind": "tag", "output": digest})
-    else:
-        digest = tagged["output"]
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(prov, text)
-    if not (
-        film.is_file()
-        and film.stat().st_size == store.blob(digest).stat().st_size
-        and file_digest(film) == digest
-    ):
-        # A name of its own: two renders of one film may publish at the same moment.
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{film.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(store.blob(digest), tmp)  # a copy: editing out/ never touches it
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, film)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    # A name of its own: two renders of one film may publish at the same moment.
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{film.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(store.blob(digest), tmp)  # a copy: editing out/ never touches it
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, film)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return film, prov
+
+
+def _published(film: Path, digest: str) -> bool:
+    """out/ already holds exactly these bytes."""
+    try:
+        return film.is_file() and file_digest(film) == digest
+    except OSError:
+        return False
 
 
 def _record_text(project: Project, digests: dict[str, str]) -> bytes:
@@ -154,7 +165,10 @@ def _record_text(project: Project, digests: dict[str, str]) -> bytes:
     )
     cached = store.lookup(key)
     if cached is not None:
-        return store.blob(cached["output"]).read_bytes()
+        text = store.blob(cached["output"]).read_bytes()
+        if hashlib.sha256(text).hexdigest() == cached["output"]:
+            return text
+        store.quarantine(cached["output"])  # corrupt: kept aside, built again
     record = build(project, digests, git)
     text = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     with store.workdir() as work:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.cache.lock import Entry
-from runner.errors import UserError
+from runner.errors import NodeFailed, UserError, shown
 from runner.film import shard
 from runner.film.explain import fingerprint
 from runner.film.graph import Node
@@ -118,6 +118,8 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         force=options.rerender,
         remote=project.remote,
         backends=project.backends,
+        film_dir=project.film_dir,
+        manifest=project.manifest_path,
     )
     project.store.sweep_tmp()  # working folders of killed runs
     jobs.tidy_journal()
@@ -147,7 +149,10 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         if options.shard is None and "edit" in jobs.digests and jobs.have("edit"):
             from runner.run import provenance
 
-            film, prov = provenance.publish(project, jobs.digests)
+            try:
+                film, prov = provenance.publish(project, jobs.digests)
+            except NodeFailed as err:  # a corrupt edit, quarantined: the next render makes it
+                outcome.failed["edit"] = str(err)
     # What this run's accepted creates cost, downloaded yet or not; never what it adopted.
     spend = sum(jobs.spent.values())
     return RenderResult(plan, outcome, film, prov, round(spend, 4), interrupts.interrupted)
@@ -231,13 +236,12 @@ class LockWriter:
 
     def finish(self, outcome: Outcome) -> None:
         """Lock what the plan found cached too, and forget nodes the film no longer has."""
-        store = self.project.store
         for d in self.plan.decisions.values():
             if d.status != CACHED or d.key is None or d.kind == "asset":
                 continue
             entry = self.lock.entries.get(d.id)
             if self.lock.output_for(d.id, d.key) is None or (entry and entry.fields is None):
-                record = store.read_record(d.key) or {}
+                record = self.project.outputs.full_record(d.id, d.key, d.kind)
                 self.jobs.records.setdefault(d.id, {**record, "key": d.key, "output": d.output})
                 self.put(d.id)
         nodes = {n.id for n in self.project.graph.nodes.values() if n.kind != "asset"}
@@ -253,17 +257,19 @@ def _pull_needed(project: Project, plan: Plan, todo: set[str], publish: bool) ->
     refused corrupt blob, say): they are made again, or fetched again by job id."""
     graph, outputs, redo = project.graph, project.outputs, set[str]()
     wanted = {dep for nid in todo for dep in graph.nodes[nid].deps}
+    read = set(wanted)  # inputs of local work: their bytes are hashed before use
     if publish:
-        wanted.add("edit")
+        wanted.add("edit")  # a no-op render reads nothing: publishing checks what it copies
     while wanted:
         nid = wanted.pop()
         d = plan.decisions[nid]
         if d.status != CACHED or d.kind == "asset" or d.output is None or nid in redo:
             continue
-        if outputs.have(d.output):
+        if outputs.have(d.output, verify=nid in read):
             continue
         redo.add(nid)
         wanted |= set(graph.nodes[nid].deps)
+        read |= set(graph.nodes[nid].deps)
     return redo
 
 
@@ -297,7 +303,7 @@ def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) ->
         built[nid] = {"key": record["key"], "output": record["output"]}
         changed[nid] = jobs.recipes[nid]
         failed.pop(nid, None)
-    failed.update(outcome.failed)
+    failed.update({nid: shown(why) for nid, why in outcome.failed.items()})  # no URL secrets
     if json.dumps(state, sort_keys=True) != before:
         project.save_state(state)
     recipes.save(changed)
