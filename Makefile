@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FILM ?= films/lantern/film.toml
 STAMP := $(VENV)/.installed
 
-.PHONY: film test lint bench clean
+.PHONY: film test lint bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Hundreds of random and hostile films through `plan`, a few through `render` (tests/fuzz.py);
+# findings go into BENCHMARKS.md's Fuzz section. `make test` runs 20 of them.
+FUZZ_CASES ?= 300
+FUZZ_RENDERS ?= 20
+fuzz: $(STAMP)
+	RUNNER_FUZZ_CASES=$(FUZZ_CASES) RUNNER_FUZZ_RENDERS=$(FUZZ_RENDERS) \
+		$(BIN)/python -m pytest -q -n 4 tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .cache

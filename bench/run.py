@@ -122,6 +122,7 @@ def main() -> None:
         )
 
     rows += previz_clip()
+    rows += previz_cards_of_hostile_text()
     rows += assembly_of_100_clips()
     rows += makespan_100_hosted_shots()
     rows += pull_100_shots_from_the_remote()
@@ -157,6 +158,44 @@ def previz_clip() -> list[tuple[str, str, str, str]]:
     clip()  # warm-up: the font and ffmpeg's first start
     best, median = best_of(5, clip)
     return [("previz clip, 2 s at 320x180", f"{best:.3f} s", f"{median:.3f} s", "< 1.0 s")]
+
+
+def previz_cards_of_hostile_text() -> list[tuple[str, str, str, str]]:
+    """One previz card (1280x720) drawn in this process for text that used to take minutes:
+    one long word, a long shot id, a 5 MB one-word prompt, mixed scripts."""
+    sys.path.insert(0, str(ROOT))
+    from runner.backends.base import ShotRequest
+    from runner.backends.previz import draw_card
+
+    def card(prompt: str, shot: str = "river") -> Callable[[], object]:
+        request = ShotRequest(
+            film="Bench",
+            shot=shot,
+            take=1,
+            model="previz",
+            prompt=prompt,
+            avoid=(),
+            seconds=2.0,
+            width=1280,
+            height=720,
+            fps=24,
+            seed=7,
+        )
+        return lambda: draw_card(request)
+
+    cases = [
+        ("a 4,000-character word (was 81 s)", card("x" * 4_000)),
+        ("a 20,000-character word (was > 300 s)", card("x" * 20_000)),
+        ("a 2,000-character shot id (was 56 s)", card("A lantern.", shot="s" * 2_000)),
+        ("a 5 MB one-word prompt (was a ValueError)", card("x" * 5_000_000)),
+        ("mixed scripts and emoji, 2,000 characters", card("Mara नदी สะพาน نهر мост 🎬 " * 80)),
+    ]
+    card(cases[-1][0])()  # warm-up: fonts and cmaps load once
+    rows = []
+    for what, fn in cases:
+        best, median = best_of(5, fn)
+        rows.append((f"previz card, {what}", f"{best:.3f} s", f"{median:.3f} s", "< 0.1 s"))
+    return rows
 
 
 def assembly_of_100_clips() -> list[tuple[str, str, str, str]]:

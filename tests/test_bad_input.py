@@ -228,3 +228,91 @@ def test_the_command_line_exits_2_with_one_line_and_no_traceback(
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("runner: error: "), result.stderr
     assert expected in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+# Hostile and unlucky input: each ends in one clear message, never "internal error".
+def test_toml_nested_hundreds_deep_is_invalid_toml_not_a_crash(check: Check) -> None:
+    check(MINIMAL + f"deep = {'[' * 600}{']' * 600}\n", "film.toml: invalid TOML", "nested")
+
+
+def test_a_lock_nested_hundreds_deep_is_named(check: Check) -> None:
+    lock = f"version = 1\nnodes = {'[' * 600}{']' * 600}\n"
+    check(MINIMAL, "film.lock: not a readable lock file", "nested", files={"film.lock": lock})
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        ('sequence = [{ shot = "river", end = inf }, "sky"]', "edit.sequence[0].end"),
+        ('sequence = [{ shot = "river", start = 1e308 }]', "edit.sequence[0].start"),
+        (
+            'sequence = ["river", { shot = "sky", transition = { kind = "crossfade", '
+            "seconds = inf } }]",
+            "edit.sequence[1].transition.seconds",
+        ),
+        ('transition = { kind = "crossfade", seconds = nan }', "edit.transition.seconds"),
+    ],
+)
+def test_infinite_or_huge_times_in_the_edit_name_the_key(
+    check: Check, edit: str, where: str
+) -> None:
+    err = check(MINIMAL + f"\n[edit]\n{edit}\n", where)
+    assert "valid string" not in err  # the union's other member is not the problem
+
+
+@pytest.mark.parametrize(
+    ("edit", "where", "why"),
+    [
+        ('sequence = [{ shot = "river", start = 2 }]', "edit.sequence[0].start", "not before"),
+        ('sequence = [{ shot = "river", end = 5 }]', "edit.sequence[0].end", "past the end"),
+        (
+            'sequence = ["river", { shot = "sky", transition = { kind = "crossfade", '
+            "seconds = 3 } }]",
+            "edit.sequence[1].transition.seconds",
+            "longer than clip",
+        ),
+    ],
+)
+def test_trims_and_crossfades_beyond_the_shot_fail_the_plan_at_the_key(
+    check: Check, edit: str, where: str, why: str
+) -> None:
+    check(MINIMAL + f"\n[edit]\n{edit}\n", where, why, "1 s")
+
+
+def test_a_prompt_longer_than_previz_takes_names_the_limit_and_the_length(check: Check) -> None:
+    bad = MINIMAL.replace('scene = "Riverbank at dusk."', f'prompt = "{"x" * 150_000}"')
+    check(bad, "shots.river", "100000", "characters")
+
+
+def test_a_cache_dir_that_is_a_file_is_named(
+    tmp_path: Path, plan: Callable[..., tuple[int, str]]
+) -> None:
+    film = gen(tmp_path / "film", {"film.toml": MINIMAL, "cachefile": "not a folder"})
+    for cache in (film / "cachefile", film / "cachefile" / "inner"):
+        code, err = plan(film / "film.toml", "--cache-dir", cache)
+        assert code == 2, err
+        assert f"{cache} (--cache-dir): is a file" in err and "internal" not in err
+
+
+def test_a_full_disk_names_the_folder_and_the_free_space_and_leaves_nothing_half_written(
+    tmp_path: Path, plan: Callable[..., tuple[int, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    film = gen(tmp_path / "film", {"film.toml": MINIMAL})
+    real_fsync = os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the store's write: the first byte that must land
+    code, err = plan(film / "film.toml")
+    assert code == 1, err
+    assert err.count("\n") == 1 and "internal" not in err, err
+    assert "no space left on the device" in err and " free)" in err
+    assert str(tmp_path / "cache") in err  # the folder that is full
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith(".tmp-")]
+    assert leftovers == []
+    monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: the next run just works
+    assert plan(film / "film.toml")[0] == 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from runner.backends import cardtext, previz
 from runner.backends.base import Backend, ShotRequest
 from runner.backends.previz import PrevizBackend
 from runner.errors import NodeFailed
@@ -174,3 +176,71 @@ def test_submitting_a_rendered_request_again_does_not_render_it_again(tmp_path: 
     assert backend.submit(shot()) == job
     again = clip.stat()
     assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+
+def counted_measurements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text FreeType is asked to measure from now on."""
+    measured: list[str] = []
+    real = cardtext._measure
+
+    def measure(font: object, text: str) -> float:
+        measured.append(text)
+        return real(font, text)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cardtext, "_measure", measure)
+    return measured
+
+
+def test_wrapping_one_huge_word_measures_each_character_at_most_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    measured = counted_measurements(monkeypatch)
+    word = "".join(chr(0x4E00 + i % 2000) if i % 3 else "abcdefghij"[i % 10] for i in range(20_000))
+    lines, more = cardtext.Typeset(13).wrap(word, 300, 1000)
+    assert len(lines) > 10 and more  # cut into lines, and the rest left off the card
+    # Linear: each distinct glyph measured once (the old wrap measured growing prefixes).
+    assert sum(map(len, measured)) <= cardtext.MAX_CARD_CHARS
+
+
+def test_a_five_megabyte_one_word_prompt_draws_a_card_ending_in_an_ellipsis(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[int] = []
+    real = cardtext.clusters
+
+    def clusters(text: str) -> Iterator[cardtext.Cluster]:
+        seen.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(cardtext, "clusters", clusters)
+    card = previz.draw_card(shot(prompt="x" * 5_000_000, shot="s" * 2_000))
+    assert seen and max(seen) <= cardtext.MAX_CARD_CHARS  # the card looks at an excerpt only
+    body = cardtext.Typeset(max(7, 180 // 30))
+    lines, more = body.wrap("x" * 5_000_000, 300, 3)
+    assert more and len(lines) == 3
+    assert card.size == (320, 180)
+    assert body.ellipsize(lines[-1], 300)[-1].text == cardtext.ELLIPSIS
+
+
+@pytest.mark.parametrize("char", ["Ж", "Ω", "म", "ส", "م", "é"])
+def test_non_latin_scripts_are_drawn_by_a_font_that_has_the_glyph(char: str) -> None:
+    face = cardtext.face_of(char)
+    assert face != cardtext.PLACEHOLDER
+    # The chosen face draws the glyph itself: it differs from the face's own missing-glyph box.
+    font = cardtext.font(face, 24)
+    assert font.getmask(char).getbbox() is not None
+    assert bytes(font.getmask(char)) != bytes(font.getmask("\U000f0000"))
+
+
+def test_a_glyph_no_font_has_is_one_placeholder_whatever_its_modifiers() -> None:
+    for emoji in ["🎬", "👍🏽", "👨\u200d👩\u200d👧", "❤️"]:
+        found = list(cardtext.clusters(f"a{emoji}b"))
+        assert [c.face == cardtext.PLACEHOLDER for c in found] == [False, True, False], emoji
+        assert found[1].text == emoji
+
+
+def test_cards_in_any_script_are_byte_identical_for_the_same_request() -> None:
+    request = shot(prompt="Mara नदी สะพาน نهر мост 灯笼 🎬 " * 5, film="Фильм")
+    one, two = previz.draw_card(request), previz.draw_card(request)
+    assert one.tobytes() == two.tobytes()
+    assert one.tobytes() != previz.draw_card(shot(prompt="Mara")).tobytes()

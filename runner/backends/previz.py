@@ -4,8 +4,8 @@ Each clip is a real H.264/AAC MP4 of the requested size, length and frame rate, 
 pipeline (cache, assembly, provenance) runs end to end without a provider. The card shows the
 film title, shot, take and an excerpt of the compiled prompt; a running timecode is burned in;
 the audio is a quiet seeded noise bed. The same request gives the same bytes on every machine:
-the font is Pillow's embedded Aileron, the layout engine is Pillow's basic one, and ffmpeg is
-the pinned build.
+the fonts are Pillow's embedded Aileron and pinned Noto wheels (a font per glyph, see
+`cardtext`), the layout engine is Pillow's basic one, and ffmpeg is the pinned build.
 """
 
 from __future__ import annotations
@@ -17,25 +17,23 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from runner.backends import cardtext
 from runner.backends.base import Capabilities, JobStatus, ShotRequest
 from runner.errors import NodeFailed
 from runner.film import model_table
 from runner.film.model_table import ModelRow
 from runner.media import ffmpeg
 
-if TYPE_CHECKING:
-    from PIL.ImageFont import FreeTypeFont
-
 MIN_SIDE = 64
 MAX_SIDE = 3840
 MAX_SECONDS = 60.0
 MAX_FPS = 120
 FONT_NAME = "previz-aileron.ttf"
-RECIPE_VERSION = 1
+MAX_PROMPT_CHARS = 100_000  # generous (hosted models take a few thousand); bounds plan's work
+RECIPE_VERSION = 2  # 2: a font per glyph (non-Latin scripts), linear wrap, bounded excerpt
 """Bumped when the look of a previz clip changes, so cached clips re-render."""
 
 # Any even size from 64 to 3840 (see `check`), any length up to 60 s, free. It takes all a
@@ -48,6 +46,7 @@ ROW = ModelRow(
     reference_images=3,
     remix=True,
     seed=True,
+    max_prompt_chars=MAX_PROMPT_CHARS,
 )
 
 
@@ -185,28 +184,9 @@ def _font_file(workdir: Path) -> Path:
     if not path.is_file():
         fd, tmp = tempfile.mkstemp(dir=workdir, suffix=".ttf")
         with os.fdopen(fd, "wb") as f:
-            f.write(_font_bytes())
+            f.write(cardtext.aileron_bytes())
         os.replace(tmp, path)
     return path
-
-
-@cache
-def _font_bytes() -> bytes:
-    """The TrueType bytes of Pillow's embedded default font (Aileron)."""
-    from PIL import ImageFont
-
-    data: bytes = ImageFont.load_default(size=12).font_bytes  # type: ignore[union-attr]
-    return data
-
-
-@cache
-def _load_font(size: int) -> FreeTypeFont:
-    """Aileron at `size` px with the basic layout engine (raqm varies by machine)."""
-    from io import BytesIO
-
-    from PIL import ImageFont
-
-    return ImageFont.truetype(BytesIO(_font_bytes()), size, layout_engine=ImageFont.Layout.BASIC)
 
 
 def background(shot_id: str) -> tuple[int, int, int]:
@@ -235,71 +215,50 @@ def draw_card(shot: ShotRequest) -> Any:
         )
         text_right = x - margin
         thumb_bottom = margin + thumb.height
-    title_font = _load_font(max(8, h // 14))
-    body_font = _load_font(max(7, h // 30))
+    title = cardtext.Typeset(max(8, h // 14))
+    body = cardtext.Typeset(max(7, h // 30))
     bottom = h - max(8, h // 22) * 2 - margin  # keep clear of the burned-in timecode
     y = margin
-    lines: list[tuple[str, FreeTypeFont, tuple[int, int, int]]] = [
-        (shot.film, title_font, (255, 255, 255)),
-        (f"shot {shot.shot} · take {shot.take}", title_font, (255, 214, 140)),
+    header: list[tuple[str, cardtext.Typeset, tuple[int, int, int]]] = [
+        (shot.film, title, (255, 255, 255)),
+        (f"shot {shot.shot} · take {shot.take}", title, (255, 214, 140)),
         (
             f"{shot.model} · {shot.seconds:g}s · {w}x{h} · {shot.fps} fps"
             + (f" · seed {shot.seed}" if shot.seed is not None else ""),
-            body_font,
+            body,
             (200, 200, 200),
         ),
     ]
-    for text, font, colour in lines:
-        for line in _wrap(text, font, text_right - margin, 2)[:2]:
-            if y + _line_height(font) > bottom:
+    for text, face, colour in header:
+        lines, more = face.wrap(text, text_right - margin, 2)
+        if more and lines:
+            lines[-1] = face.ellipsize(lines[-1], text_right - margin)
+        for line in lines:
+            if y + face.line_height > bottom:
                 return card
-            draw.text((margin, y), line, font=font, fill=colour)
-            y += _line_height(font)
-    y = max(y, thumb_bottom) + _line_height(body_font) // 2
+            face.draw(draw, margin, y, line, colour)
+            y += face.line_height
+    y = max(y, thumb_bottom) + body.line_height // 2
     paragraphs = shot.prompt.splitlines()
     if shot.avoid:
         paragraphs.append("avoid: " + ", ".join(shot.avoid))
-    fits = max(0, (bottom - y) // _line_height(body_font))
-    wrapped: list[str] = []
-    for para in paragraphs:
-        if len(wrapped) > fits:
-            break  # wrapping the rest would only be cut off
-        wrapped.extend(_wrap(para, body_font, w - 2 * margin, fits + 1) or [""])
-    if len(wrapped) > fits > 0:
-        wrapped = [*wrapped[: fits - 1], wrapped[fits - 1].rstrip() + " …"]
-    for line in wrapped[:fits]:
-        draw.text((margin, y), line, font=body_font, fill=(235, 235, 235))
-        y += _line_height(body_font)
+    fits = max(0, (bottom - y) // body.line_height)
+    wrapped: list[cardtext.Line] = []
+    more = False
+    for i, para in enumerate(paragraphs):
+        if len(wrapped) >= fits:
+            more = True  # wrapping the rest would only be cut off
+            break
+        lines, cut = body.wrap(para, w - 2 * margin, fits - len(wrapped))
+        wrapped.extend(lines or [[]])
+        more = cut or (len(wrapped) >= fits and i + 1 < len(paragraphs))
+    wrapped = wrapped[:fits]
+    if more and wrapped:
+        wrapped[-1] = body.ellipsize(wrapped[-1], w - 2 * margin)
+    for line in wrapped:
+        body.draw(draw, margin, y, line, (235, 235, 235))
+        y += body.line_height
     return card
-
-
-def _line_height(font: FreeTypeFont) -> int:
-    return round(font.size * 1.25)
-
-
-def _wrap(text: str, font: FreeTypeFont, width: int, max_lines: int = 1000) -> list[str]:
-    """Greedy word wrap to a pixel width; a word wider than the line is cut."""
-    lines: list[str] = []
-    line = ""
-    for word in text.split():
-        if len(lines) >= max_lines:
-            return lines
-        candidate = f"{line} {word}" if line else word
-        if font.getlength(candidate) <= width:
-            line = candidate
-            continue
-        if line:
-            lines.append(line)
-        while len(word) > 1 and font.getlength(word) > width:
-            cut = len(word) - 1
-            while cut > 1 and font.getlength(word[:cut]) > width:
-                cut -= 1
-            lines.append(word[:cut])
-            word = word[cut:]
-        line = word
-    if line:
-        lines.append(line)
-    return lines
 
 
 def _thumbnail(image: Path, box: tuple[int, int]) -> Any:

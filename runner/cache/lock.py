@@ -25,7 +25,7 @@ from typing import Any
 
 from runner.cache.store import read_json, write_atomic, write_json
 from runner.digest import is_sha256
-from runner.errors import UserError
+from runner.errors import TOO_DEEP, UserError
 
 LOCK_VERSION = 2
 READS = (1, 2)  # every lock version this runner reads
@@ -92,9 +92,10 @@ class Lock:
     def _parse(path: Path, raw: bytes) -> tuple[int, dict[str, Entry]]:
         try:
             data = tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
+            why = TOO_DEEP if isinstance(err, RecursionError) else err
             raise UserError(
-                f"{path}: not a readable lock file ({err}); restore it from git or delete it "
+                f"{path}: not a readable lock file ({why}); restore it from git or delete it "
                 "(the next render writes a new one)"
             ) from None
         version = data.get("version")

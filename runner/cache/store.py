@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.digest import file_digest, is_sha256
-from runner.errors import UserError
+from runner.errors import DiskFull, UserError
 
 RECORD_VERSION = 1
 CACHE_VERSION = 1  # the layout below; CACHE.json at the root says which
@@ -52,9 +52,12 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = DiskFull.of(err, path.parent)
+        if full is not None:
+            raise full from None
         raise
 
 

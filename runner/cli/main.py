@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from runner import __version__
 from runner.cache.remote import RemoteError
-from runner.errors import UserError, printable, scrub_urls, shown
+from runner.errors import DiskFull, UserError, printable, scrub_urls, shown
 
 if TYPE_CHECKING:
     from runner.run.project import Project
@@ -121,18 +121,32 @@ def main(argv: list[str] | None = None) -> int:
     except RemoteError as err:
         print(f"runner: error: {shown(str(err))}", file=sys.stderr)
         return EXIT_FAILED
+    except DiskFull as err:
+        print(f"runner: error: {shown(str(err))}", file=sys.stderr)
+        return EXIT_FAILED
     except BrokenPipeError:  # `runner graph | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except KeyboardInterrupt:
         print("runner: interrupted; finished nodes are cached", file=sys.stderr)
         return 130
-    except Exception as err:  # never a bare traceback: say what broke and how to see more
-        if os.environ.get("RUNNER_DEBUG"):
-            raise
-        why = shown(repr(err))
-        print(f"runner: internal error: {why} (set RUNNER_DEBUG=1 for details)", file=sys.stderr)
+    except OSError as err:
+        full = DiskFull.of(err, args.cache_dir or Path.cwd())
+        if full is None:
+            return _internal(err)
+        print(f"runner: error: {shown(str(full))}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as err:  # never a bare traceback: say what broke and how to see more
+        return _internal(err)
+
+
+def _internal(err: Exception) -> int:
+    """A bug: say what broke and how to see more (RUNNER_DEBUG=1 re-raises it)."""
+    if os.environ.get("RUNNER_DEBUG"):
+        raise err
+    why = shown(repr(err))
+    print(f"runner: internal error: {why} (set RUNNER_DEBUG=1 for details)", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _open(args: argparse.Namespace) -> Project:

@@ -121,6 +121,7 @@ def build(
         if shot.remix is not None:
             _check_remix(manifest, source, shot_id, shot.remix.shot, settings.backend, profile)
 
+    _check_cuts(manifest, source, profile)
     nodes["edit"] = _edit_node(manifest, backends.media)
     for node in nodes.values():
         node.seal()
@@ -171,6 +172,44 @@ def _check_remix(
             f"{source}: shots.{shot_id}.remix: shot {original!r} renders on another backend; a "
             f"remix edits a job of the same provider, so both shots need backend = {backend!r}"
         )
+
+
+def _check_cuts(manifest: Manifest, source: str, profile: str | None) -> None:
+    """Each trim against its shot's length and each crossfade against the clips it joins,
+    at plan time and at the key: assembly would only find out after everything rendered."""
+    frame = 1 / manifest.film.fps  # assembly rounds to frames: allow that much
+    lengths: list[float] = []  # each clip's length after trimming
+    fades: list[tuple[float, str]] = []  # each clip's crossfade in, and its key
+    for i, cut in enumerate(manifest.cuts()):
+        where = f"{source}: edit.sequence[{i}]"
+        seconds = compose.resolve(manifest, cut.shot, profile).seconds
+        end = seconds if cut.end is None else cut.end
+        if cut.start >= seconds:
+            raise UserError(
+                f"{where}.start: {cut.start:g} s is not before the end of shot {cut.shot!r} "
+                f"({seconds:g} s); start earlier or lengthen the shot"
+            )
+        if end > seconds + frame:
+            raise UserError(
+                f"{where}.end: {end:g} s is past the end of shot {cut.shot!r} ({seconds:g} s); "
+                "end earlier or lengthen the shot"
+            )
+        if end <= cut.start:
+            raise UserError(f"{where}.end: {end:g} s is not after start {cut.start:g} s")
+        transition = cut.transition or manifest.edit.transition
+        key = f"{where}.transition" if cut.transition else f"{source}: edit.transition"
+        lengths.append(end - cut.start)
+        fades.append((transition.seconds if transition.kind == "crossfade" and i else 0.0, key))
+    fades.append((0.0, ""))
+    for i, length in enumerate(lengths):
+        (fade_in, key_in), (fade_out, key_out) = fades[i], fades[i + 1]
+        if fade_in + fade_out > length + frame:
+            key = key_out if fade_out else key_in
+            raise UserError(
+                f"{key}.seconds: crossfades of {fade_in + fade_out:g} s in all are longer than "
+                f"clip {i + 1} ({manifest.cuts()[i].shot!r}, {length:g} s after trimming); "
+                "shorten the crossfade or the trim"
+            )
 
 
 def _edit_node(manifest: Manifest, media: str) -> Node:

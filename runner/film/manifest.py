@@ -15,10 +15,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runner.errors import UserError
+from runner.errors import TOO_DEEP, UserError
 
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+MAX_SECONDS = 86_400.0  # a day: bounds every length and time, so `inf` or 1e308 is an error
 
 
 class Strict(BaseModel):
@@ -59,7 +60,7 @@ class Settings(Strict):
 
     backend: str | None = None
     model: str | None = None
-    seconds: float | None = Field(None, gt=0)
+    seconds: float | None = Field(None, gt=0, le=MAX_SECONDS)
     size: str | None = None
     seed: int | None = None
 
@@ -69,7 +70,7 @@ class Settings(Strict):
 class Limits(Strict):
     concurrency: int | None = Field(None, ge=1)
     rpm: int | None = Field(None, ge=1)
-    max_cost_usd: float | None = Field(None, ge=0)
+    max_cost_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
     give_up_after: float | None = Field(None, gt=0, allow_inf_nan=False)  # seconds
 
 
@@ -125,15 +126,15 @@ class Shot(Settings):
 
 class Transition(Strict):
     kind: Literal["cut", "crossfade"] = "cut"
-    seconds: float = Field(0.0, ge=0)
+    seconds: float = Field(0.0, ge=0, le=MAX_SECONDS)
 
 
 class Cut(Strict):
     """One clip of the edit: a shot, optionally trimmed, and how it joins the previous clip."""
 
     shot: str
-    start: float = Field(0.0, ge=0)
-    end: float | None = Field(None, gt=0)
+    start: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    end: float | None = Field(None, gt=0, le=MAX_SECONDS)
     transition: Transition | None = None
 
 
@@ -168,6 +169,8 @@ def load(path: Path) -> Manifest:
         raise UserError(f"{path}: no such file; pass the path of a film.toml") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: invalid TOML: {err}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid TOML: {TOO_DEEP}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read: {err}") from None
     try:
@@ -181,8 +184,11 @@ def load(path: Path) -> Manifest:
 def _explain(path: Path, err: ValidationError, data: dict[str, Any]) -> str:
     lines: list[str] = []
     shown: set[str] = set()  # examples given once per message
-    for item in err.errors():
-        loc = _clean_loc(item["loc"], data)
+    items = [(item, _clean_loc(item["loc"], data)) for item in err.errors()]
+    deeper = {tuple(loc[:n]) for _, loc in items for n in range(len(loc))}
+    for item, loc in items:
+        if item["type"] == "string_type" and tuple(loc) in deeper:
+            continue  # a table where `str | table` was allowed: its own error says what is wrong
         where = ".".join(loc) or "(top level)"
         if item["type"] == "extra_forbidden":
             message = f"unknown key{_did_you_mean(loc)}"

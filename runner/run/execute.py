@@ -23,7 +23,7 @@ from runner.backends.registry import Backends
 from runner.cache.outputs import Outputs
 from runner.cache.remote import Remote, RemoteError
 from runner.cache.store import RECORD_VERSION, SegmentCache, Store
-from runner.errors import NodeFailed, UserError
+from runner.errors import DiskFull, NodeFailed, UserError
 from runner.film.graph import Graph, Node, shot_name
 from runner.film.plan import Plan, full_recipe, node_key
 from runner.run.job import PoolPause, ShotJob
@@ -181,7 +181,11 @@ class NodeJobs:
         except PoolPause as err:
             result = Retry(str(err), err.after)
         except Exception as err:  # a bug or an environment problem: report, don't hang
-            result = f"internal error: {traceback.format_exception_only(err)[-1].strip()}"
+            full = DiskFull.of(err, self.store.root)
+            if full is not None:
+                result = str(full)
+            else:
+                result = f"internal error: {traceback.format_exception_only(err)[-1].strip()}"
         with self._spent_lock:
             self._in_flight.discard(node_id)
         self._done.put((node_id, result))

@@ -24,7 +24,7 @@ from runner.cache.lock import Lock
 from runner.cache.outputs import Outputs
 from runner.cache.remote import Remote, remote_from_config
 from runner.cache.store import StatCache, Store, read_json, write_atomic, write_json
-from runner.errors import UserError
+from runner.errors import TOO_DEEP, UserError
 from runner.film.explain import Before, fingerprint
 from runner.film.graph import Graph, Node
 from runner.film.plan import Plan, make_plan
@@ -107,11 +107,19 @@ class Project:
         if not manifest_path.is_file():
             raise UserError(f"{manifest_path}: no such file; pass the path of a film.toml")
         film_dir = manifest_path.parent
+        given = "--cache-dir"
         if cache_dir is None:
             env = os.environ.get("RUNNER_CACHE_DIR")
+            given = "RUNNER_CACHE_DIR" if env else "the default cache folder"
             cache_dir = Path(env) if env else find_root(film_dir.resolve()) / ".cache"
         store = Store(cache_dir)
-        store.check_format()
+        try:
+            store.check_format()
+        except (NotADirectoryError, FileExistsError):
+            raise UserError(
+                f"{cache_dir} ({given}): is a file, or inside one, not a folder; point "
+                "--cache-dir (or RUNNER_CACHE_DIR) at a folder, or move the file away"
+            ) from None
         if backends is None:
             config = tool_config(film_dir).get("backends", {})
             backends = Backends(config if isinstance(config, dict) else {}, store.tmp / "backends")
@@ -314,8 +322,9 @@ def tool_config(film_dir: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
-    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read [tool.runner]: {err}") from None
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError, RecursionError) as err:
+        why = TOO_DEEP if isinstance(err, RecursionError) else err
+        raise UserError(f"{path}: cannot read [tool.runner]: {why}") from None
     config = data.get("tool", {}).get("runner", {})
     return config if isinstance(config, dict) else {}
 
