@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -72,24 +71,24 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.mark.slow
-def test_100_clip_film_keeps_audio_within_one_frame_of_video(tmp_path: Path) -> None:
-    specs = [(tmp_path / f"src{i:03d}.mp4", {"beep_hz": 400 + 10 * i}) for i in range(100)]
+def test_a_40_clip_film_keeps_audio_within_one_frame_of_video(tmp_path: Path) -> None:
+    # Each naive join drifts 32 ms: forty clips (the 100-clip figure is in `make bench`) would
+    # be 1.2 s out by the end, thirty times the one-frame tolerance checked at every clip.
+    n = 40
+    specs = [(tmp_path / f"src{i:03d}.mp4", {"beep_hz": 400 + 10 * i}) for i in range(n)]
     clips = [clip(p) for p in make_clips(specs)]
-
-    started = time.perf_counter()
     film, _ = build(clips, tmp_path, DirCache(tmp_path / "cache"))
-    print(f"assembled 100 clips in {time.perf_counter() - started:.2f} s")
 
     frames = video_frames(film)
-    assert frames == 100 * FPS
+    assert frames == n * FPS
     samples = audio_samples(film, tmp_path)
     assert abs(samples / 48000 - frames / FPS) < FRAME
     flashes, beeps = flash_onsets(film), beep_onsets(film)
-    assert len(flashes) == len(beeps) == 100
+    assert len(flashes) == len(beeps) == n
     for k, (seen, heard) in enumerate(zip(flashes, beeps, strict=True)):
         assert abs(seen - k) < FRAME, f"clip {k} picture starts at {seen}"
         assert abs(heard - seen) < FRAME, f"clip {k}: beep at {heard}, flash at {seen}"
-    assert abs(beeps[-1] - 99.0) < FRAME
+    assert abs(beeps[-1] - (n - 1)) < FRAME
 
 
 def test_film_has_exact_length_size_and_streams(sources: list[Path], tmp_path: Path) -> None:

@@ -36,8 +36,11 @@ def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None)
         entry: dict[str, Any] = {
             "id": node.id,
             "kind": node.kind,
-            "output_sha256": digests[node.id],
+            "output_sha256": digests.get(node.id),
         }
+        if node.id not in digests:  # outside the cut and not made (failed, skipped)
+            nodes.append({**entry, "status": "not rendered"})
+            continue
         if node.kind == "asset":
             assert node.path is not None
             entry["path"] = os.path.relpath(node.path, project.film_dir.resolve())
@@ -149,7 +152,9 @@ def _record_text(project: Project, digests: dict[str, str]) -> bytes:
     store = project.store
     git = _git(project.manifest_path)
     parts = {
-        nid: node_key(node, digests) if node.kind != "asset" else digests[nid]
+        nid: (node_key(node, digests) if node.kind != "asset" else digests[nid])
+        if nid in digests
+        else None  # not made in this run: a shot outside the cut that failed, say
         for nid, node in project.graph.nodes.items()
     }
     key = key_of(
