@@ -33,11 +33,11 @@ def hosted_film(shots: int) -> str:
         "seconds = 4",
         "[limits.openai]",
         "concurrency = 3",
+    ]
+    if shots > 2:
         # Every shot renders and is locked; the cut joins two, so each render's audio encode
         # stays short (a join is a join).
-        "[edit]",
-        f"sequence = {['s0', 's1'][:shots]!r}".replace("'", '"'),
-    ]
+        lines += ["[edit]", 'sequence = ["s0", "s1"]']
     for i in range(shots):
         lines += [f"[shots.s{i}]", f'scene = "Team shot {i}."']
     return "\n".join(lines) + "\n"
