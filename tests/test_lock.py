@@ -60,3 +60,31 @@ def test_a_version_1_lock_is_read_and_a_render_writes_it_as_version_2(
     upgraded = tomllib.loads(lock.read_text())
     assert upgraded["version"] == 2
     assert all("fields" in entry for entry in upgraded["nodes"].values())
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        # A shot's entry that says it is a frame: not this node's kind of output.
+        ({"shots.river": ("frame", "c" * 64)}, "nodes.\"shots.river\".kind: 'frame'"),
+        # A frame pointed at the bytes a shot's entry names: another node's output.
+        (
+            {"shots.river": ("shot", "c" * 64), "frames.river.last": ("frame", "c" * 64)},
+            "the same bytes as frames.river.last's, a frame node",
+        ),
+    ],
+)
+def test_a_lock_that_points_a_node_at_another_kinds_output_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    entries: dict[str, tuple[str, str]],
+    expected: str,
+) -> None:
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    film = gen(tmp_path / "film", {"film.toml": MINIMAL}) / "film.toml"
+    lock = {nid: Entry(KEY, out, kind) for nid, (kind, out) in entries.items()}
+    Lock(film.with_suffix(".lock"), lock).write()
+    assert cli.main(["plan", str(film)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "film.lock" in err and "restore film.lock from git" in err

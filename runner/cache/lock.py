@@ -135,6 +135,25 @@ class Lock:
             entries[node] = entry
         return entries
 
+    def check_kinds(self, kinds: dict[str, str]) -> None:
+        """Each entry's kind must be its node's (a frame's PNG is never a shot's video), and
+        one output may not stand for nodes of two kinds: a lock from a pull request that
+        points a node at another node's bytes is refused, not used."""
+        seen: dict[str, tuple[str, str]] = {}  # output -> (node, kind)
+        for node, entry in self.entries.items():
+            kind = kinds.get(node)
+            if kind is not None and entry.kind != kind:
+                raise UserError(
+                    f"{self.path}: nodes.{_quote(node)}.kind: {entry.kind!r}, but {node} is a "
+                    f"{kind} node; {RESTORE}"
+                )
+            other = seen.setdefault(entry.output, (node, entry.kind))
+            if other[1] != entry.kind:
+                raise UserError(
+                    f"{self.path}: nodes.{_quote(node)}.output: the same bytes as "
+                    f"{other[0]}'s, a {other[1]} node; {RESTORE}"
+                )
+
     def output_for(self, node: str, key: str) -> str | None:
         """The locked output of node when it is locked at this key."""
         entry = self.entries.get(node)

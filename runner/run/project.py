@@ -169,6 +169,7 @@ class Project:
 
     def plan(self, force: frozenset[str] = frozenset()) -> Plan:
         """What renders and why. `force`: node ids to render again whatever is cached."""
+        self.lock.check_kinds({nid: node.kind for nid, node in self.graph.nodes.items()})
         stats = StatCache(self.store.state_path("assets"))
 
         def asset_digest(node: Node) -> str:
