@@ -13,9 +13,17 @@ from typing import Any
 
 import pytest
 
-from runner.cache.remote import Remote, RemoteCorrupt, RemoteError, remote_from_config
+from runner import cli
+from runner.cache.remote import (
+    Remote,
+    RemoteCorrupt,
+    RemoteError,
+    RemoteMissing,
+    remote_from_config,
+)
 from runner.cache.store import Store
 from runner.errors import UserError
+from tests.films import MINIMAL, gen
 from tests.servers.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, s3_env
 
 
@@ -289,12 +297,17 @@ def test_a_missing_bucket_or_folder_is_named_with_how_to_fix(
     with S3Server() as server:
         s3_env(monkeypatch, server)
         store, [digest] = store_with(tmp_path / "s", b"x")
-        with pytest.raises(RemoteError, match=r"bucket 'no-such-bucket'.*create the bucket"):
+        # A URL that names nothing is the user's setting to fix: a usage error (exit 2).
+        with pytest.raises(RemoteMissing, match=r"bucket 'no-such-bucket'.*create the bucket"):
             Remote("s3://no-such-bucket/cache").push_blob(digest, store)
     missing = tmp_path / "not-mounted"
-    with pytest.raises(RemoteError, match="does not exist; mount the shared drive"):
+    with pytest.raises(RemoteMissing, match="does not exist; mount the shared drive"):
         Remote(missing.as_uri()).push_blob(digest, store)
     assert not missing.exists()  # never creates a share that is not there
+    film = gen(tmp_path / "film", {"film.toml": MINIMAL}) / "film.toml"
+    monkeypatch.setenv("RUNNER_REMOTE", missing.as_uri())
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli.main(["plan", str(film)]) == 2
 
 
 def test_credentials_in_the_url_never_reach_a_message(tmp_path: Path) -> None:

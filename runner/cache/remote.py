@@ -45,6 +45,10 @@ class RemoteError(Exception):
     """The remote cache cannot be used: unreachable, no permission, bucket missing."""
 
 
+class RemoteMissing(RemoteError, UserError):
+    """The remote's URL names no bucket or folder: the user's setting is wrong (exit 2)."""
+
+
 class RemoteCorrupt(RemoteError):
     """A remote blob does not hash to its name; its bytes are never stored or used."""
 
@@ -255,7 +259,7 @@ class Remote:
                 f"run `pip install {package}`"
             ) from None
         except (ValueError, TypeError) as err:
-            raise RemoteError(
+            raise RemoteMissing(
                 f"remote cache {self.display_url}: not a usable URL ({self._scrub(err)}); "
                 f"set {ENV_VAR} or [tool.runner] remote to s3://, gs:// or file:// URL"
             ) from None
@@ -265,7 +269,7 @@ class Remote:
         """Fail early and clearly when the bucket or shared folder is missing or unreachable."""
         if self.protocol in ("file", "local"):
             if not os.path.isdir(self._root):
-                raise RemoteError(
+                raise RemoteMissing(
                     f"remote cache {self.display_url}: folder {self._root} does not exist; "
                     "mount the shared drive or create the folder"
                 )
@@ -276,6 +280,12 @@ class Remote:
                 self._fs.call_s3("head_bucket", Bucket=bucket)
             else:
                 self._fs.info(bucket)
+        except FileNotFoundError as err:  # no such bucket: the URL is wrong
+            raise RemoteMissing(
+                f"remote cache bucket {bucket!r} of {self.display_url}: not found "
+                f"({self._scrub(err)}); create the bucket, or fix the URL in {ENV_VAR} / "
+                "[tool.runner] remote"
+            ) from None
         except Exception as err:
             self._fail("reach the bucket", err, bucket=bucket)
 
