@@ -316,3 +316,9 @@ def test_a_full_disk_names_the_folder_and_the_free_space_and_leaves_nothing_half
     assert leftovers == []
     monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: the next run just works
     assert plan(film / "film.toml")[0] == 0
+
+
+def test_problems_in_several_shots_are_reported_together(check: Check) -> None:
+    bad = MINIMAL.replace('scene = "Riverbank at dusk."', 'scene = "Dusk."\nseconds = 90')
+    bad = bad.replace('scene = "The lantern rises."', 'scene = "Rises."\nseconds = 120')
+    check(bad, "shots.river.seconds: 90 is longer than previz", "shots.sky.seconds: 120")

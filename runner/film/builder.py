@@ -47,79 +47,88 @@ def build(
         nid = f"assets.{name}"
         nodes[nid] = Node(nid, "asset", "local", {"kind": "asset"}, path=str(path))
 
+    problems: list[str] = []
     for name in manifest.limits:
-        _backend(backends, name, f"{source}: limits.{name}")
+        try:
+            _backend(backends, name, f"{source}: limits.{name}")
+        except UserError as err:
+            problems.append(str(err))
     for shot_id, shot in manifest.shots.items():
-        settings = compose.resolve(manifest, shot_id, profile)
-        backend = _backend(backends, settings.backend, f"{source}: shots.{shot_id}.backend")
-        model = settings.model or backend.default_model
-        caps = backend.capabilities(model)
-        prompt = compose.compile_prompt(manifest, shot_id, negative_prompt=caps.negative_prompt)
-        inputs: dict[str, str] = {}
-        if isinstance(shot.image, FrameRef):
-            frame_id = f"frames.{shot.image.shot}.{shot.image.frame}"
-            source_take = picked(manifest, shot.image.shot)
-            nodes.setdefault(
-                frame_id,
-                Node(
+        try:
+            settings = compose.resolve(manifest, shot_id, profile)
+            backend = _backend(backends, settings.backend, f"{source}: shots.{shot_id}.backend")
+            model = settings.model or backend.default_model
+            caps = backend.capabilities(model)
+            prompt = compose.compile_prompt(manifest, shot_id, negative_prompt=caps.negative_prompt)
+            inputs: dict[str, str] = {}
+            if isinstance(shot.image, FrameRef):
+                frame_id = f"frames.{shot.image.shot}.{shot.image.frame}"
+                source_take = picked(manifest, shot.image.shot)
+                nodes.setdefault(
                     frame_id,
-                    "frame",
-                    "local",
-                    {"kind": "frame", "frame": shot.image.frame, "v": RECIPE_VERSION},
-                    inputs={"video": source_take},
-                ),
-            )
-            inputs["image"] = frame_id
-        elif isinstance(shot.image, str):
-            inputs["image"] = shot.image
-        for i, ref in enumerate(shot.references):
-            inputs[f"ref{i}"] = ref
-        if shot.remix is not None:
-            inputs["remix"] = picked(manifest, shot.remix.shot)
-        after = [t for need in shot.needs for t in take_ids(manifest, need)]
-        for take, nid in enumerate(take_ids(manifest, shot_id), start=1):
-            fields: dict[str, Any] = {
-                "film": manifest.film.title,
-                "shot": shot_id,
-                "take": take,
-                "model": model,
-                "prompt": prompt,
-                "avoid": list(manifest.style.avoid),
-                "seconds": settings.seconds,
-                "width": settings.width,
-                "height": settings.height,
-                "fps": manifest.film.fps,
-                "seed": settings.seed,
-                "remix_of": shot.remix.shot if shot.remix else None,
-            }
-            # Stand-in paths say "this shot has an image, these references" to the checks; the
-            # real files are known only once their upstreams (assets, frames) are made.
-            has_image = Path(inputs["image"]) if "image" in inputs else None
-            references = tuple(Path(ref) for ref in shot.references)
-            request = ShotRequest(
-                **{**fields, "avoid": tuple(manifest.style.avoid), "image": has_image},
-                references=references,
-            )
-            _check(f"{source}: shots.{shot_id}", request, backend, settings.backend, caps)
-            recipe = {
-                "kind": "shot",
-                "v": RECIPE_VERSION,
-                "backend": settings.backend,
-                "request": backend.request(request),
-            }
-            price = backend.price_per_second(model, settings.width, settings.height)
-            nodes[nid] = Node(
-                nid,
-                "shot",
-                settings.backend,
-                recipe,
-                inputs=dict(inputs),
-                after=after,
-                cost_usd=round(price * settings.seconds, 4),
-                shot=fields,
-            )
-        if shot.remix is not None:
-            _check_remix(manifest, source, shot_id, shot.remix.shot, settings.backend, profile)
+                    Node(
+                        frame_id,
+                        "frame",
+                        "local",
+                        {"kind": "frame", "frame": shot.image.frame, "v": RECIPE_VERSION},
+                        inputs={"video": source_take},
+                    ),
+                )
+                inputs["image"] = frame_id
+            elif isinstance(shot.image, str):
+                inputs["image"] = shot.image
+            for i, ref in enumerate(shot.references):
+                inputs[f"ref{i}"] = ref
+            if shot.remix is not None:
+                inputs["remix"] = picked(manifest, shot.remix.shot)
+            after = [t for need in shot.needs for t in take_ids(manifest, need)]
+            for take, nid in enumerate(take_ids(manifest, shot_id), start=1):
+                fields: dict[str, Any] = {
+                    "film": manifest.film.title,
+                    "shot": shot_id,
+                    "take": take,
+                    "model": model,
+                    "prompt": prompt,
+                    "avoid": list(manifest.style.avoid),
+                    "seconds": settings.seconds,
+                    "width": settings.width,
+                    "height": settings.height,
+                    "fps": manifest.film.fps,
+                    "seed": settings.seed,
+                    "remix_of": shot.remix.shot if shot.remix else None,
+                }
+                # Stand-in paths say "this shot has an image, these references" to the checks; the
+                # real files are known only once their upstreams (assets, frames) are made.
+                has_image = Path(inputs["image"]) if "image" in inputs else None
+                references = tuple(Path(ref) for ref in shot.references)
+                request = ShotRequest(
+                    **{**fields, "avoid": tuple(manifest.style.avoid), "image": has_image},
+                    references=references,
+                )
+                _check(f"{source}: shots.{shot_id}", request, backend, settings.backend, caps)
+                recipe = {
+                    "kind": "shot",
+                    "v": RECIPE_VERSION,
+                    "backend": settings.backend,
+                    "request": backend.request(request),
+                }
+                price = backend.price_per_second(model, settings.width, settings.height)
+                nodes[nid] = Node(
+                    nid,
+                    "shot",
+                    settings.backend,
+                    recipe,
+                    inputs=dict(inputs),
+                    after=after,
+                    cost_usd=round(price * settings.seconds, 4),
+                    shot=fields,
+                )
+            if shot.remix is not None:
+                _check_remix(manifest, source, shot_id, shot.remix.shot, settings.backend, profile)
+        except UserError as err:  # the other shots are checked too: one pass, every problem
+            problems.append(str(err))
+    if problems:  # each once: a missing profile is every shot's problem
+        raise UserError("\n".join(dict.fromkeys(problems)))
 
     _check_cuts(manifest, source, profile)
     nodes["edit"] = _edit_node(manifest, backends.media)
