@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from runner.cli.main import main
 from runner.errors import UserError
 from runner.film import shard
 from runner.film.graph import Graph, Node
@@ -135,3 +137,21 @@ def test_the_split_is_the_same_on_every_machine() -> None:
 def test_a_bad_shard_is_a_usage_error(text: str) -> None:
     with pytest.raises(UserError, match="--shard"):
         shard.parse(text)
+
+
+def test_plan_shard_shows_each_shards_nodes_seconds_and_that_the_example_cannot_balance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The example film is one long chain (river -> release -> sky -> together <- balcony) and
+    # the harbor shot: two chains cannot fill four shards, and the plan says so.
+    example = Path(__file__).resolve().parents[1] / "films" / "lantern"
+    shutil.copytree(example, tmp_path / "lantern", ignore=shutil.ignore_patterns("out"))
+    film_toml = str(tmp_path / "lantern" / "film.toml")
+    cache = str(tmp_path / "cache")
+    assert main(["plan", "--cache-dir", cache, "--shard", "2/4", film_toml]) == 0
+    out = capsys.readouterr().out
+    assert "> 2/4     1 nodes         4 s  $0.00\n      shots.harbor\n" in out
+    assert "  1/4     8 nodes        28 s" in out
+    assert "  4/4     0 nodes         0 s" in out
+    assert "cannot be balanced over 4 shards" in out
+    assert "shots.river" not in out.split("\n\n")[0], "the plan above the split is shard 2's"
