@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="per changed shot, the recorded prompt and parameters against the new ones",
     )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="plan only shard I of N, and show each shard's nodes, seconds and cost",
+    )
 
     p = sub.add_parser("render", parents=[common], help="render what changed and assemble")
     film_arg(p)

@@ -3,6 +3,7 @@
 Like `terraform plan`: one line per node that renders (backend, model, seconds, cost, why), a
 total per backend and for the run, the film's spend so far from film.lock and what is left of
 `[film] budget_usd`. `--diff` shows, per changed shot, the recorded request against the new one.
+`--shard I/N` plans only shard I's nodes and shows how the film splits over N CI jobs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from typing import Any
 
 from runner.errors import shown
+from runner.film import shard
 from runner.film.explain import FIELD_CHANGED, describe_all, show
 from runner.film.plan import CACHED, Decision, Plan
 from runner.run.project import Project
@@ -23,6 +25,12 @@ QUIET = frozenset({"prompt", "take", "backend", "version"})  # not shown as a pa
 
 def cmd_plan(project: Project, args: argparse.Namespace) -> int:
     plan = project.plan()
+    shares: list[shard.Share] = []
+    if args.shard:
+        index, count = shard.parse(args.shard)
+        shares = shard.split(project.graph, count)
+        mine = set(shares[index - 1].nodes)
+        plan = Plan({nid: d for nid, d in plan.decisions.items() if nid in mine})
     # A pull request's CI job plans without secrets: say what render will need, never fail.
     for name, problem in project.credential_problems([d.id for d in plan.to_render]).items():
         print(f"runner: warning: {name}: {shown(problem)}; `render` will need it", file=sys.stderr)
@@ -31,6 +39,8 @@ def cmd_plan(project: Project, args: argparse.Namespace) -> int:
         return 0
     # User text (ids, prompts, reasons) is shown, never obeyed: no escape sequence gets through.
     print(shown("\n".join(text_plan(project, plan))))
+    if shares:
+        print("\n" + shown("\n".join(shard_table(project, shares, index))))
     if args.diff:
         for lines in (diff(project, d) for d in plan.to_render):
             if lines:
@@ -83,6 +93,32 @@ def text_plan(project: Project, plan: Plan) -> list[str]:
         if after < 0:
             money += " (OVER BUDGET)"
     lines.append(money)
+    return lines
+
+
+def shard_table(project: Project, shares: list[shard.Share], index: int) -> list[str]:
+    """Each shard's estimated provider seconds and cost, then its chains' nodes; a film whose
+    work one chain holds says it cannot be balanced (a chain never spans two shards)."""
+    count = len(shares)
+    lines = [f"shard {index}/{count} of this film; the split (chains stay whole):"]
+    for share in shares:
+        mark = ">" if share.index == index else " "
+        lines.append(
+            f"{mark} {share.index}/{count}  {len(share.nodes):4} nodes  "
+            f"{share.seconds:8g} s  ${share.cost_usd:.2f}"
+        )
+        for chain in share.chains:
+            lines.append(f"      {', '.join(chain.nodes)}")
+    spread = shard.spread(shares)
+    if spread > 1.2:
+        every = [c for s in shares for c in s.chains]
+        longest = min(every, key=lambda c: (-c.seconds, c.name))
+        total = sum(c.seconds for c in every)
+        lines.append(
+            f"cannot be balanced over {count} shards: the longest chain ({len(longest.nodes)} "
+            f"nodes, {longest.nodes[0]} first) holds {longest.seconds:g} s of {total:g} s, "
+            f"and {len(every)} chains in all"
+        )
     return lines
 
 
