@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         ("push", "upload this film's renders the remote lacks"),
         ("pull", "download what film.lock names"),
         ("verify", "check that blobs, here and remote, hash to their names"),
-        ("gc", "delete blobs no film.lock in the repository references"),
+        ("gc", "delete blobs no film.lock of any profile or branch references"),
     ]:
         a = actions.add_parser(action, parents=[common], help=text)
         film_arg(a)
@@ -104,6 +104,18 @@ def _parser() -> argparse.ArgumentParser:
             )
         if action == "gc":
             a.add_argument("--yes", action="store_true", help="delete (without it, only list)")
+            a.add_argument(
+                "--remote",
+                action="store_true",
+                help="the team's remote too (by the locks of every branch the repository knows)",
+            )
+            a.add_argument(
+                "--grace",
+                metavar="DAYS",
+                type=float,
+                default=7.0,
+                help="keep whatever is younger than this (default 7 days)",
+            )
 
     p = sub.add_parser("show", parents=[common], help="the exact prompt text a shot sends")
     p.add_argument("film", type=Path, help="path of film.toml")
@@ -287,14 +299,20 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"{blobs} corrupt blobs, {len(bad) - blobs} damaged records")
         return EXIT_FAILED if bad and not args.repair else EXIT_OK
     else:
-        local, remote = cache_cmd.gc(project, yes=args.yes)
+        if args.grace < 0:
+            raise UserError("cache gc --grace: a number of days, 0 or more")
+        found = cache_cmd.gc(project, yes=args.yes, remote=args.remote, grace_days=args.grace)
         verb = "deleted" if args.yes else "would delete"
-        for digest in local:
-            print(f"{verb} local {digest}")
-        for digest in remote:
-            print(f"{verb} remote {digest}")
-        hint = "" if args.yes else " (run with --yes to delete)"
-        print(f"{verb} {len(local)} local and {len(remote)} remote blobs{hint}")
+        for where, doomed in found.items():
+            for digest in doomed.blobs:
+                print(f"{verb} {where} {digest}")
+        for where, doomed in found.items():
+            print(
+                f"{verb} {len(doomed.blobs)} {where} blobs ({doomed.bytes} bytes), "
+                f"{doomed.paid} of them paid renders (${doomed.cost_usd:.2f})"
+            )
+        if not args.yes:
+            print("run with --yes to delete")
     return EXIT_OK
 
 
