@@ -210,20 +210,28 @@ def test_a_tampered_remote_blob_is_refused_and_never_used(
     ).read_bytes()
 
 
-def test_frozen_fails_listing_what_a_prompt_change_would_render(
+def test_frozen_fails_before_paying_and_makes_a_re_cut(
     tmp_path: Path, openai_server: OpenAIServer
 ) -> None:
     alice = Member(tmp_path / "alice", None, openai_server)
-    gen(alice.root / "film", {"film.toml": hosted_film(3)})
+    film = hosted_film(3).replace("[shots.s1]\n", "[shots.s1]\ntakes = 2\npick = 1\n")
+    gen(alice.root / "film", {"film.toml": film})
     assert alice.run("render", "--frozen").returncode == 1  # nothing rendered yet
     assert alice.run("render").returncode == 0
+    assert len(openai_server.creates) == 4
     assert alice.run("render", "--frozen").returncode == 0
-    alice.manifest.write_text(alice.manifest.read_text().replace("Team shot 1.", "Shot one."))
+    # A re-cut (another take) is local work: --frozen makes it, and the plan names the pick.
+    alice.manifest.write_text(alice.manifest.read_text().replace("pick = 1", "pick = 2"))
+    assert "pick changed: shots.s1.take1 -> shots.s1.take2" in alice.run("plan").stdout
+    result = alice.run("render", "--frozen")
+    assert result.returncode == 0, result.stderr
+    assert rendered(result) == ["edit"]
+    alice.manifest.write_text(alice.manifest.read_text().replace("Team shot 2.", "Shot two."))
     result = alice.run("render", "--frozen")
     assert result.returncode == 1
-    assert "would render shots.s1: prompt changed" in result.stderr
-    assert "would render edit" in result.stderr
-    assert len(openai_server.creates) == 3
+    assert "would pay for shots.s2 ($0.40): prompt changed" in result.stderr
+    assert "edit" not in result.stderr  # not paid, not the reason to fail
+    assert len(openai_server.creates) == 4
 
 
 def test_shards_render_every_node_exactly_once_and_a_final_run_assembles(

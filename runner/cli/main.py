@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--frozen",
         action="store_true",
-        help="fail, listing the nodes, if anything would render (a CI check on pull requests)",
+        help="fail, listing them, if any node would cost money or is not reproducible",
     )
     p.add_argument("--shard", metavar="I/N", help="render only shard I of N (CI matrix jobs)")
     p.add_argument(
@@ -186,13 +186,26 @@ def cmd_render(args: argparse.Namespace) -> int:
         rerender=_shot_nodes(project, args.rerender),
         shard=shard.parse(args.shard) if args.shard else None,
     )
-    if args.frozen:
-        stale = project.plan(options.rerender).to_render
-        if stale:
-            for d in stale:
+    if args.frozen:  # guards money, not work: local, deterministic nodes are made
+        plan = project.plan(options.rerender)
+        paid = [
+            d
+            for d in plan.to_render
+            if d.cost_usd > 0 or not project.graph.nodes[d.id].reproducible
+        ]
+        if paid:
+            for d in paid:
                 why = shown("; ".join(d.reasons))
-                print(f"runner: would render {printable(d.id)}: {why}", file=sys.stderr)
-            print(f"runner: --frozen: {len(stale)} nodes would render", file=sys.stderr)
+                print(
+                    f"runner: would pay for {printable(d.id)} (${d.cost_usd:.2f}): {why}",
+                    file=sys.stderr,
+                )
+            cost = sum(d.cost_usd for d in paid)
+            print(
+                f"runner: --frozen: {len(paid)} nodes would cost money or are not "
+                f"reproducible (${cost:.2f}); nothing was rendered",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
     with Progress(project.graph) as progress:
         result = render(project, options, progress)
