@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 MINIMAL = """\
 [film]
@@ -32,6 +34,12 @@ needs = ["river"]
 image = { shot = "river", frame = "last" }
 scene = "The lantern rises."
 """
+
+
+def lock_nodes(lock: Path, profile: str = "default") -> dict[str, dict[str, Any]]:
+    """One profile's node tables of a film.lock file."""
+    nodes: dict[str, dict[str, Any]] = tomllib.loads(lock.read_text())["profiles"][profile]["nodes"]
+    return nodes
 
 
 def gen(root: Path, files: dict[str, str | bytes]) -> Path:

@@ -1,5 +1,6 @@
-"""film.lock: version 2 keeps a fingerprint of each node's recipe; version 1 is still read and
-is written back as version 2 by the next render."""
+"""film.lock: version 3 keeps a section per profile, each with a fingerprint of each node's
+recipe; versions 1 and 2 are still read (as the default profile's) and written back as version
+3 by the next render."""
 
 from __future__ import annotations
 
@@ -27,14 +28,14 @@ def test_fields_round_trip_through_the_lock_file(tmp_path: Path) -> None:
     lock = Lock(tmp_path / "film.lock", {"shots.river": Entry(KEY, OUT, "shot", fields=fields)})
     lock.write()
     text = lock.path.read_text()
-    assert "version = 2" in text and '[nodes."shots.river".fields]' in text
+    assert "version = 3" in text and '[profiles.default.nodes."shots.river".fields]' in text
     assert "seconds = 4.0\n" in text and '"inputs.image" = ' in text
     again = Lock.read(lock.path)
-    assert again.version == LOCK_VERSION == 2
+    assert again.version == LOCK_VERSION == 3
     assert again.entries["shots.river"].fields == fields
 
 
-def test_a_version_1_lock_is_read_and_a_render_writes_it_as_version_2(
+def test_a_version_1_lock_is_read_and_a_render_writes_it_as_version_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
@@ -42,8 +43,9 @@ def test_a_version_1_lock_is_read_and_a_render_writes_it_as_version_2(
     assert cli.main(["render", str(film)]) == 0
     lock = film.with_suffix(".lock")
     # What runner 1 wrote: the same entries without their fields.
-    old = re.sub(r'\n\[nodes\."[^"]+"\.fields\]\n(?:[^\[\n].*\n)*', "", lock.read_text())
-    lock.write_text(old.replace("version = 2", "version = 1"))
+    old = re.sub(r"\n\[[^\]]+\.fields\]\n(?:[^\[\n].*\n)*", "", lock.read_text())
+    old = old.replace("[profiles.default.nodes.", "[nodes.")
+    lock.write_text(old.replace("version = 3", "version = 1"))
     assert Lock.read(lock).version == 1 and "fields" not in lock.read_text()
 
     # A teammate's clone: the v1 lock and no cache; a node the lock names is not "never rendered".
@@ -58,8 +60,8 @@ def test_a_version_1_lock_is_read_and_a_render_writes_it_as_version_2(
     assert cli.main(["render", str(film)]) == 0
     assert "0 rendered" in capsys.readouterr().err
     upgraded = tomllib.loads(lock.read_text())
-    assert upgraded["version"] == 2
-    assert all("fields" in entry for entry in upgraded["nodes"].values())
+    assert upgraded["version"] == 3
+    assert all("fields" in entry for entry in upgraded["profiles"]["default"]["nodes"].values())
 
 
 @pytest.mark.parametrize(
@@ -88,3 +90,22 @@ def test_a_lock_that_points_a_node_at_another_kinds_output_is_refused(
     assert cli.main(["plan", str(film)]) == 2
     err = capsys.readouterr().err
     assert expected in err and "film.lock" in err and "restore film.lock from git" in err
+
+
+def test_a_render_updates_only_its_profiles_section_and_a_no_op_render_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    film = gen(tmp_path / "film", {"film.toml": MINIMAL + "[profiles.final]\nseed = 7\n"})
+    path = film / "film.toml"
+    lock = path.with_suffix(".lock")
+    assert cli.main(["render", str(path)]) == 0
+    default = Lock.read(lock).entries
+    assert cli.main(["render", str(path), "--profile", "final"]) == 0
+    both = Lock.read(lock, profile="final")
+    assert both.profiles["default"] == default  # untouched by the final render
+    assert set(both.entries) == set(default) and both.entries != default
+    written = (lock.read_bytes(), lock.stat().st_mtime_ns)
+    for profile in ([], ["--profile", "final"]):  # no-op renders, either profile: no write
+        assert cli.main(["render", str(path), *profile]) == 0
+        assert (lock.read_bytes(), lock.stat().st_mtime_ns) == written

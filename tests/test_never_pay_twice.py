@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from runner import faults
 from runner.cache.store import Store
-from tests.films import Checkout, gen
+from tests.films import Checkout, gen, lock_nodes
 from tests.servers.openai_server import OpenAIServer
 from tests.test_hosted_render import Project, film
 
@@ -126,7 +125,7 @@ def test_killed_mid_push_the_rerun_pushes_the_rest_and_buys_nothing(
     assert len(server.creates) == 2
     assert spent(result.stderr) == pytest.approx((2 - bought) * PRICE)
     # Every record this cache holds for the film, and each one's blob, is on the remote.
-    lock = tomllib.loads(p.manifest.with_suffix(".lock").read_text())["nodes"]
+    lock = lock_nodes(p.manifest.with_suffix(".lock"))
     for entry in lock.values():
         key, output = entry["key"], entry["output"]
         assert (remote / "actions" / key[:2] / f"{key}.json").is_file(), entry
@@ -159,7 +158,7 @@ def test_a_clip_deleted_from_the_cache_comes_back_from_its_provider_for_free(
     server.unique_videos = True  # another create would give other bytes
     p = Project(tmp_path, server, film(2))
     assert p.run("render").returncode == 0
-    clip = tomllib.loads(p.manifest.with_suffix(".lock").read_text())["nodes"]["shots.s1"]
+    clip = lock_nodes(p.manifest.with_suffix(".lock"))["shots.s1"]
     blob = p.root / "cache" / "cas" / clip["output"][:2] / clip["output"]
     blob.unlink()
     plan = json.loads(p.run("plan", "--json").stdout)
@@ -186,7 +185,7 @@ def test_a_refusal_finishes_the_paid_jobs_in_flight_before_exiting(
     assert "finishing 3 paid jobs in flight, then stopping" in result.stderr
     assert "safety system" in result.stderr
     assert len(server.creates) == 3  # s4 was never sent
-    lock = tomllib.loads(p.manifest.with_suffix(".lock").read_text())["nodes"]
+    lock = lock_nodes(p.manifest.with_suffix(".lock"))
     stored = {
         nid
         for nid, e in lock.items()
@@ -243,7 +242,7 @@ def test_first_ctrl_c_stops_new_creates_and_stores_the_paid_jobs(
     assert "no new creates; finishing 2 paid jobs in flight" in err
     assert "Traceback" not in err and "Exception ignored" not in err
     assert len(server.creates) == 2 and journal(p) == []
-    lock = tomllib.loads(p.manifest.with_suffix(".lock").read_text())["nodes"]
+    lock = lock_nodes(p.manifest.with_suffix(".lock"))
     assert {"shots.s0", "shots.s1"} <= set(lock)
 
 

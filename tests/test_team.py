@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runner.digest import file_digest
-from tests.films import Checkout, gen
+from tests.films import Checkout, gen, lock_nodes
 from tests.servers.openai_server import OpenAIServer
 from tests.servers.s3_server import S3Server, s3_env
 
@@ -110,10 +110,11 @@ def test_a_teammate_gets_the_byte_identical_film_without_rendering_or_paying(
     assert alice.run("render").returncode == 0
     assert len(openai_server.creates) == 4
     lock = tomllib.loads(alice.manifest.with_suffix(".lock").read_text())
-    assert lock["version"] == 2
-    assert sorted(lock["nodes"]) == ["edit", "shots.s0", "shots.s1", "shots.s2", "shots.s3"]
-    assert lock["nodes"]["shots.s0"]["job_id"].startswith("video_")
-    assert lock["nodes"]["shots.s0"]["cost_usd"] == pytest.approx(0.4)
+    assert lock["version"] == 3
+    nodes = lock["profiles"]["default"]["nodes"]
+    assert sorted(nodes) == ["edit", "shots.s0", "shots.s1", "shots.s2", "shots.s3"]
+    assert nodes["shots.s0"]["job_id"].startswith("video_")
+    assert nodes["shots.s0"]["cost_usd"] == pytest.approx(0.4)
 
     bob = clone(alice, tmp_path / "bob", remote_url, openai_server)
     result = bob.run("render")
@@ -143,7 +144,7 @@ def test_a_locked_paid_shot_missing_from_every_cache_is_fetched_again_from_its_p
     # The same clips and the same cut: the lock (outputs by digest, the edit's too) is unchanged.
     lock = bob.manifest.with_suffix(".lock")
     assert lock.read_text() == alice.manifest.with_suffix(".lock").read_text()
-    edit = tomllib.loads(lock.read_text())["nodes"]["edit"]["output"]
+    edit = lock_nodes(lock)["edit"]["output"]
     assert (tmp_path / "bob" / "cache" / "cas" / edit[:2] / edit).is_file()
 
 
@@ -172,11 +173,11 @@ def test_rerender_makes_a_new_take_on_purpose_and_the_lock_follows(
     gen(alice.root / "film", {"film.toml": hosted_film(2)})
     assert alice.run("render").returncode == 0
     lock_path = alice.manifest.with_suffix(".lock")
-    before = tomllib.loads(lock_path.read_text())["nodes"]
+    before = lock_nodes(lock_path)
     result = alice.run("render", "--rerender", "s1")
     assert result.returncode == 0
     assert rendered(result) == ["edit", "shots.s1"]
-    after = tomllib.loads(lock_path.read_text())["nodes"]
+    after = lock_nodes(lock_path)
     assert after["shots.s0"] == before["shots.s0"]
     assert after["shots.s1"]["output"] != before["shots.s1"]["output"]
     assert len(openai_server.creates) == 3
@@ -190,7 +191,7 @@ def test_a_tampered_remote_blob_is_refused_and_never_used(
         alice = Member(tmp_path / "alice", s3.url, None)
         gen(alice.root / "film", {"film.toml": previz_film(2)})
         assert alice.run("render").returncode == 0
-        lock = tomllib.loads(alice.manifest.with_suffix(".lock").read_text())["nodes"]
+        lock = lock_nodes(alice.manifest.with_suffix(".lock"))
         digest = lock["edit"]["output"]  # the one blob a teammate needs
         s3.client().put_object(
             Bucket=s3.bucket, Key=f"{s3.prefix}/cas/{digest[:2]}/{digest}", Body=b"tampered"
@@ -209,20 +210,28 @@ def test_a_tampered_remote_blob_is_refused_and_never_used(
     ).read_bytes()
 
 
-def test_frozen_fails_listing_what_a_prompt_change_would_render(
+def test_frozen_fails_before_paying_and_makes_a_re_cut(
     tmp_path: Path, openai_server: OpenAIServer
 ) -> None:
     alice = Member(tmp_path / "alice", None, openai_server)
-    gen(alice.root / "film", {"film.toml": hosted_film(3)})
+    film = hosted_film(3).replace("[shots.s1]\n", "[shots.s1]\ntakes = 2\npick = 1\n")
+    gen(alice.root / "film", {"film.toml": film})
     assert alice.run("render", "--frozen").returncode == 1  # nothing rendered yet
     assert alice.run("render").returncode == 0
+    assert len(openai_server.creates) == 4
     assert alice.run("render", "--frozen").returncode == 0
-    alice.manifest.write_text(alice.manifest.read_text().replace("Team shot 1.", "Shot one."))
+    # A re-cut (another take) is local work: --frozen makes it, and the plan names the pick.
+    alice.manifest.write_text(alice.manifest.read_text().replace("pick = 1", "pick = 2"))
+    assert "pick changed: shots.s1.take1 -> shots.s1.take2" in alice.run("plan").stdout
+    result = alice.run("render", "--frozen")
+    assert result.returncode == 0, result.stderr
+    assert rendered(result) == ["edit"]
+    alice.manifest.write_text(alice.manifest.read_text().replace("Team shot 2.", "Shot two."))
     result = alice.run("render", "--frozen")
     assert result.returncode == 1
-    assert "would render shots.s1: prompt changed" in result.stderr
-    assert "would render edit" in result.stderr
-    assert len(openai_server.creates) == 3
+    assert "would pay for shots.s2 ($0.40): prompt changed" in result.stderr
+    assert "edit" not in result.stderr  # not paid, not the reason to fail
+    assert len(openai_server.creates) == 4
 
 
 def test_shards_render_every_node_exactly_once_and_a_final_run_assembles(
@@ -282,10 +291,10 @@ def test_cache_push_pull_verify_and_gc(tmp_path: Path) -> None:
     pulled = bob.run("cache", "pull")
     assert pulled.returncode == 0 and "pulled 3 blobs" in pulled.stdout
     # gc lists what no lock references (segments, tagged films) and deletes only with --yes.
-    listing = alice.run("cache", "gc")
+    listing = alice.run("cache", "gc", "--grace", "0")
     assert "would delete" in listing.stdout and "--yes" in listing.stdout
     assert not any(d in listing.stdout for d in locked)
-    assert alice.run("cache", "gc", "--yes").returncode == 0
+    assert alice.run("cache", "gc", "--grace", "0", "--yes").returncode == 0
     cas = alice.root / "cache" / "cas"
     assert {p.name for p in cas.rglob("*") if p.is_file()} == locked
 
@@ -304,7 +313,7 @@ def test_a_fresh_clone_explains_a_prompt_edit_from_the_lock_alone(
     alice = Member(tmp_path / "alice", None, openai_server)
     gen(alice.root / "film", {"film.toml": hosted_film(3)})
     assert alice.run("render").returncode == 0
-    fields = tomllib.loads(alice.manifest.with_suffix(".lock").read_text())["nodes"]["shots.s1"]
+    fields = lock_nodes(alice.manifest.with_suffix(".lock"))["shots.s1"]
     assert fields["fields"]["seconds"] == "4" and fields["fields"]["model"] == "sora-2"
     assert fields["fields"]["prompt"].startswith("sha256:")  # a digest: long and private
 
@@ -351,3 +360,46 @@ def test_the_text_plan_prices_each_shot_and_diff_shows_the_changed_words(
     assert "[-Team shot 1.-] {+Shot one, at night.+}" in out
     assert re.search(r"^-.*Team shot 1\.$", out, re.M) and re.search(r"^\+.*at night\.$", out, re.M)
     assert "seconds: 4 -> 8" in out
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_gc_from_a_default_checkout_keeps_the_final_profiles_and_other_branches_renders(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    remote = (tmp_path / "shared").as_uri()
+    (tmp_path / "shared").mkdir()
+    alice = Member(tmp_path / "alice", remote, openai_server)
+    film = hosted_film(2).replace('backend = "openai"', 'backend = "previz"')
+    film += '[profiles.final]\nbackend = "openai"\n'
+    gen(alice.root / "film", {"film.toml": film})
+    git(alice.root, "init", "-q", "-b", "main")
+    assert alice.run("render", "--profile", "final").returncode == 0
+    assert alice.run("cache", "push", "--profile", "final").returncode == 0
+    assert alice.run("render").returncode == 0  # the default profile, previz
+    git(alice.root, "add", "-A", "film")
+    git(alice.root, "commit", "-q", "-m", "both profiles")
+    # An unmerged branch renders a new shot (previz, free) and commits its lock.
+    git(alice.root, "checkout", "-q", "-b", "idea")
+    with (alice.manifest).open("a") as f:
+        f.write('[shots.s9]\nscene = "An idea."\n')
+    assert alice.run("render").returncode == 0
+    idea = lock_nodes(alice.manifest.with_suffix(".lock"))["shots.s9"]["output"]
+    git(alice.root, "commit", "-q", "-am", "idea")
+    git(alice.root, "checkout", "-q", "main")
+    assert alice.run("render").returncode == 0  # main's film, the default profile
+    gc = alice.run("cache", "gc", "--grace", "0", "--remote", "--yes")
+    assert gc.returncode == 0, gc.stderr
+    assert "0 of them paid renders" in gc.stdout
+    assert (alice.root / "cache" / "cas" / idea[:2] / idea).is_file()
+    bob = clone(alice, tmp_path / "bob", remote, openai_server)
+    plan = bob.run("plan", "--profile", "final", "--json")
+    assert json.loads(plan.stdout)["to_render"] == 0, plan.stdout
+    assert len(openai_server.creates) == 2

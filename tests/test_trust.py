@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import socket
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from runner.cache.store import Store
 from runner.cli.main import main
 from runner.digest import file_digest
 from runner.errors import UserError, printable, scrub_urls
-from tests.films import MINIMAL, gen
+from tests.films import MINIMAL, gen, lock_nodes
 from tests.servers.openai_server import OpenAIServer
 from tests.test_openai_backend import shot
 from tests.test_team import Member, hosted_film
@@ -41,10 +40,7 @@ def blob(member: Member, digest: str) -> Path:
 
 
 def locked(member: Member) -> dict[str, dict[str, object]]:
-    nodes: dict[str, dict[str, object]] = tomllib.loads(
-        member.manifest.with_suffix(".lock").read_text()
-    )["nodes"]
-    return nodes
+    return lock_nodes(member.manifest.with_suffix(".lock"))
 
 
 def quarantined(member: Member) -> list[Path]:

@@ -8,9 +8,11 @@ so a pull request's diff shows exactly which shots changed.
 
 Version 2 adds a `fields` table per node: one value per recipe field (plain for small scalars,
 a short digest for the prompt), so `plan` explains a change from the lock alone, on a fresh
-clone with no cache. Version-1 locks are read (their entries have no fields) and written back
-as version 2 by the next render. Tables other than `nodes` are for later versions (per-profile
-sections): the format grows by adding tables.
+clone with no cache. Version 3 keeps a section per profile (`[profiles.final.nodes."shots.a"]`,
+the default profile's as `profiles.default`): a render updates only its own profile's, so a
+default-profile checkout never forgets (nor lets `cache gc` drop) the final profile's paid
+renders. Versions 1 and 2 are read as the default profile's section and written back as
+version 3 by the next render.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from runner.cache.store import read_json, write_atomic, write_json
 from runner.digest import is_sha256
 from runner.errors import TOO_DEEP, UserError
 
-LOCK_VERSION = 2
-READS = (1, 2)  # every lock version this runner reads
-PARSED_VERSION = 3  # the parsed copy kept in the cache (1 was a pickle, 2 had no fields)
+LOCK_VERSION = 3
+READS = (1, 2, 3)  # every lock version this runner reads
+PARSED_VERSION = 4  # the parsed copy kept in the cache (1 a pickle, 2 no fields, 3 no profiles)
+DEFAULT = "default"  # the section of a render without --profile
 RESTORE = "restore film.lock from git, or delete it (the next render writes a new one)"
 HEADER = "# film.lock: what runner rendered for {manifest}. Generated; commit it beside it.\n"
 
@@ -48,8 +51,22 @@ class Entry:
 
 
 class Lock:
-    def __init__(self, path: Path, entries: dict[str, Entry], version: int = LOCK_VERSION) -> None:
+    """Every profile's section of film.lock; `entries` is the section of `profile`, the one
+    this run reads and writes."""
+
+    def __init__(
+        self,
+        path: Path,
+        entries: dict[str, Entry],
+        version: int = LOCK_VERSION,
+        *,
+        profile: str = DEFAULT,
+        profiles: dict[str, dict[str, Entry]] | None = None,
+    ) -> None:
         self.path = path
+        self.profile = profile
+        self.profiles = dict(profiles or {})
+        self.profiles[profile] = entries
         self.entries = entries
         self.version = version  # as read: an older one is rewritten by the next render
 
@@ -57,39 +74,61 @@ class Lock:
     def outdated(self) -> bool:
         return self.version != LOCK_VERSION and bool(self.entries)
 
+    def all_entries(self) -> list[Entry]:
+        """Every profile's entries (what `cache gc` must keep, what `push` uploads)."""
+        return [e for section in self.profiles.values() for e in section.values()]
+
     def spent_usd(self) -> float:
-        """What the locked renders cost (the film's spend so far, as the team recorded it)."""
-        return round(sum(e.cost_usd or 0.0 for e in self.entries.values()), 4)
+        """What the locked renders cost (the film's spend so far, as the team recorded it):
+        every profile's, a render two profiles share counted once."""
+        costs = {e.key: e.cost_usd or 0.0 for e in self.all_entries()}
+        return round(sum(costs.values()), 4)
 
     @classmethod
-    def read(cls, path: Path, parsed: Path | None = None) -> Lock:
-        """The lock at path. `parsed`: where to keep the parsed entries, by the file's digest
-        (parsing 10,000 entries of TOML costs more than the rest of a no-op plan)."""
+    def read(cls, path: Path, parsed: Path | None = None, profile: str | None = None) -> Lock:
+        """The lock at path, with `profile`'s section (None: the default profile's) as its
+        entries. `parsed`: where to keep the parsed entries, by the file's digest (parsing
+        10,000 entries of TOML costs more than the rest of a no-op plan)."""
+        profile = profile or DEFAULT
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
-            return cls(path, {})
+            return cls(path, {}, profile=profile)
         digest = hashlib.sha256(raw).hexdigest()
         if parsed is not None:
             saved = read_json(parsed)  # JSON, never a pickle: the cache is read, not run
             if isinstance(saved, dict) and saved.get("lock") == f"{PARSED_VERSION}:{digest}":
                 try:
-                    entries = cls._entries(path, saved.get("nodes"))
                     version = saved.get("version")
-                    if version in READS:
-                        return cls(path, entries, version)
+                    sections = saved.get("profiles")
+                    if version in READS and isinstance(sections, dict):
+                        profiles = {
+                            name: cls._entries(path, nodes, f"profiles.{_quote(name)}.")
+                            for name, nodes in sections.items()
+                        }
+                        return cls._of(path, profiles, version, profile)
                 except UserError:
                     pass  # a damaged copy: parse the file itself
-        version, entries = cls._parse(path, raw)
-        lock = cls(path, entries, version)
+        version, profiles = cls.parse(path, raw)
         if parsed is not None:
-            nodes = {node: asdict(entry) for node, entry in lock.entries.items()}
-            saved = {"lock": f"{PARSED_VERSION}:{digest}", "version": version, "nodes": nodes}
+            sections = {
+                name: {node: asdict(entry) for node, entry in entries.items()}
+                for name, entries in profiles.items()
+            }
+            saved = {"lock": f"{PARSED_VERSION}:{digest}", "version": version, "profiles": sections}
             write_json(parsed, saved)
-        return lock
+        return cls._of(path, profiles, version, profile)
+
+    @classmethod
+    def _of(
+        cls, path: Path, profiles: dict[str, dict[str, Entry]], version: int, profile: str
+    ) -> Lock:
+        return cls(path, profiles.get(profile, {}), version, profile=profile, profiles=profiles)
 
     @staticmethod
-    def _parse(path: Path, raw: bytes) -> tuple[int, dict[str, Entry]]:
+    def parse(path: Path, raw: bytes) -> tuple[int, dict[str, dict[str, Entry]]]:
+        """The version and every profile's entries of a lock file's bytes (`path` names it in
+        messages: a file here, or `REV:path` from git)."""
         try:
             data = tomllib.loads(raw.decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as err:
@@ -104,16 +143,27 @@ class Lock:
                 f"{path}: lock file version {version!r}; this runner reads versions "
                 f"{', '.join(map(str, READS))} (a newer runner wrote it: upgrade runner)"
             )
-        return version, Lock._entries(path, data.get("nodes", {}))
+        if version < 3:  # one section: the default profile's
+            return version, {DEFAULT: Lock._entries(path, data.get("nodes", {}))}
+        sections = data.get("profiles", {})
+        if not isinstance(sections, dict):
+            raise UserError(f"{path}: profiles: expected a table of profiles; {RESTORE}")
+        profiles: dict[str, dict[str, Entry]] = {}
+        for name, section in sections.items():
+            where = f"profiles.{_quote(name)}"
+            if not isinstance(section, dict):
+                raise UserError(f"{path}: {where}: expected a table; {RESTORE}")
+            profiles[name] = Lock._entries(path, section.get("nodes", {}), f"{where}.")
+        return version, profiles
 
     @staticmethod
-    def _entries(path: Path, nodes: Any) -> dict[str, Entry]:
-        """Checked entries from the lock's `nodes` table."""
+    def _entries(path: Path, nodes: Any, prefix: str = "") -> dict[str, Entry]:
+        """Checked entries from a `nodes` table."""
         if not isinstance(nodes, dict):
-            raise UserError(f"{path}: nodes: expected a table of node entries; {RESTORE}")
+            raise UserError(f"{path}: {prefix}nodes: expected a table of node entries; {RESTORE}")
         entries: dict[str, Entry] = {}
         for node, table in nodes.items():
-            where = f"{path}: nodes.{_quote(node)}"
+            where = f"{path}: {prefix}nodes.{_quote(node)}"
             if not isinstance(table, dict):
                 raise UserError(f"{where}: expected a table; {RESTORE}")
             try:
@@ -144,15 +194,20 @@ class Lock:
             kind = kinds.get(node)
             if kind is not None and entry.kind != kind:
                 raise UserError(
-                    f"{self.path}: nodes.{_quote(node)}.kind: {entry.kind!r}, but {node} is a "
-                    f"{kind} node; {RESTORE}"
+                    f"{self.path}: {self._section}nodes.{_quote(node)}.kind: {entry.kind!r}, "
+                    f"but {node} is a {kind} node; {RESTORE}"
                 )
             other = seen.setdefault(entry.output, (node, entry.kind))
             if other[1] != entry.kind:
                 raise UserError(
-                    f"{self.path}: nodes.{_quote(node)}.output: the same bytes as "
+                    f"{self.path}: {self._section}nodes.{_quote(node)}.output: the same bytes as "
                     f"{other[0]}'s, a {other[1]} node; {RESTORE}"
                 )
+
+    @property
+    def _section(self) -> str:
+        """Where this profile's nodes are in the file as read (for messages)."""
+        return "" if self.version < 3 else f"profiles.{_key(self.profile)}."
 
     def output_for(self, node: str, key: str) -> str | None:
         """The locked output of node when it is locked at this key."""
@@ -174,20 +229,24 @@ class Lock:
         return bool(gone)
 
     def write(self) -> None:
+        """Every profile's section, sorted; a profile with no nodes is left out."""
         lines = [HEADER.format(manifest=self.path.with_suffix(".toml").name)]
         lines.append(f"version = {LOCK_VERSION}\n")
-        for node in sorted(self.entries):
-            lines.append(f"\n[nodes.{_quote(node)}]\n")
-            entry = asdict(self.entries[node])
-            fields = entry.pop("fields")
-            for field, value in entry.items():
-                if value is not None:
-                    lines.append(f"{field} = {_value(value)}\n")
-            if fields:  # None values are left out: a missing field reads as None
-                lines.append(f"\n[nodes.{_quote(node)}.fields]\n")
-                for name in sorted(fields):
-                    if fields[name] is not None:
-                        lines.append(f"{_key(name)} = {_value(fields[name])}\n")
+        for name in sorted(self.profiles):
+            entries = self.profiles[name]
+            for node in sorted(entries):
+                table = f"profiles.{_key(name)}.nodes.{_quote(node)}"
+                lines.append(f"\n[{table}]\n")
+                entry = asdict(entries[node])
+                fields = entry.pop("fields")
+                for field, value in entry.items():
+                    if value is not None:
+                        lines.append(f"{field} = {_value(value)}\n")
+                if fields:  # None values are left out: a missing field reads as None
+                    lines.append(f"\n[{table}.fields]\n")
+                    for field in sorted(fields):
+                        if fields[field] is not None:
+                            lines.append(f"{_key(field)} = {_value(fields[field])}\n")
         write_atomic(self.path, "".join(lines).encode())
         self.version = LOCK_VERSION
 

@@ -167,6 +167,22 @@ class Remote:
                 found.add(name)  # temporaries of unfinished uploads are not blobs
         return found
 
+    def list_blobs(self) -> dict[str, dict[str, Any]]:
+        """Every blob with its listing details (size, modified time), for `cache gc`."""
+        fs = self._connect()
+        try:
+            found = fs.find(f"{self._root}/cas", detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as err:
+            self._fail("list blobs", err)
+        blobs = {}
+        for path, info in found.items():
+            parent, _, name = str(path).rstrip("/").rpartition("/")
+            if _DIGEST.match(name) and parent.endswith(f"/{name[:2]}"):
+                blobs[name] = dict(info)
+        return blobs
+
     def delete(self, digests: Iterable[str]) -> None:
         """Remove blobs from the remote, for `cache gc`; missing ones are not an error."""
         fs = self._connect()

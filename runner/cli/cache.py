@@ -3,12 +3,11 @@ team's, check them, and drop what no lock in the repository references."""
 
 from __future__ import annotations
 
-import os
+import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from runner.cache.lock import HEADER, Lock
 from runner.cache.remote import Remote
+from runner.cli.gc import Doomed
 from runner.digest import file_digest
 from runner.errors import UserError
 from runner.film.plan import CACHED
@@ -26,7 +25,7 @@ def _remote(project: Project) -> Remote:
 
 def _film_outputs(project: Project) -> dict[str, str]:
     """node key -> output digest, for every node of the film this cache has made."""
-    outputs = {e.key: e.output for e in project.lock.entries.values()}
+    outputs = {e.key: e.output for e in project.lock.all_entries()}  # every profile's
     for d in project.plan().decisions.values():
         if d.status == CACHED and d.key is not None and d.output is not None:
             outputs.setdefault(d.key, d.output)
@@ -164,32 +163,32 @@ def _repair_record(project: Project, key: str, node: str | None) -> str:
     return "moved to quarantine/ (nothing knows it); the next render makes its node again"
 
 
-def referenced(root: Path) -> set[str]:
-    """Every output digest any film.lock in the repository names."""
-    marker = HEADER.split("{", 1)[0]
-    keep: set[str] = set()
-    for path in root.rglob("*.lock"):
-        if ".cache" in path.parts or ".venv" in path.parts:
-            continue
-        try:
-            if not path.read_text(encoding="utf-8").startswith(marker):
-                continue
-        except (OSError, UnicodeDecodeError):
-            continue
-        keep |= {e.output for e in Lock.read(path).entries.values()}
-    return keep
+def gc(project: Project, *, yes: bool, remote: bool, grace_days: float) -> dict[str, Doomed]:
+    """What no lock of any profile, branch or commit names, older than the grace period:
+    here, and on the team's remote only with `remote`; deleted only with yes=True."""
+    from runner.cli import gc as rules
 
-
-def gc(project: Project, *, yes: bool) -> tuple[list[str], list[str]]:
-    """Blobs no lock references, here and on the remote; deleted only with yes=True."""
-    keep = referenced(find_root(project.film_dir.resolve()))
-    local = [digest for digest in project.store.blob_digests() if digest not in keep]
-    remote = []
-    if project.remote is not None:
-        remote = sorted(project.remote.list_digests() - keep)
+    root = find_root(project.film_dir.resolve())
+    grace_s, now, store = grace_days * 86400, time.time(), project.store
+    keep = rules.working_tree(root) | rules.in_use(store, grace_s, now)
+    paid = rules.costs(store)
+    local = rules.doomed(
+        rules.local_blobs(store), keep | rules.history(root, every_ref=False), paid, grace_s, now
+    )
+    found = {"local": local}
+    if remote:
+        team = _remote(project)
+        listed = {
+            d: (int(info.get("size") or 0), rules.remote_time(info))
+            for d, info in team.list_blobs().items()
+        }
+        found["remote"] = rules.doomed(
+            listed, keep | rules.history(root, every_ref=True), paid, grace_s, now
+        )
     if yes:
-        for digest in local:
-            os.unlink(project.store.blob(digest))
-        if project.remote is not None and remote:
-            project.remote.delete(remote)
-    return local, remote
+        rules.delete_local(store, local.blobs)
+        for path in rules.old_quarantine(store, grace_s, now):
+            path.unlink(missing_ok=True)
+        if remote and found["remote"].blobs:
+            _remote(project).delete(found["remote"].blobs)
+    return found

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--frozen",
         action="store_true",
-        help="fail, listing the nodes, if anything would render (a CI check on pull requests)",
+        help="fail, listing them, if any node would cost money or is not reproducible",
     )
     p.add_argument("--shard", metavar="I/N", help="render only shard I of N (CI matrix jobs)")
     p.add_argument(
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         ("push", "upload this film's renders the remote lacks"),
         ("pull", "download what film.lock names"),
         ("verify", "check that blobs, here and remote, hash to their names"),
-        ("gc", "delete blobs no film.lock in the repository references"),
+        ("gc", "delete blobs no film.lock of any profile or branch references"),
     ]:
         a = actions.add_parser(action, parents=[common], help=text)
         film_arg(a)
@@ -109,6 +109,18 @@ def _parser() -> argparse.ArgumentParser:
             )
         if action == "gc":
             a.add_argument("--yes", action="store_true", help="delete (without it, only list)")
+            a.add_argument(
+                "--remote",
+                action="store_true",
+                help="the team's remote too (by the locks of every branch the repository knows)",
+            )
+            a.add_argument(
+                "--grace",
+                metavar="DAYS",
+                type=float,
+                default=7.0,
+                help="keep whatever is younger than this (default 7 days)",
+            )
 
     p = sub.add_parser("show", parents=[common], help="the exact prompt text a shot sends")
     p.add_argument("film", type=Path, help="path of film.toml")
@@ -179,13 +191,26 @@ def cmd_render(args: argparse.Namespace) -> int:
         rerender=_shot_nodes(project, args.rerender),
         shard=shard.parse(args.shard) if args.shard else None,
     )
-    if args.frozen:
-        stale = project.plan(options.rerender).to_render
-        if stale:
-            for d in stale:
+    if args.frozen:  # guards money, not work: local, deterministic nodes are made
+        plan = project.plan(options.rerender)
+        paid = [
+            d
+            for d in plan.to_render
+            if d.cost_usd > 0 or not project.graph.nodes[d.id].reproducible
+        ]
+        if paid:
+            for d in paid:
                 why = shown("; ".join(d.reasons))
-                print(f"runner: would render {printable(d.id)}: {why}", file=sys.stderr)
-            print(f"runner: --frozen: {len(stale)} nodes would render", file=sys.stderr)
+                print(
+                    f"runner: would pay for {printable(d.id)} (${d.cost_usd:.2f}): {why}",
+                    file=sys.stderr,
+                )
+            cost = sum(d.cost_usd for d in paid)
+            print(
+                f"runner: --frozen: {len(paid)} nodes would cost money or are not "
+                f"reproducible (${cost:.2f}); nothing was rendered",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
     with Progress(project.graph) as progress:
         result = render(project, options, progress)
@@ -292,14 +317,20 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"{blobs} corrupt blobs, {len(bad) - blobs} damaged records")
         return EXIT_FAILED if bad and not args.repair else EXIT_OK
     else:
-        local, remote = cache_cmd.gc(project, yes=args.yes)
+        if args.grace < 0:
+            raise UserError("cache gc --grace: a number of days, 0 or more")
+        found = cache_cmd.gc(project, yes=args.yes, remote=args.remote, grace_days=args.grace)
         verb = "deleted" if args.yes else "would delete"
-        for digest in local:
-            print(f"{verb} local {digest}")
-        for digest in remote:
-            print(f"{verb} remote {digest}")
-        hint = "" if args.yes else " (run with --yes to delete)"
-        print(f"{verb} {len(local)} local and {len(remote)} remote blobs{hint}")
+        for where, doomed in found.items():
+            for digest in doomed.blobs:
+                print(f"{verb} {where} {digest}")
+        for where, doomed in found.items():
+            print(
+                f"{verb} {len(doomed.blobs)} {where} blobs ({doomed.bytes} bytes), "
+                f"{doomed.paid} of them paid renders (${doomed.cost_usd:.2f})"
+            )
+        if not args.yes:
+            print("run with --yes to delete")
     return EXIT_OK
 
 

@@ -73,10 +73,11 @@ class Project:
 
     @property
     def lock(self) -> Lock:
-        """film.lock beside the manifest, read once."""
+        """film.lock beside the manifest, read once; its entries are this profile's."""
         if not hasattr(self, "_lock"):
             parsed = self.store.state_path(self.film_id, ".lock")
-            self._lock = Lock.read(self.manifest_path.with_suffix(".lock"), parsed)
+            path = self.manifest_path.with_suffix(".lock")
+            self._lock = Lock.read(path, parsed, self.profile)
         return self._lock
 
     @property
