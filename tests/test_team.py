@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -403,3 +404,49 @@ def test_gc_from_a_default_checkout_keeps_the_final_profiles_and_other_branches_
     plan = bob.run("plan", "--profile", "final", "--json")
     assert json.loads(plan.stdout)["to_render"] == 0, plan.stdout
     assert len(openai_server.creates) == 2
+
+
+def test_two_machines_sharing_only_the_remote_pay_once_for_each_node(
+    tmp_path: Path, remote_url: str, openai_server: OpenAIServer
+) -> None:
+    openai_server.job_seconds = 0.5  # long enough that both runners want every shot at once
+    alice = Member(tmp_path / "alice", remote_url, openai_server)
+    bob = Member(tmp_path / "bob", remote_url, openai_server)
+    for member in (alice, bob):
+        gen(member.root / "film", {"film.toml": hosted_film(3)})
+    runs = [alice.start(), bob.start()]
+    for proc in runs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    assert len(openai_server.creates) == 3  # one create per shot, across both machines
+    assert (alice.root / "film" / "out" / "film.mp4").read_bytes() == (
+        bob.root / "film" / "out" / "film.mp4"
+    ).read_bytes()
+    if remote_url.startswith("file:"):  # every claim let go once its render was pushed
+        assert not [p for p in (tmp_path / "shared" / "claims").rglob("*") if p.is_file()]
+
+
+def test_a_stale_claim_is_taken_over_and_the_job_it_names_resumed_not_bought_again(
+    tmp_path: Path, openai_server: OpenAIServer
+) -> None:
+    alice = Member(tmp_path / "alice", None, openai_server)  # the runner that died, in effect
+    gen(alice.root / "film", {"film.toml": hosted_film(2)})
+    assert alice.run("render").returncode == 0
+    locked = lock_nodes(alice.manifest.with_suffix(".lock"))
+    shared = tmp_path / "shared"
+    for node in ("shots.s0", "shots.s1"):  # its claims: no heartbeat for an hour
+        key = locked[node]["key"]
+        claim = {"version": 1, "key": key, "node": node, "host": "ci-gone", "pid": 4242,
+                 "run": "dead", "job_id": locked[node]["job_id"], "claimed_at": time.time() - 3600,
+                 "refreshed_at": time.time() - 3600}  # fmt: skip
+        gen(shared / "claims" / key[:2], {f"{key}.json": json.dumps(claim)})
+    bob = Member(tmp_path / "bob", shared.as_uri(), openai_server)
+    gen(bob.root / "film", {"film.toml": hosted_film(2)})
+    result = bob.run("render")
+    assert result.returncode == 0, result.stderr
+    assert len(openai_server.creates) == 2  # the claimed jobs were downloaded, not bought again
+    mine = lock_nodes(bob.manifest.with_suffix(".lock"))
+    assert [mine[n]["output"] for n in ("shots.s0", "shots.s1")] == [
+        locked[n]["output"] for n in ("shots.s0", "shots.s1")
+    ]
+    assert not [p for p in (shared / "claims").rglob("*") if p.is_file()]

@@ -3,6 +3,7 @@
 The remote mirrors the local layout under its URL (DVC shares its cache the same way):
     <url>/cas/ab/<sha256>          blobs, write-once by digest, verified on every read
     <url>/actions/ab/<key>.json    node key -> result record, versioned like the local one
+    <url>/claims/ab/<key>.json     who is rendering a paid node now (runner/run/claim.py)
 
 A blob is written once and never changed, so two writers of the same digest both succeed with
 the same bytes. A reader never sees half a blob: an object store's PUT is atomic, and on a
@@ -236,6 +237,68 @@ class Remote:
         data = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
         self._write(self._record(key), data=data)
 
+    # --- claims --------------------------------------------------------------------------
+
+    @property
+    def claims_supported(self) -> bool:
+        """This store can create a file only if it is absent (S3, a shared folder)."""
+        return self.protocol in ("s3", "s3a", "file", "local")
+
+    def create_claim(self, name: str, data: bytes) -> bool:
+        """Create claims/<name> only if nothing is there; False when something is.
+        S3's conditional PUT (If-None-Match: *) and a hard link on a folder are atomic: of two
+        machines creating one name at once, exactly one succeeds."""
+        fs = self._connect()
+        path = self._claim(name)
+        try:
+            if self.protocol in ("s3", "s3a"):
+                try:
+                    fs.call_s3("put_object", **_bucket_key(path), Body=data, IfNoneMatch="*")
+                except FileExistsError:
+                    return False
+                except OSError as err:  # 409: another conditional write of this name raced
+                    if "ConditionalRequestConflict" in str(err) or "Precondition" in str(err):
+                        return False
+                    raise
+                return True
+            parent = path.rsplit("/", 1)[0]
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.tmp-{os.urandom(8).hex()}"
+            _copy_synced(None, data, tmp)
+            try:
+                os.link(tmp, path)  # fails if the name exists; readers never see part of it
+            except FileExistsError:
+                return False
+            finally:
+                with suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            return True
+        except Exception as err:
+            self._fail("create a claim", err)
+
+    def read_claim(self, name: str) -> bytes | None:
+        fs = self._connect()
+        try:
+            return bytes(fs.cat_file(self._claim(name)))
+        except FileNotFoundError:
+            return None
+        except Exception as err:
+            self._fail("read a claim", err)
+
+    def write_claim(self, name: str, data: bytes) -> None:
+        """Replace a claim held or just taken over (a heartbeat, a job id)."""
+        self._connect()
+        self._write(self._claim(name), data=data)
+
+    def delete_claim(self, name: str) -> None:
+        fs = self._connect()
+        try:
+            fs.rm_file(self._claim(name))
+        except FileNotFoundError:
+            pass
+        except Exception as err:
+            self._fail("release a claim", err)
+
     # --- plumbing ------------------------------------------------------------------------
 
     def _blob(self, digest: str) -> str:
@@ -243,6 +306,9 @@ class Remote:
 
     def _record(self, key: str) -> str:
         return f"{self._root}/actions/{key[:2]}/{key}.json"
+
+    def _claim(self, name: str) -> str:
+        return f"{self._root}/claims/{name[:2]}/{name}"
 
     def _connect(self) -> Any:
         """The filesystem, made on first use, after checking the root is there."""

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from runner.cache.store import RECORD_VERSION, SegmentCache, Store
 from runner.errors import DiskFull, NodeFailed, UserError
 from runner.film.graph import Graph, Node, shot_name
 from runner.film.plan import Plan, full_recipe, node_key
+from runner.run.claim import Claims, Taken
 from runner.run.job import PoolPause, ShotJob
 from runner.run.journal import Journal, JournalError
 from runner.run.project import asset_path
@@ -58,6 +60,7 @@ class NodeJobs:
         backends: Backends | None = None,
         film_dir: Path | None = None,
         manifest: Path | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.graph = graph
         self.film_dir = film_dir  # assets must resolve inside it whenever they are read
@@ -71,6 +74,7 @@ class NodeJobs:
         self.outputs = outputs
         self.force = force
         self.remote = remote
+        self.claims = claims  # paid renders claimed on the remote (runner/run/claim.py)
         self.digests: dict[str, str] = {
             d.id: d.output for d in plan.decisions.values() if d.output is not None
         }
@@ -86,6 +90,8 @@ class NodeJobs:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.claims is not None:
+            self.claims.close()
 
     def stop_sending(self) -> None:
         """No new creates from now on; jobs already sent are polled, downloaded and stored.
@@ -205,7 +211,55 @@ class NodeJobs:
                     if known is not None:
                         self._refetch(node, key, known.output, known.job_id)
                         return
+                    if self.claims is not None and node.kind == "shot":
+                        self._make_claimed(node, key, recipe, self.claims)
+                        return
             self._make_locked(node, key, recipe)
+
+    def _make_claimed(self, node: Node, key: str, recipe: dict[str, Any], claims: Claims) -> None:
+        """A paid render with a team cache: claimed on the remote first, so that a runner on
+        another machine waits for this one's output instead of paying for the node too."""
+        try:
+            taken = claims.acquire(
+                key, node.id, lambda: self._adopt(node.id, key), self.stopping.is_set
+            )
+        except RemoteError as err:  # the remote is down: work as without one, and say so
+            print(f"runner: warning: {node.id} rendered unclaimed: {err}", file=sys.stderr)
+            self._make_locked(node, key, recipe)
+            return
+        if taken is None:  # another runner made it and pushed it: adopted
+            self.journal.clear(key)
+            return
+        pushed = False
+        try:
+            self._resume_claimed(node, key, taken)
+            pushed = self._make_locked(node, key, recipe, lambda job: claims.note_job(key, job))
+        finally:
+            if pushed or not self._paid_here(key):
+                claims.release(key)
+            else:  # a paid job not pushed yet: the claim expires and its taker resumes the job
+                claims.abandon(key)
+
+    def _resume_claimed(self, node: Node, key: str, taken: Taken) -> None:
+        """A claim taken over from a dead runner: journal the job it names (resumed, free), or
+        that a create may have left when it was made (reconciled with the provider first)."""
+        previous = taken.previous
+        if previous is None or self.journal.get(key) is not None:
+            return  # a claim of our own, or our own journal already names the job
+        job_id = previous.get("job_id")
+        if isinstance(job_id, str) and job_id:
+            self.journal.submitted(key, job_id)
+            return
+        claimed_at = previous.get("claimed_at")
+        sent_at = float(claimed_at) if isinstance(claimed_at, int | float) else 0.0
+        self.journal.sending(key, node.id, node.pool, sent_at=sent_at)
+
+    def _paid_here(self, key: str) -> bool:
+        """A paid job of this key is journaled here, or its output is recorded only here."""
+        try:
+            return self.journal.get(key) is not None or self.store.read_record(key) is not None
+        except JournalError:
+            return True
 
     def _refetch(self, node: Node, key: str, output: str, job_id: str | None) -> None:
         """Download a paid render again by its job id; its bytes must be the recorded ones."""
@@ -264,12 +318,19 @@ class NodeJobs:
             self.store.mark_unpushed(key)
             self._push(key, record, node.id)
 
-    def _make_locked(self, node: Node, key: str, recipe: dict[str, Any]) -> None:
+    def _make_locked(
+        self,
+        node: Node,
+        key: str,
+        recipe: dict[str, Any],
+        on_job: Callable[[str], None] = lambda _job_id: None,
+    ) -> bool:
+        """Make, store and record the node; True when it is on the team's remote too."""
         started = time.monotonic()
         record: dict[str, Any] = {"node": node.id, "kind": node.kind, "started": _now()}
         with self.store.workdir() as work:
             if node.kind == "shot":
-                output = self._shot(node, key, work, record)
+                output = self._shot(node, key, work, record, on_job)
             elif node.kind == "frame":
                 output = self._frame(node, work)
             elif node.kind == "edit":
@@ -296,9 +357,10 @@ class NodeJobs:
             self.journal.clear(key)
             faults.point("cleared")
         if self.remote is not None:  # at once: a crash must never lose a paid render
-            self._push(key, record, node.id)
+            return self._push(key, record, node.id)
+        return False
 
-    def _push(self, key: str, record: dict[str, Any], node_id: str) -> None:
+    def _push(self, key: str, record: dict[str, Any], node_id: str) -> bool:
         """Push a blob and its record; on failure it stays pending for the next run."""
         assert self.remote is not None
         try:
@@ -310,8 +372,9 @@ class NodeJobs:
                 "render or `runner cache push` pushes it",
                 file=sys.stderr,
             )
-        else:
-            self.store.mark_pushed(key)
+            return False
+        self.store.mark_pushed(key)
+        return True
 
     def _input(self, node: Node, role: str) -> Path:
         upstream = self.graph.nodes[node.inputs[role]]
@@ -328,7 +391,14 @@ class NodeJobs:
             )
         return self.store.blob(digest)
 
-    def _shot(self, node: Node, key: str, work: Path, record: dict[str, Any]) -> Path:
+    def _shot(
+        self,
+        node: Node,
+        key: str,
+        work: Path,
+        record: dict[str, Any],
+        on_job: Callable[[str], None],
+    ) -> Path:
         from runner.media import ffmpeg
 
         backend = self.backends.get(node.pool)
@@ -339,6 +409,11 @@ class NodeJobs:
         # Hosted models round lengths; allow a frame and a little more, never a wrong shot.
         tolerance = max(0.25, 2.0 / request.fps)
         dest = work / "video.mp4"
+
+        def paid(job_id: str) -> None:
+            self._paid(node)
+            on_job(job_id)  # named in the node's claim at once
+
         job = ShotJob(
             node.id,
             key,
@@ -350,13 +425,15 @@ class NodeJobs:
             resend_unconfirmed=self.resend_unconfirmed,
             gate=self.gates.get(node.pool, SendWindow(None)),
             on_provider_done=lambda: self._done.put((node.id, RELEASED)),
-            on_paid=lambda _job_id: self._paid(node),
+            on_paid=paid,
             may_send=lambda: not self.stopping.is_set(),
             remix_source=self._job_id(node.inputs["remix"]) if "remix" in node.inputs else None,
         )
-        if (self.journal.get(key) or {}).get("job_id"):
+        resumed = (self.journal.get(key) or {}).get("job_id")
+        if resumed:
             with self._spent_lock:  # a killed run's job, resumed: paid, in flight
                 self._in_flight.add(node.id)
+            on_job(str(resumed))
         record["job_id"] = job.run(dest)
         record["cost_usd"] = node.cost_usd
         return dest

@@ -82,9 +82,10 @@ class Journal:
             "check the provider's console, then delete the file to send the shot again"
         )
 
-    def sending(self, key: str, node: str, backend: str) -> float:
-        """Record that a create is about to be sent; returns the time it was recorded."""
-        now = time.time()
+    def sending(self, key: str, node: str, backend: str, sent_at: float | None = None) -> float:
+        """Record that a create is about to be sent; returns the time it was recorded.
+        sent_at: when another runner, now dead, may have sent it (a claim taken over)."""
+        now = time.time() if sent_at is None else sent_at
         write_json(
             self._path(key),
             {"version": JOURNAL_VERSION, "node": node, "backend": backend, "sent_at": now},

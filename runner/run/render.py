@@ -15,6 +15,7 @@ from runner.film import shard
 from runner.film.explain import fingerprint
 from runner.film.graph import Node
 from runner.film.plan import CACHED, Plan, full_recipe
+from runner.run.claim import claims_from_config
 from runner.run.execute import NodeJobs
 from runner.run.interrupt import Interrupts
 from runner.run.project import Project
@@ -120,6 +121,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         backends=project.backends,
         film_dir=project.film_dir,
         manifest=project.manifest_path,
+        claims=claims_from_config(project.remote, project.tool_config(), os.environ),
     )
     project.store.sweep_tmp()  # working folders of killed runs
     jobs.tidy_journal()
