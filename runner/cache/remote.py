@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from runner import faults
-from runner.cache.store import RECORD_VERSION, Store
+from runner.cache.store import RECORD_VERSION, Store, checked_record
 from runner.digest import file_digest
 from runner.errors import UserError, scrub_urls
 
@@ -212,20 +212,12 @@ class Remote:
         except Exception as err:
             self._fail("read a record", err)
         try:
-            record = json.loads(data)
+            loaded = json.loads(data)
         except ValueError:
             return None  # unreadable counts as not cached, as in the local store
-        if not isinstance(record, dict):
-            return None
-        version = record.get("version")
-        if isinstance(version, int) and version > RECORD_VERSION:
-            raise RemoteError(
-                f"remote cache {self.display_url}: the record of {key} was written by a newer "
-                f"runner (format {version}; this one reads {RECORD_VERSION}); upgrade runner"
-            )
-        if version != RECORD_VERSION:
-            return None
-        if record.get("key", key) != key or not _DIGEST.match(str(record.get("output", ""))):
+        where = f"remote cache {self.display_url}: the record of {key}"
+        record = checked_record(loaded, key, where, RemoteError)
+        if record is None:
             return None
         store.record(key, record)
         return {**record, "version": RECORD_VERSION, "key": key}

@@ -73,6 +73,25 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def checked_record(
+    record: Any, key: str, where: object, error: type[Exception] = UserError
+) -> dict[str, Any] | None:
+    """An action record as read from anywhere (this cache, the team's): the record when it is
+    one of `key`'s in this format, None when it is unreadable or another's, and `error` when a
+    newer runner wrote it (its output may be a paid render: never read it as "not cached")."""
+    if not isinstance(record, dict):
+        return None
+    version = record.get("version")
+    if isinstance(version, int) and version > RECORD_VERSION:
+        raise error(
+            f"{where}: a cache record written by a newer runner (format {version}; this one "
+            f"reads {RECORD_VERSION}); upgrade runner"
+        )
+    if version != RECORD_VERSION or record.get("key", key) != key:
+        return None
+    return record if is_sha256(record.get("output")) else None
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -168,19 +187,8 @@ class Store:
 
     def read_record(self, key: str) -> dict[str, Any] | None:
         """The record for key, whether or not its output is here (provenance reads these)."""
-        record = read_json(self._action_path(key))
-        if not isinstance(record, dict):
-            return None
-        version = record.get("version")
-        if isinstance(version, int) and version > RECORD_VERSION:
-            # Its output may be a paid render: never read it as "not cached".
-            raise UserError(
-                f"{self._action_path(key)}: a cache record written by a newer runner (format "
-                f"{version}; this one reads {RECORD_VERSION}); upgrade runner"
-            )
-        if version != RECORD_VERSION:
-            return None
-        if not is_sha256(record.get("output")) or record.get("key", key) != key:
+        record = checked_record(read_json(self._action_path(key)), key, self._action_path(key))
+        if record is None:
             return None  # hand-edited or corrupt: not a record of this key's output
         return record
 
