@@ -16,7 +16,7 @@ from runner.backends.base import (
     Transient,
 )
 from runner.errors import NodeFailed
-from runner.run.job import PoolPause, ShotJob
+from runner.run.job import PoolPause, SendAgain, ShotJob
 from runner.run.journal import Journal
 
 REQUEST = ShotRequest("F", "river", 1, "m", "a river", (), 4.0, 64, 64, 24, None)
@@ -226,8 +226,13 @@ def test_expired_content_is_rerendered_only_when_asked(tmp_path: Path) -> None:
         job(backend, tmp_path).run(tmp_path / "out.mp4")
     assert backend.creates == 1
     backend.downloads = [Expired("gone")]
-    # The second run resumes the journaled job, finds it expired, and pays for one new job.
-    assert job(backend, tmp_path, rerender_expired=True).run(tmp_path / "o.mp4") == "job2"
+    # The second run resumes the journaled job, finds it expired and hands the node back to
+    # the scheduler (whose pool sends the new create); sent again, it pays for one new job.
+    again = job(backend, tmp_path, rerender_expired=True)
+    with pytest.raises(SendAgain, match="no longer has job job1"):
+        again.run(tmp_path / "o.mp4")
+    assert backend.creates == 1 and again.journal.get(again.key) is None
+    assert again.run(tmp_path / "o.mp4") == "job2"
     assert backend.creates == 2
 
 

@@ -298,3 +298,48 @@ def test_a_slot_is_free_once_the_provider_is_done_while_the_download_runs() -> N
     assert sorted(outcome.done) == ["s0", "s1", "s2"]
     assert [t for t, _ in jobs.starts] == [0.0, 10.0, 20.0]  # not 14 and 28
     assert jobs.max_in_flight["openai"] == 1
+
+
+class ExpiringJobs:
+    """Provider jobs of 10 s; node "a"'s first download finds its content expired, so the
+    runner hands it back (--rerender-expired) to be sent again."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.heap: list[tuple[float, int, str, str]] = []
+        self.starts: list[tuple[float, str]] = []
+        self.on_provider: set[str] = set()
+        self.max_on_provider = 0
+        self.n = 0
+
+    def start(self, node_id: str) -> None:
+        self.starts.append((self.clock.t, node_id))
+        self.on_provider.add(node_id)
+        self.max_on_provider = max(self.max_on_provider, len(self.on_provider))
+        first = sum(1 for _, n in self.starts if n == node_id) == 1
+        end = "expired" if node_id == "a" and first else "done"
+        for delay, what in ((10.0, "released"), (10.0, end)):
+            self.n += 1
+            heapq.heappush(self.heap, (self.clock.t + delay, self.n, what, node_id))
+
+    def wait(self, timeout: float | None) -> tuple[str, str | Retry | Released | None] | None:
+        t, _, what, node_id = heapq.heappop(self.heap)
+        self.clock.t = max(self.clock.t, t)
+        if what == "released":
+            self.on_provider.discard(node_id)
+            return node_id, RELEASED
+        if what == "expired":
+            return node_id, Retry("content expired; sending again", limited=False)
+        return node_id, None
+
+
+def test_an_expired_job_sent_again_waits_for_a_pool_slot_and_pauses_nothing() -> None:
+    clock = FakeClock()
+    jobs = ExpiringJobs(clock)
+    pool = Pool("hosted", concurrency=1, rpm=None)
+    tasks = [Task(n, "hosted", []) for n in ("a", "b", "c")]
+    out = schedule(tasks, {"hosted": pool}, jobs, clock)
+    assert out.ok and sorted(out.done) == ["a", "b", "c"]
+    assert [n for _, n in jobs.starts].count("a") == 2
+    assert jobs.max_on_provider == 1  # the new create of "a" took the one slot in turn
+    assert pool.paused_until == 0.0 and pool.pace_rpm is None  # not a 429: no pause, no pace

@@ -28,7 +28,7 @@ from runner.errors import DiskFull, NodeFailed, UserError
 from runner.film.graph import Graph, Node, shot_name
 from runner.film.plan import Plan, full_recipe, node_key
 from runner.run.claim import Claims, Taken
-from runner.run.job import PoolPause, ShotJob
+from runner.run.job import PoolPause, SendAgain, ShotJob
 from runner.run.journal import Journal, JournalError
 from runner.run.project import asset_path
 from runner.run.ratelimit import SendWindow
@@ -186,6 +186,8 @@ class NodeJobs:
             result = str(err)
         except PoolPause as err:
             result = Retry(str(err), err.after)
+        except SendAgain as err:
+            result = Retry(str(err), limited=False)
         except Exception as err:  # a bug or an environment problem: report, don't hang
             full = DiskFull.of(err, self.store.root)
             if full is not None:

@@ -34,6 +34,11 @@ POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
 RECONCILE_SLACK = 5.0  # seconds: clocks of runner and provider differ
 
 
+class SendAgain(Exception):
+    """The job's content expired and --rerender-expired says to pay for it again: the node
+    goes back to the scheduler, whose pool sends the new create."""
+
+
 class PoolPause(Exception):
     """The provider rate-limited a create: pause the pool, then try the node again."""
 
@@ -82,10 +87,13 @@ class ShotJob:
                     f"{self.node}: {self.backend.name} no longer has job {job_id} ({err}); "
                     "run again with --rerender-expired to render (and pay for) it again"
                 ) from None
+            # Paying again is a new create: it goes back through the pool like any other
+            # (concurrency, rpm, budget), not straight from this worker.
             self.journal.clear(self.key)
-            job_id = self._submit()
-            self._wait(job_id)
-            self._download(job_id, dest)
+            raise SendAgain(
+                f"{self.backend.name} no longer has job {job_id}; rendering it again "
+                "(--rerender-expired)"
+            ) from None
         faults.point("downloaded")
         return job_id
 

@@ -29,6 +29,7 @@ class Retry:
 
     reason: str
     after: float | None = None  # the provider's Retry-After; None: exponential backoff
+    limited: bool = True  # False: not a 429 but a paid re-send (expired content): no pause
 
 
 @dataclass
@@ -284,6 +285,13 @@ def schedule(
         if node_id not in released:
             pool.running -= 1
         running -= 1
+        released.discard(node_id)  # a node sent again takes a slot again
+        if isinstance(error, Retry) and not error.limited:
+            # Its first create was paid (its content expired); the next one is sent by the
+            # pool like any create, so concurrency, rpm and budget hold.
+            report("retry", node_id, error.reason)
+            heapq.heappush(ready, rank[node_id])
+            continue
         if isinstance(error, Retry):
             # A 429 created nothing and cost nothing: the node waits for a slower pace.
             pool.committed_usd -= task.cost_usd
