@@ -24,6 +24,7 @@ from runner.cache.remote import (
 from runner.cache.store import Store
 from runner.errors import UserError
 from tests.films import MINIMAL, gen
+from tests.servers.gcs_server import GCSServer, gcs_env
 from tests.servers.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, s3_env
 
 
@@ -34,12 +35,15 @@ class Team:
     url: str
     server: S3Server | None
     folder: Path | None
+    gcs: GCSServer | None = None
 
     def remote(self) -> Remote:
         return Remote(self.url)
 
     def overwrite(self, relpath: str, data: bytes) -> None:
-        if self.server is not None:
+        if self.gcs is not None:
+            self.gcs.fs().pipe_file(f"{self.gcs.bucket}/{self.gcs.prefix}/{relpath}", data)
+        elif self.server is not None:
             key = f"{self.server.prefix}/{relpath}"
             self.server.client().put_object(Bucket=self.server.bucket, Key=key, Body=data)
         else:
@@ -49,6 +53,8 @@ class Team:
             path.write_bytes(data)
 
     def read(self, relpath: str) -> bytes:
+        if self.gcs is not None:
+            return bytes(self.gcs.fs().cat_file(f"{self.gcs.bucket}/{self.gcs.prefix}/{relpath}"))
         if self.server is not None:
             key = f"{self.server.prefix}/{relpath}"
             obj = self.server.client().get_object(Bucket=self.server.bucket, Key=key)
@@ -57,10 +63,14 @@ class Team:
         return (self.folder / relpath).read_bytes()
 
 
-@pytest.fixture(params=["s3", "file"])
+@pytest.fixture(params=["s3", "gs", "file"])
 def team(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Team]:
     tmp_path: Path = request.getfixturevalue("tmp_path")
-    if request.param == "s3":
+    if request.param == "gs":  # a GCS emulator on loopback, through gcsfs
+        with GCSServer() as gcs:
+            gcs_env(monkeypatch, gcs)
+            yield Team(gcs.url, None, None, gcs)
+    elif request.param == "s3":
         with S3Server() as server:
             s3_env(monkeypatch, server)
             yield Team(server.url, server, None)
