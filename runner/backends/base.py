@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from runner.film.request import Capabilities, ShotRequest
+from runner.film.request import ShotRequest
+
+if TYPE_CHECKING:
+    from runner.film.request import Capabilities
 
 __all__ = ["Backend", "Capabilities", "JobStatus", "ShotRequest"]
+
+
+def __getattr__(name: str) -> Any:
+    """`Capabilities`, loaded on first use (it loads pydantic; a no-op plan needs neither)."""
+    if name == "Capabilities":
+        from runner.film import model_table
+
+        return model_table.ModelRow
+    raise AttributeError(name)
 
 
 class BackendError(Exception):

@@ -14,10 +14,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from runner.backends.base import Backend, Capabilities
+from runner.backends.base import Backend
 from runner.digest import key_of
 
-__all__ = ["Backend", "Backends", "Capabilities", "media_version", "names"]
+__all__ = ["Backend", "Backends", "media_version", "names"]
 
 # name -> "module:Class". A backend's constructor takes the scratch folder for its jobs and
 # its table from pyproject.toml [tool.runner.backends.NAME] (connection overrides, capability

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from runner.film.model_table import ModelRow
+if TYPE_CHECKING:  # pydantic is imported only when a table is read, not for a no-op plan
+    from runner.film.model_table import ModelRow
+
+    Capabilities = ModelRow
+    """What a model accepts (and costs): a row of the backend's model table."""
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,13 @@ class ShotRequest:
     references: tuple[Path, ...] = ()  # reference images (a character, an object, a look)
 
 
-Capabilities = ModelRow
-"""What a model accepts (and costs): a row of the backend's model table."""
+def __getattr__(name: str) -> Any:
+    """`Capabilities` (a model table's row), loaded on first use: importing it loads pydantic."""
+    if name == "Capabilities":
+        from runner.film.model_table import ModelRow
+
+        return ModelRow
+    raise AttributeError(name)
 
 
 class Models(Protocol):
