@@ -71,7 +71,8 @@ class Outputs:
         if locked is not None and locked.key == key:
             job_id = locked.job_id or (record or {}).get("job_id")
             return Known(locked.output, str(job_id) if job_id else None)
-        record = record or self.record(key)
+        if record is None and self.remote is not None:  # not read here twice
+            record = self.remote.pull_record(key, self.store)
         if record is None:
             return None
         job_id = record.get("job_id")

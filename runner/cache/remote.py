@@ -29,12 +29,11 @@ from urllib.parse import urlsplit
 
 from runner import faults
 from runner.cache.store import RECORD_VERSION, Store, checked_record
-from runner.digest import file_digest
+from runner.digest import file_digest, is_sha256
 from runner.errors import UserError, scrub_urls
 
 ENV_VAR = "RUNNER_REMOTE"
 CHUNK = 8 << 20  # one GET per 8 MiB when streaming a blob
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 _PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs"}
@@ -164,7 +163,7 @@ class Remote:
         found = set()
         for path in paths:
             parent, _, name = str(path).rstrip("/").rpartition("/")
-            if _DIGEST.match(name) and parent.endswith(f"/{name[:2]}"):
+            if is_sha256(name) and parent.endswith(f"/{name[:2]}"):
                 found.add(name)  # temporaries of unfinished uploads are not blobs
         return found
 
@@ -180,7 +179,7 @@ class Remote:
         blobs = {}
         for path, info in found.items():
             parent, _, name = str(path).rstrip("/").rpartition("/")
-            if _DIGEST.match(name) and parent.endswith(f"/{name[:2]}"):
+            if is_sha256(name) and parent.endswith(f"/{name[:2]}"):
                 blobs[name] = dict(info)
         return blobs
 
@@ -464,7 +463,7 @@ def remote_from_config(tool_config: Mapping[str, Any], env: Mapping[str, str]) -
 
 
 def _check_digest(digest: str) -> bool:
-    if not _DIGEST.match(digest):
+    if not is_sha256(digest):
         raise ValueError(f"not a sha256 digest: {digest!r}")
     return True
 

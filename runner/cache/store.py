@@ -73,6 +73,14 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def keys_in(folder: Path) -> list[str]:
+    """The node keys a folder of `<key>.json` files names; a file whose name is not a digest
+    is not ours and names nothing (it never becomes a path)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.json") if is_sha256(p.stem))
+
+
 def checked_record(
     record: Any, key: str, where: object, error: type[Exception] = UserError
 ) -> dict[str, Any] | None:
@@ -231,10 +239,7 @@ class Store:
 
     def unpushed(self) -> list[str]:
         """Keys whose output and record a run stored but could not push."""
-        folder = self.root / "pending-push"
-        if not folder.is_dir():
-            return []
-        return sorted(p.stem for p in folder.glob("*.json") if is_sha256(p.stem))
+        return keys_in(self.root / "pending-push")
 
     # -- scratch space --
 

@@ -23,8 +23,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from runner.cache.store import write_json
-from runner.digest import is_sha256
+from runner.cache.store import keys_in, write_json
 from runner.errors import NodeFailed
 
 JOURNAL_VERSION = 1
@@ -112,7 +111,4 @@ class Journal:
 
     def pending(self) -> list[str]:
         """Keys with an entry: jobs a previous run sent and did not finish."""
-        if not self.root.is_dir():
-            return []
-        # A file name is a node key only when it is a digest; anything else is not ours.
-        return sorted(p.stem for p in self.root.glob("*.json") if is_sha256(p.stem))
+        return keys_in(self.root)
