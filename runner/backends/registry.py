@@ -26,6 +26,7 @@ _BACKENDS = {
     "previz": "runner.backends.previz:PrevizBackend",
     "openai": "runner.backends.openai:OpenAIBackend",
     "veo": "runner.backends.veo:VeoBackend",
+    "fal": "runner.backends.fal:FalBackend",
 }
 _SECRET_KEYS = ("key", "secret", "token", "password", "credential")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -75,6 +75,9 @@ class ModelRow(BaseModel):
         if price is None and width * height > HD_AREA:
             price = self.price_per_second_hd
         return self.price_per_second if price is None else price
+
+
+Row = TypeVar("Row", bound=ModelRow)
 
 
 def resolution(width: int, height: int) -> Resolution:
@@ -167,22 +170,25 @@ def missing(backend: str, model: str, rows: Mapping[str, ModelRow], where: str) 
 def load(
     where: str,
     overrides: object,
-    builtin: Mapping[str, ModelRow],
-    new: ModelRow,
+    builtin: Mapping[str, Row],
+    new: Row,
     *,
     sizes: Collection[str] | None = None,
     fixed: Mapping[str, object] | None = None,
-) -> dict[str, ModelRow]:
+    row_type: type[Row] | None = None,
+) -> dict[str, Row]:
     """The built-in rows with `models` from the backend's pyproject table merged over them.
 
     A row for a built-in model changes only the keys it gives; a new model starts from `new`.
     `sizes`, when given, are the only sizes the backend can send; `fixed` are keys its
     protocol has no field for (a row saying otherwise would have an input dropped, silently,
-    from a paid render). Errors name the table and the key path, like the manifest's.
+    from a paid render); `row_type`, a ModelRow with a backend's own keys (default: `new`'s
+    type). Errors name the table and the key path, like the manifest's.
     """
+    kind = row_type or type(new)
     if not isinstance(overrides, Mapping):
         raise UserError(f"{SOURCE}: {where} models: expected a table of rows, e.g. {EXAMPLE}")
-    table = dict(builtin)
+    table: dict[str, Row] = dict(builtin)
     for model, given in overrides.items():
         at = f"{SOURCE}: {where} models.{model}"
         if not isinstance(given, Mapping):
@@ -195,9 +201,9 @@ def load(
             base.pop("price_per_second_hd")  # one price given: it holds for every size
             base.pop("prices")
         try:
-            row = ModelRow.model_validate({**base, **given})
+            row = kind.model_validate({**base, **given})
         except ValidationError as err:
-            raise UserError(_explain(at, err, given)) from None
+            raise UserError(_explain(at, err, kind)) from None
         for key, value in (fixed or {}).items():
             if getattr(row, key) != value:
                 raise UserError(f"{at}.{key}: this backend cannot send it; leave it out")
@@ -235,7 +241,7 @@ _EXPECTED = {
 }
 
 
-def _explain(at: str, err: ValidationError, given: Mapping[str, Any]) -> str:
+def _explain(at: str, err: ValidationError, kind: type[ModelRow]) -> str:
     lines: list[str] = []
     for item in err.errors():
         path = ""
@@ -245,7 +251,7 @@ def _explain(at: str, err: ValidationError, given: Mapping[str, Any]) -> str:
             path += f"[{part}]" if isinstance(part, int) else f".{part}"
         if item["type"] == "extra_forbidden":
             key = str(item["loc"][-1])
-            message = "unknown key" + _did_you_mean(key, [*ModelRow.model_fields, *ALIASES])
+            message = "unknown key" + _did_you_mean(key, [*kind.model_fields, *ALIASES])
         else:
             message = _EXPECTED.get(item["type"], item["msg"])
             if not isinstance(item["input"], dict):
