@@ -69,6 +69,7 @@ class FalServer:
     """fal's queue, storage and history on 127.0.0.1 (port 0) in a background thread."""
 
     normalise_prompts = False  # keep (and echo in the history) prompts whitespace-collapsed
+    status_reports_errors = True  # False: a model error shows only in the result (a 422)
 
     def __init__(self, *, job_seconds: float = 0.3, api_key: str | None = None) -> None:
         self.job_seconds = job_seconds
@@ -245,7 +246,7 @@ class FalServer:
             answer["logs"] = lines if logs else None
         if state == "COMPLETED":
             answer["metrics"] = {"inference_time": request.seconds}
-            if request.error is not None:
+            if request.error is not None and self.status_reports_errors:
                 answer["error"], answer["error_type"] = request.error
         h.send_json(200, answer)
 
