@@ -3,10 +3,12 @@ protocol (submit, status, result, cancel, upload, request history), no mocks."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from runner.backends.fal import FalBackend
 from runner.backends.fal_models import BUILTIN, arguments
 from runner.errors import NodeFailed, UserError
 from runner.media import ffmpeg
+from tests.films import Checkout, gen
 from tests.servers.fal_server import FalServer
 
 KEY = "fal-key-id-0123:fal-secret-abcdef456789"
@@ -353,3 +356,45 @@ def test_importing_the_backend_imports_neither_fal_client_nor_httpx() -> None:
     code += "print([m in sys.modules for m in ('fal_client', 'httpx')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[False, False]"
+
+
+# -- the runner against the server: one billable request per shot, counted by the server ------
+
+
+def fal_film(root: Path, server: FalServer, shots: int) -> Checkout:
+    lines = ['[film]\ntitle = "Fal"\nsize = "320x180"\nfps = 24\n[defaults]\nbackend = "fal"']
+    lines += ['model = "fal-ai/veo3/fast"\nsize = "1280x720"\nseconds = 4']
+    lines += ["[limits.fal]\nconcurrency = 4"]
+    lines += [f'[shots.s{i}]\nscene = "Fal shot {i}:   a lantern.  "' for i in range(shots)]
+    table = f'[tool.runner.backends.fal]\nbase_url = "{server.base_url}"\npoll_seconds = 0.05\n'
+    gen(root, {"film.toml": "\n".join(lines) + "\n", "pyproject.toml": table})
+    return Checkout(root / "film.toml", root / "cache", {"FAL_KEY": KEY})
+
+
+def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_request_per_shot(
+    server: FalServer, tmp_path: Path
+) -> None:
+    server.normalise_prompts = True
+    film = fal_film(tmp_path, server, 12)
+    # Killed with an accepted submit not yet journaled (found again in fal's history), with
+    # a journaled one (resumed by id), and with a video half written.
+    for point in ("create-answered:2", "job-journaled:3", "mid-download:2"):
+        film.env["RUNNER_KILL_AT"] = point
+        killed = film.run("render")
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
+    del film.env["RUNNER_KILL_AT"]
+    server.rate_limit_next(2, retry_after=0.2)
+    server.fail_next_submits(2, status=503)
+    server.drop_next_submits(2)
+    server.truncate_next_downloads(2)
+    server.truncate_next_downloads(1, declare_length=True)
+    result = film.run("render")
+    assert result.returncode == 0, result.stderr
+    bought = Counter(r.input["prompt"].split(":")[0] for r in server.billable())
+    assert bought == {f"Fal shot {i}": 1 for i in range(12)}
+    assert server.in_flight_max <= 4
+    assert server.faults_left() == 0  # every fault was met ...
+    assert ("GET", "/v1/models/requests/by-endpoint", 200) in server.requests  # ... and found
+    ffmpeg.verify_video(tmp_path / "out" / "film.mp4", 48.0)
+    posts = server.submit_posts()
+    assert film.run("render").returncode == 0 and server.submit_posts() == posts

@@ -163,6 +163,12 @@ class FalServer:
         with self.lock:
             return [r for r in self.queue.values() if not r.cancelled]
 
+    def faults_left(self) -> int:
+        """Injected faults not yet met."""
+        with self.lock:
+            queued = self._rate_limits, self._submit_failures, self._poll_failures
+            return sum(map(len, queued)) + len(self._truncations) + self._drops
+
     def submit_posts(self) -> int:
         with self.lock:
             return len(self.submits)
