@@ -40,7 +40,6 @@ from runner.backends.base import (
     Transient,
 )
 from runner.backends.fal_models import BUILTIN, FIXED, NEW_ROW, SIZES, FalRow, arguments, problem
-from runner.errors import UserError
 from runner.film import model_table
 
 if TYPE_CHECKING:
@@ -78,10 +77,10 @@ class FalBackend:
         self.workdir = workdir
         cfg = dict(config or {})
         model_table.reject_unknown(cfg, CONFIG_KEYS, TABLE)
-        self._base_url = _optional_str(cfg, "base_url")
-        self._api_key = _optional_str(cfg, "api_key")
-        self._timeout = _seconds(cfg, "timeout", DEFAULT_TIMEOUT)
-        self.poll_seconds = _seconds(cfg, "poll_seconds", DEFAULT_POLL)
+        self._base_url = model_table.text_setting(cfg, "base_url", TABLE)
+        self._api_key = model_table.text_setting(cfg, "api_key", TABLE)
+        self._timeout = model_table.seconds_setting(cfg, "timeout", TABLE, DEFAULT_TIMEOUT)
+        self.poll_seconds = model_table.seconds_setting(cfg, "poll_seconds", TABLE, DEFAULT_POLL)
         models = cfg.get("models", {})
         self._models = model_table.load(
             TABLE, models, BUILTIN, NEW_ROW, sizes=SIZES, fixed=FIXED, row_type=FalRow
@@ -417,7 +416,7 @@ def _identity(args: Mapping[str, Any], like: Mapping[str, Any] | None = None) ->
     out = {k: args.get(k) for k in (like if like is not None else args)}
     prompt = out.get("prompt")
     if isinstance(prompt, str):
-        out["prompt"] = " ".join(prompt.split())
+        out["prompt"] = policy.normalised(prompt)
     if like is not None and like.get("image_url") == ANY and out.get("image_url"):
         out["image_url"] = ANY
     return out
@@ -454,20 +453,6 @@ def _fal_message(body: Any, raw: bytes) -> str:
         return "; ".join(parts)
     text = raw.decode("utf-8", "replace").strip()
     return text[:500] or "no message"
-
-
-def _optional_str(config: Mapping[str, Any], key: str) -> str | None:
-    value = config.get(key)
-    if value is None or (isinstance(value, str) and value):
-        return value
-    raise UserError(f"{TABLE} {key}: expected a non-empty string")  # never echo: it may be a key
-
-
-def _seconds(config: Mapping[str, Any], key: str, default: float) -> float:
-    value = config.get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise UserError(f"{TABLE} {key}: expected a number of seconds, got {value!r}")
-    return float(value)
 
 
 __all__ = ["FalBackend"]

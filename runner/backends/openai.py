@@ -28,7 +28,6 @@ from runner.backends.base import (
     ShotRequest,
     Transient,
 )
-from runner.errors import UserError
 from runner.film import model_table
 from runner.film.model_table import ModelRow
 
@@ -82,13 +81,11 @@ class OpenAIBackend:
         self.workdir = workdir
         config = dict(config or {})
         model_table.reject_unknown(config, CONFIG_KEYS, TABLE)
-        self._base_url = _optional_str(config, "base_url")
-        self._api_key = _optional_str(config, "api_key")
-        self._api_key_env = _optional_str(config, "api_key_env") or "OPENAI_API_KEY"
-        timeout = config.get("timeout", DEFAULT_TIMEOUT)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise UserError(f"{TABLE} timeout: expected a number of seconds, got {timeout!r}")
-        self._timeout = float(timeout)
+        self._base_url = model_table.text_setting(config, "base_url", TABLE)
+        self._api_key = model_table.text_setting(config, "api_key", TABLE)
+        api_key_env = model_table.text_setting(config, "api_key_env", TABLE)
+        self._api_key_env = api_key_env or "OPENAI_API_KEY"
+        self._timeout = model_table.seconds_setting(config, "timeout", TABLE, DEFAULT_TIMEOUT)
         models = config.get("models", {})
         self._models = model_table.load(TABLE, models, BUILTIN, NEW_ROW, fixed=FIXED)
         self._lock = threading.Lock()
@@ -186,7 +183,7 @@ class OpenAIBackend:
         """
         client = self._get_client()
         size = f"{shot.width}x{shot.height}"
-        want = (shot.model, _normalised(shot.prompt), _wire_seconds(shot.seconds), size)
+        want = (shot.model, policy.normalised(shot.prompt), _wire_seconds(shot.seconds), size)
         cutoff = since - FIND_SLACK
         found: str | None = None
 
@@ -443,13 +440,8 @@ def _identity(video: Video) -> tuple[str, str | None, str, str]:
     seconds = str(video.seconds)
     with suppress(ValueError):
         seconds = _wire_seconds(float(seconds))
-    prompt = None if video.prompt is None else _normalised(video.prompt)
+    prompt = None if video.prompt is None else policy.normalised(video.prompt)
     return str(video.model), prompt, seconds, str(video.size)
-
-
-def _normalised(prompt: str) -> str:
-    """The prompt with runs of whitespace collapsed to one space and its ends stripped."""
-    return " ".join(prompt.split())
 
 
 def _range_start(content_range: str | None) -> int | None:
@@ -478,14 +470,6 @@ def _provider_message(exc: Any) -> str:
         if isinstance(inner, str) and inner:
             return inner
     return str(getattr(exc, "message", "") or exc)
-
-
-def _optional_str(config: Mapping[str, Any], key: str) -> str | None:
-    value = config.get(key)
-    if value is None or (isinstance(value, str) and value):
-        return value
-    # Never echo the value: it may be a key.
-    raise UserError(f"{TABLE} {key}: expected a non-empty string")
 
 
 __all__ = ["OpenAIBackend", "fit_image"]

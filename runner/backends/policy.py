@@ -104,6 +104,12 @@ def retry_after(headers: Any) -> float | None:
     return max(0.0, seconds)
 
 
+def normalised(prompt: str) -> str:
+    """A prompt as `find` compares it: runs of whitespace collapsed to one space, its ends
+    stripped (servers may strip and collapse what they echo)."""
+    return " ".join(prompt.split())
+
+
 def scrub(text: str, *secrets: str | None) -> str:
     """`text` with every secret replaced: keys never reach a message, log or record. Strings
     too short to be a key are left alone, so a message is never mangled. Every URL loses its

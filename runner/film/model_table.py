@@ -223,6 +223,23 @@ def reject_unknown(table: Mapping[str, Any], allowed: Collection[str], where: st
             raise UserError(f"{SOURCE}: {where} {key}: unknown key{hint}")
 
 
+def text_setting(table: Mapping[str, Any], key: str, where: str) -> str | None:
+    """A backend table's optional string setting (a URL, a key): absent, or non-empty text."""
+    value = table.get(key)
+    if value is None or (isinstance(value, str) and value):
+        return value
+    # Never echo the value: it may be a key.
+    raise UserError(f"{SOURCE}: {where} {key}: expected a non-empty string")
+
+
+def seconds_setting(table: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    """A backend table's positive number of seconds (a timeout, a poll interval)."""
+    value = table.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise UserError(f"{SOURCE}: {where} {key}: expected a number of seconds, got {value!r}")
+    return float(value)
+
+
 def _did_you_mean(key: str, allowed: Collection[str]) -> str:
     close = difflib.get_close_matches(key, list(allowed), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
