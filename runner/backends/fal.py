@@ -52,7 +52,8 @@ CONFIG_KEYS = ("api_key", "base_url", "models", "timeout", "poll_seconds")
 HISTORY_URL = "https://api.fal.ai/v1/models/requests/by-endpoint"
 DEFAULT_TIMEOUT = 120.0  # seconds per read; connecting gets at most 15
 DEFAULT_POLL = 3.0  # seconds between status checks (fal sends no hint)
-FIND_SLACK = 60.0  # seconds: fal's sent_at is another clock's, and may lag the send
+FIND_SLACK = 10.0  # seconds: fal's sent_at is on another clock; an older identical request
+# (another take, already recorded) must not be adopted, so the window stays narrow
 FIND_PAGE = 100  # the history's largest page
 FIND_MAX_PAGES = 20
 UPLOAD_REUSE = 6 * 86400.0  # seconds an uploaded image's URL is reused (uploads live 7 days)
