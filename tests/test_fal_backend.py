@@ -329,10 +329,10 @@ def test_the_table_prices_checks_and_pyproject_rows(tmp_path: Path) -> None:
     assert not backend.capabilities(kling).seed
     row = {"seconds": [6, 10], "sizes": ["1920x1080"], "price_per_second": 0.06}
     added = FalBackend(tmp_path, {"models": {"fal-ai/minimax/hailuo-02/pro/text-to-video": row}})
-    hailuo = shot(model="fal-ai/minimax/hailuo-02/pro/text-to-video", seconds=6.0)
-    assert (
-        added.check(hailuo.__class__(**{**hailuo.__dict__, "width": 1920, "height": 1080})) is None
+    hailuo = shot(
+        model="fal-ai/minimax/hailuo-02/pro/text-to-video", seconds=6.0, width=1920, height=1080
     )
+    assert added.check(hailuo) is None
     assert added.request(hailuo)["input"]["duration"] == "6"
     with pytest.raises(UserError, match="did you mean 'duration'"):
         FalBackend(tmp_path, {"models": {"x": {"duraton": "plain"}}})
