@@ -365,6 +365,8 @@ def fal_film(root: Path, server: FalServer, shots: int) -> Checkout:
     lines = ['[film]\ntitle = "Fal"\nsize = "320x180"\nfps = 24\n[defaults]\nbackend = "fal"']
     lines += ['model = "fal-ai/veo3/fast"\nsize = "1280x720"\nseconds = 4']
     lines += ["[limits.fal]\nconcurrency = 4"]
+    # Every shot renders; the cut joins two, so each render's audio encode stays short.
+    lines += ['[edit]\nsequence = ["s0", "s1"]']
     lines += [f'[shots.s{i}]\nscene = "Fal shot {i}:   a lantern.  "' for i in range(shots)]
     table = f'[tool.runner.backends.fal]\nbase_url = "{server.base_url}"\npoll_seconds = 0.05\n'
     gen(root, {"film.toml": "\n".join(lines) + "\n", "pyproject.toml": table})
@@ -395,6 +397,6 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_reques
     assert server.in_flight_max <= 4
     assert server.faults_left() == 0  # every fault was met ...
     assert ("GET", "/v1/models/requests/by-endpoint", 200) in server.requests  # ... and found
-    ffmpeg.verify_video(tmp_path / "out" / "film.mp4", 48.0)
+    ffmpeg.verify_video(tmp_path / "out" / "film.mp4", 8.0)
     posts = server.submit_posts()
     assert film.run("render").returncode == 0 and server.submit_posts() == posts
