@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ from runner.cache.remote import (
 )
 from runner.cache.store import Store
 from runner.errors import UserError
+from runner.run.claim import Claims
 from tests.films import MINIMAL, gen
 from tests.servers.gcs_server import GCSServer, gcs_env
 from tests.servers.s3_server import ACCESS_KEY, SECRET_KEY, S3Server, s3_env
@@ -51,6 +56,14 @@ class Team:
             path = self.folder / relpath
             path.chmod(0o644)
             path.write_bytes(data)
+
+    def lose_answers(self, count: int) -> None:
+        """The store writes the next uploads but its answers never reach the client."""
+        if self.gcs is not None:
+            self.gcs.lose_answers(count)
+        else:
+            assert self.server is not None, "a shared folder has no answers to lose"
+            self.server.lose_answers(count)
 
     def read(self, relpath: str) -> bytes:
         if self.gcs is not None:
@@ -242,6 +255,99 @@ def test_pushing_a_damaged_local_blob_is_refused(team: Team, tmp_path: Path) -> 
     with pytest.raises(RemoteCorrupt):
         team.remote().push_blob(digest, store)
     assert not team.remote().has(digest)
+
+
+def test_of_machines_creating_one_claim_at_once_exactly_one_wins(team: Team) -> None:
+    name = "ab" * 32 + ".json"
+    remotes = [team.remote() for _ in range(4)]
+    for remote in remotes:
+        assert remote.claims_supported
+        remote.read_claim(name)  # connect first, so the creates race each other
+    barrier = threading.Barrier(len(remotes))
+    won: list[int] = []
+
+    def create(i: int) -> None:
+        barrier.wait()
+        if remotes[i].create_claim(name, f"runner {i}".encode()):
+            won.append(i)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(remotes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+    assert remotes[0].read_claim(name) == f"runner {won[0]}".encode()
+    remotes[0].write_claim(name, b"heartbeat")  # the holder rewrites its claim
+    assert remotes[1].read_claim(name) == b"heartbeat"
+    assert not remotes[1].create_claim(name, b"late")
+    remotes[0].delete_claim(name)
+    assert remotes[1].read_claim(name) is None
+    assert remotes[1].create_claim(name, b"next")  # released: the next one may claim it
+
+
+@pytest.mark.parametrize("team", ["s3", "gs"], indirect=True)
+def test_a_claim_created_but_whose_answer_was_lost_is_held_not_waited_on(
+    team: Team, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gcsfs and botocore re-send a create answered 503; the store refuses the copy (412),
+    although the first one landed. The runner reads the claim back and knows it as its own."""
+    remote = team.remote()
+    remote.read_claim("x")  # connected: the next upload is the claim's
+    answers: list[bool] = []
+    create = remote.create_claim
+
+    def recorded(name: str, data: bytes) -> bool:
+        answers.append(create(name, data))
+        return answers[-1]
+
+    monkeypatch.setattr(remote, "create_claim", recorded)
+
+    def never(seconds: float) -> None:
+        raise AssertionError("waited on its own claim")
+
+    claims = Claims(remote, sleep=never)
+    key = "cd" * 32
+    team.lose_answers(1)
+    try:
+        taken = claims.acquire(key, "shots.a", ready=lambda: False, stopping=lambda: False)
+        assert taken is not None and taken.previous is None
+        assert answers == [False]  # the client's retry was refused: the store kept the first
+        claim = json.loads(team.read(f"claims/{key[:2]}/{key}.json"))
+        assert claim["run"] == claims.me["run"] and claim["node"] == "shots.a"
+        claims.release(key)
+        assert remote.read_claim(f"{key}.json") is None
+    finally:
+        claims.close()
+
+
+def test_the_gcs_server_refuses_a_second_conditional_create_as_gcs_does() -> None:
+    """The emulator alone overwrites; tests/servers/gcs_server.py makes it honour
+    ifGenerationMatch, so the claim tests above cannot pass by a silent overwrite."""
+    with GCSServer() as gcs:
+        fs = gcs.fs()
+        path = f"{gcs.bucket}/claims/one"
+        fs.pipe_file(path, b"first", mode="create")  # gcsfs: ifGenerationMatch=0
+        with pytest.raises(FileExistsError):
+            fs.pipe_file(path, b"second", mode="create")
+        assert fs.cat_file(path) == b"first"
+        generation = int(fs.info(path)["generation"])
+
+        def upload(data: bytes, match: int) -> int:  # a one-request media upload, by hand
+            query = urllib.parse.urlencode(
+                {"uploadType": "media", "name": "claims/one", "ifGenerationMatch": match}
+            )
+            url = f"{gcs.endpoint}/upload/storage/v1/b/{gcs.bucket}/o?{query}"
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, data, method="POST")):
+                    return 200
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert upload(b"stale", generation + 1) == 412  # overwrite only if unchanged
+        assert fs.cat_file(path) == b"first"
+        assert upload(b"fresh", generation) == 200
+        assert fs.cat_file(path) == b"fresh"
 
 
 def test_remote_from_config_env_wins_over_pyproject() -> None:

@@ -232,16 +232,24 @@ class Remote:
 
     @property
     def claims_supported(self) -> bool:
-        """This store can create a file only if it is absent (S3, a shared folder)."""
-        return self.protocol in ("s3", "s3a", "file", "local")
+        """This store can create a file only if it is absent (S3, GCS, a shared folder)."""
+        return self.protocol in ("s3", "s3a", "gs", "gcs", "file", "local")
 
     def create_claim(self, name: str, data: bytes) -> bool:
         """Create claims/<name> only if nothing is there; False when something is.
-        S3's conditional PUT (If-None-Match: *) and a hard link on a folder are atomic: of two
-        machines creating one name at once, exactly one succeeds."""
+        S3's conditional PUT (If-None-Match: *), GCS's (ifGenerationMatch=0) and a hard link on
+        a folder are atomic: of two machines creating one name at once, exactly one succeeds.
+        gcsfs and botocore re-send a create whose answer was lost (a 5xx, a dropped connection),
+        and the store refuses the copy: False may mean this caller's own create landed."""
         fs = self._connect()
         path = self._claim(name)
         try:
+            if self.protocol in ("gs", "gcs"):
+                try:
+                    fs.pipe_file(path, data, mode="create")  # 412 -> FileExistsError
+                except FileExistsError:
+                    return False
+                return True
             if self.protocol in ("s3", "s3a"):
                 try:
                     fs.call_s3("put_object", **_bucket_key(path), Body=data, IfNoneMatch="*")

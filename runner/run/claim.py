@@ -78,13 +78,13 @@ class Claims:
         told = False
         while True:
             body = self._body(key, node_id)
-            if self.remote.create_claim(f"{key}.json", _encode(body)):
-                self._hold(key, body)
+            created, raw = self._create(f"{key}.json", body)
+            if created:
+                self._hold(key, body if raw is None else _decode(raw))
                 if ready():  # made and pushed by a holder that released just before
                     self.release(key)
                     return None
                 return Taken(None)
-            raw = self.remote.read_claim(f"{key}.json")
             if ready():
                 return None
             if raw is None:
@@ -94,7 +94,7 @@ class Claims:
             current = _decode(raw)
             if self._stale(current, seen_at):
                 marker = f"{key}.json.taken-{current.get('run', 'unknown')}"
-                if self.remote.create_claim(marker, _encode(body)):
+                if self._create(marker, body)[0]:
                     self.remote.write_claim(f"{key}.json", _encode(body))
                     with self._lock:
                         self._markers[key] = marker
@@ -155,6 +155,16 @@ class Claims:
         now = self.clock()
         return {"version": CLAIM_VERSION, "key": key, "node": node_id, **self.me,
                 "claimed_at": now, "refreshed_at": now}  # fmt: skip
+
+    def _create(self, name: str, body: dict[str, Any]) -> tuple[bool, bytes | None]:
+        """Create claims/<name> holding body. (True, None): created. (True, raw): refused, but
+        what is there names this run: our own create, whose answer was lost and which gcsfs or
+        botocore re-sent (the store refused the copy), not a live holder to wait for. (False,
+        raw): another runner's claim, or None when it went meanwhile."""
+        if self.remote.create_claim(name, _encode(body)):
+            return True, None
+        raw = self.remote.read_claim(name)
+        return raw is not None and _decode(raw).get("run") == self.me["run"], raw
 
     def _hold(self, key: str, body: dict[str, Any]) -> None:
         with self._lock:

@@ -5,7 +5,8 @@ first use and kept until `stop_moto()` (the test session's end): starting and st
 costs about half a second. Each `S3Server` is a fresh bucket on it: it hands out the endpoint
 and an `s3://bucket/prefix` URL, and deletes its bucket when it stops. `s3_env` puts fake
 credentials and the endpoint in the environment for one test only (through monkeypatch), so
-the code under test finds them the way it would find real ones.
+the code under test finds them the way it would find real ones. `S3Server.lose_answers` makes
+the server store a PUT and answer 503, as when S3 wrote an object and the answer was lost.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ LEAKY_ENV = (
 
 _moto: Any = None
 _moto_lock = threading.Lock()
+_lost: dict[str, int] = {}  # bucket -> how many PUT answers to lose after storing them
+_lost_lock = threading.Lock()
+_LOST_ANSWER = (
+    b"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>ServiceUnavailable</Code>"
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 
 
 def moto_endpoint() -> str:
@@ -52,9 +59,34 @@ def moto_endpoint() -> str:
             logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             server.start()
+            server._server.app = _LoseAnswers(server._server.app)  # werkzeug reads it per request
             _moto = server
         host, port = _moto.get_host_and_port()
         return f"http://{host}:{port}"
+
+
+class _LoseAnswers:
+    """WSGI middleware before moto: a PUT to a bucket in `_lost` is stored, then answered 503."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        bucket, _, key = str(environ.get("PATH_INFO", "")).lstrip("/").partition("/")
+        with _lost_lock:
+            lose = environ["REQUEST_METHOD"] == "PUT" and bool(key) and _lost.get(bucket, 0) > 0
+        if not lose:
+            return self.app(environ, start_response)
+        answers: list[tuple[str, Any]] = []
+        body = b"".join(self.app(environ, lambda *answer: answers.append(answer[:2])))
+        if not answers[0][0].startswith("200"):
+            start_response(*answers[0])
+            return [body]
+        with _lost_lock:
+            _lost[bucket] -= 1  # stored, but the client never hears so
+        headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(_LOST_ANSWER)))]
+        start_response("503 Service Unavailable", headers)
+        return [_LOST_ANSWER]
 
 
 def stop_moto() -> None:
@@ -77,6 +109,11 @@ class S3Server:
     @property
     def url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
+
+    def lose_answers(self, count: int) -> None:
+        """Store the next `count` object PUTs to this bucket but answer each with a 503."""
+        with _lost_lock:
+            _lost[self.bucket] = count
 
     def client(self) -> Any:
         """A plain boto3 client on the server: for tests that tamper behind the runner's back."""
