@@ -1,5 +1,7 @@
 """`make bench`: start-up, no-op plan and render of big cached films, assembly of 100 clips.
 
+`python bench/run.py assembly [CLIPS]` runs the assembly benchmark alone (bench/assembly.py).
+
 Writes BENCHMARKS.md with the figures and the commands that produced them. Wall-clock
 figures are the best of several runs on this machine; they are not asserted by the test suite.
 """
@@ -198,73 +200,13 @@ def previz_cards_of_hostile_text() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def assembly_of_100_clips() -> list[tuple[str, str, str, str]]:
-    """100 previz clips of 4 s at 1280x720 cut together: cold (no segments cached), then warm."""
-    folder = WORK / "film100"
-    lines = [
-        "[film]",
-        'title = "Bench 100"',
-        'size = "1280x720"',
-        "fps = 24",
-        "[defaults]",
-        "seconds = 4",
-    ]
-    for i in range(100):
-        lines += [f"[shots.s{i}]", f'scene = "Assembly bench shot {i}."']
-    folder.mkdir(parents=True)
-    manifest = folder / "film.toml"
-    manifest.write_text("\n".join(lines) + "\n")
-    cache = folder / "cache"
-    sh(*RUNNER, "render", manifest, env={**os.environ, "RUNNER_CACHE_DIR": str(cache)})
+def assembly_of_100_clips(clips: int = 100) -> list[tuple[str, str, str, str]]:
+    """Clips at the film's format (copied) and at another size (conformed), cold and warm,
+    against the floor of a stream copy and one audio encode: bench/assembly.py."""
     sys.path.insert(0, str(ROOT))
-    from runner.cache.store import SegmentCache, Store
-    from runner.media import assemble
-    from runner.run.project import Project
+    from bench import assembly
 
-    plan = Project.open(manifest, cache, None).plan()
-    store = Store(cache)
-    clips = []
-    for i in range(100):
-        digest = plan.decisions[f"shots.s{i}"].output
-        assert digest is not None
-        clips.append(assemble.Clip(path=store.blob(digest), digest=digest))
-
-    def join(segments: Store) -> None:
-        with segments.workdir() as work:
-            assemble.assemble(
-                clips,
-                width=1280,
-                height=720,
-                fps=24,
-                loudness_lufs=-16,
-                dest=work / "film.mp4",
-                cache=SegmentCache(segments),
-                workdir=work,
-            )
-
-    cold, warm = [], []
-    for n in range(2):
-        segments = Store(folder / f"segments{n}")
-        start = time.perf_counter()
-        join(segments)
-        cold.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        join(segments)
-        warm.append(time.perf_counter() - start)
-    return [
-        (
-            "assembly of 100 clips (4 s, 1280x720), cold: every clip conformed",
-            f"{min(cold):.1f} s",
-            f"{statistics.median(cold):.1f} s",
-            "",
-        ),
-        (
-            "assembly of 100 clips, warm: segments cached, join and audio only",
-            f"{min(warm):.1f} s",
-            f"{statistics.median(warm):.1f} s",
-            "",
-        ),
-    ]
+    return assembly.rows(WORK / "assembly", clips)
 
 
 def makespan_100_hosted_shots() -> list[tuple[str, str, str, str]]:
@@ -374,5 +316,26 @@ def write_report(rows: list[tuple[str, str, str, str]]) -> None:
     print("\n".join(lines))
 
 
+def assembly_alone(clips: int) -> None:
+    """`python bench/run.py assembly [CLIPS]`: the assembly rows only. At 100 clips they
+    replace the assembly rows of BENCHMARKS.md; fewer clips only print (a quick check)."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    rows = assembly_of_100_clips(clips)
+    for row in rows:
+        print(" | ".join(row))
+    if clips != 100:
+        return
+    report = ROOT / "BENCHMARKS.md"
+    lines = report.read_text().split("\n")
+    old = [i for i, line in enumerate(lines) if line.startswith("| assembly of")]
+    at = old[0] if old else 1 + next(i for i, ln in enumerate(lines) if ln.startswith("|---"))
+    kept = [line for i, line in enumerate(lines) if i not in old]
+    kept[at:at] = [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    report.write_text("\n".join(kept))
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["assembly"]:
+        assembly_alone(int(sys.argv[2]) if len(sys.argv) > 2 else 100)
+    else:
+        main()

@@ -40,9 +40,14 @@ def make_clip(
     beep_hz: int | None = 1000,
     beep_seconds: float = 0.125,
     video: str | None = None,
+    preset: str = "ultrafast",
+    gop: int | None = None,
 ) -> Path:
     """An H.264/AAC test clip. By default: a white flash and a beep for the first 0.125 s,
     then black and silence, so a clip's start can be found in both picture and sound.
+
+    x264's ultrafast makes Constrained Baseline; "veryfast" makes High with B-frames, like a
+    provider's clip. `gop` puts an IDR frame every that many frames (else only the first).
     """
     flash = f"color=black:s={size}:r={fps}:d={seconds}"
     flash += f",drawbox=c=white:t=fill:enable='lt(t,{beep_seconds})'"
@@ -50,7 +55,9 @@ def make_clip(
     if beep_hz is not None:
         beep = f"sine=f={beep_hz}:r=48000:d={seconds},volume=0:enable='gte(t,{beep_seconds})'"
         args += ["-f", "lavfi", "-i", beep, "-c:a", "aac", "-ac", "2"]
-    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-threads", "1"]
+    args += ["-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-threads", "1"]
+    if gop is not None:
+        args += ["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
     ff(*args, "-t", str(seconds), str(dest))
     return dest
 

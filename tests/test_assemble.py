@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -56,16 +57,19 @@ def build(
     return dest, result
 
 
+PROVIDER = {"preset": "veryfast"}  # H.264 High with B-frames, like a hosted model's clip
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Four 2 s clips with different beeps, one at another size and rate."""
+    """Four 2 s clips with different beeps; c is at another size, rate and profile."""
     d = tmp_path_factory.mktemp("sources")
     return make_clips(
         [
-            (d / "a.mp4", {"seconds": 2.0, "beep_hz": 440}),
-            (d / "b.mp4", {"seconds": 2.0, "beep_hz": 660}),
+            (d / "a.mp4", {"seconds": 2.0, "beep_hz": 440, **PROVIDER}),
+            (d / "b.mp4", {"seconds": 2.0, "beep_hz": 660, **PROVIDER}),
             (d / "c.mp4", {"seconds": 2.0, "beep_hz": 880, "size": "320x240", "fps": 30}),
-            (d / "d.mp4", {"seconds": 2.0, "beep_hz": 990}),
+            (d / "d.mp4", {"seconds": 2.0, "beep_hz": 990, **PROVIDER}),
         ]
     )
 
@@ -75,7 +79,11 @@ def test_a_40_clip_film_keeps_audio_within_one_frame_of_video(tmp_path: Path) ->
     # Each naive join drifts 32 ms: forty clips (the 100-clip figure is in `make bench`) would
     # be 1.2 s out by the end, thirty times the one-frame tolerance checked at every clip.
     n = 40
-    specs = [(tmp_path / f"src{i:03d}.mp4", {"beep_hz": 400 + 10 * i}) for i in range(n)]
+    # Copied clips (B-frames, their own parameter sets) and conformed ones, alternately.
+    specs = [
+        (tmp_path / f"src{i:03d}.mp4", {"beep_hz": 400 + 10 * i, **(PROVIDER if i % 2 else {})})
+        for i in range(n)
+    ]
     clips = [clip(p) for p in make_clips(specs)]
     film, _ = build(clips, tmp_path, DirCache(tmp_path / "cache"))
 
@@ -115,9 +123,10 @@ def test_a_second_assembly_reuses_every_segment(sources: list[Path], tmp_path: P
     cache = DirCache(tmp_path / "cache")
     clips = [clip(sources[0]), clip(sources[1], fade=0.5)]
     first, result = build(clips, tmp_path, cache, "one.mp4")
-    assert len(cache.saved) == len(result.segments) == 6  # body, crossfade, body; video + audio
+    # body, crossfade, body: video + audio each, and each body's copy-or-conform decision
+    assert len(cache.saved) == len(result.segments) == 8
     second, again = build(clips, tmp_path, cache, "two.mp4")
-    assert len(cache.saved) == 6 and again.rendered == []
+    assert len(cache.saved) == 8 and again.rendered == []
     assert sha256(first) == sha256(second)
 
 
@@ -130,8 +139,8 @@ def test_changing_one_clip_reencodes_only_its_segments(sources: list[Path], tmp_
     changed = make_clip(tmp_path / "b2.mp4", seconds=2.0, beep_hz=770)
     _, after = build([clip(a), clip(changed), clip(c, fade=0.5), clip(d)], tmp_path, cache)
 
-    # b's body and the crossfade b -> c, each a video and an audio segment; a, c and d reused.
-    assert len(cache.saved) == 4
+    # b's body (video, audio, decision) and the crossfade b -> c (video, audio); the rest reused.
+    assert len(cache.saved) == 5
     assert sorted(cache.saved) == sorted(set(after.segments) - set(before.segments))
 
 
@@ -141,7 +150,70 @@ def test_resizing_the_film_reuses_the_audio_segments(sources: list[Path], tmp_pa
     build(clips, tmp_path, cache)
     cache.saved.clear()
     build(clips, tmp_path, cache, width=320, height=180)
-    assert len(cache.saved) == 2  # two video segments; the audio did not change
+    assert len(cache.saved) == 4  # two video segments and their decisions; not the audio
+
+
+def packet_md5s(video: Path) -> tuple[list[str], str]:
+    """The md5 of each video packet in decode order, without the parameter sets the join puts
+    in-band before each IDR frame; and the stream's extradata checksum (its SPS and PPS)."""
+    proc = subprocess.run(
+        [
+            *[ffmpeg.ffmpeg_exe(), "-v", "error", "-i", str(video), "-map", "0:v:0", "-c", "copy"],
+            *["-bsf:v", "filter_units=remove_types=7|8", "-f", "framemd5", "-"],
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = proc.stdout.splitlines()
+    extradata = next((line for line in lines if line.startswith("#extradata 0")), "")
+    return [line.split(",")[5].strip() for line in lines if not line.startswith("#")], extradata
+
+
+def test_matching_clips_are_copied_packet_for_packet_and_others_conformed(
+    sources: list[Path], tmp_path: Path
+) -> None:
+    a = sources[0]
+    big = make_clip(tmp_path / "big.mp4", seconds=1.0, size="320x180", **PROVIDER)
+    other = make_clip(tmp_path / "other.mp4", seconds=1.0, preset="medium")  # other SPS/PPS
+    film, result = build([clip(a), clip(big), clip(other)], tmp_path, DirCache(tmp_path / "c"))
+
+    assert [c["video"] for c in result.clips] == ["copy", "conform", "copy"]
+    assert result.clips[1]["why"] == "size 320x180 != film 160x90"
+    # Three sets of parameter sets in one film: it decodes without one error (-xerror), to
+    # the frame, and the copied clips' packets are the sources' bytes.
+    assert ffmpeg.verify_video(film, None).frames == 2 * FPS + FPS + FPS
+    packets, _ = packet_md5s(film)
+    a_packets, a_sets = packet_md5s(a)
+    other_packets, other_sets = packet_md5s(other)
+    assert a_sets != other_sets
+    assert packets[: 2 * FPS] == a_packets
+    assert packets[3 * FPS :] == other_packets
+
+
+def test_a_trim_off_an_idr_frame_is_exact_to_the_frame(tmp_path: Path) -> None:
+    # Frame k is flat grey at 16 + 4k; IDR frames every 12 frames, B-frames between.
+    ramp = "color=black:s=160x90:r=24:d=2,format=yuv420p,geq=lum='16+4*N':cb=128:cr=128"
+    src = make_clip(
+        tmp_path / "ramp.mp4", seconds=2.0, video=ramp, beep_hz=None, gop=12, **PROVIDER
+    )
+    clips = [clip(src, start=0.25, end=1.75), clip(src)]  # frames 6-41, then 0-47
+    film, result = build(clips, tmp_path, DirCache(tmp_path / "c"))
+
+    trimmed = result.clips[0]
+    assert trimmed["video"] == "copy" and trimmed["encoded_frames"] >= 6
+    assert result.clips[1] == {"video": "copy", "copied_frames": 48}
+    raw = subprocess.run(
+        [ffmpeg.ffmpeg_exe(), "-v", "error", "-i", str(film), "-f", "rawvideo", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    luma, frame = 160 * 90, 160 * 90 * 3 // 2  # yuv420p: the Y plane, then U and V
+    means = [sum(raw[i : i + luma]) / luma for i in range(0, len(raw), frame)]
+    expected = [16 + 4 * k for k in [*range(6, 42), *range(48)]]
+    assert len(means) == len(expected)
+    for n, (mean, want) in enumerate(zip(means, expected, strict=True)):
+        assert abs(mean - want) < 1.5, f"film frame {n}: grey {mean:.1f}, expected {want}"
 
 
 def test_trim_cuts_on_the_requested_frames(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from runner.backends.base import Backend
 from runner.digest import key_of
+from runner.media import SEGMENT_VERSION
 
 __all__ = ["Backend", "Backends", "media_version", "names"]
 
@@ -83,8 +84,9 @@ def _without_secrets(value: Any) -> Any:
 
 @cache
 def media_version() -> str:
-    """The pinned ffmpeg build, by its wheel's version: output bytes depend on it.
+    """The pinned ffmpeg build, by its wheel's version, and the way the runner assembles:
+    output bytes depend on both.
 
     Read from package metadata, not by running ffmpeg, so planning spawns no process.
     """
-    return f"imageio-ffmpeg {metadata.version('imageio-ffmpeg')}"
+    return f"imageio-ffmpeg {metadata.version('imageio-ffmpeg')}, segments v{SEGMENT_VERSION}"

@@ -1,17 +1,22 @@
-"""Deterministic film assembly: conform each piece once into a cached segment, then join.
+"""Deterministic film assembly: make each piece once into a cached segment, then join.
 
 A piece is either the body of a clip (its trimmed range minus the crossfade overlaps) or a
 crossfade between two clips. Each piece becomes a video-only H.264 MP4 of an exact frame count
 at the film's size, rate and pixel format, plus a PCM WAV of exactly the matching sample count.
-Both are cached under the sha256 of a canonical recipe (source digests, trims, size, rate,
-crossfade, SEGMENT_VERSION, ffmpeg version), so changing one clip re-encodes only its pieces.
-The join copies the video and encodes the audio once: PCM joins add no AAC priming, so the
-audio cannot drift from the video however many clips the film has. Loudness is matched with one
-measured gain (EBU R128 integrated loudness, capped by the true peak).
+A body whose stream already matches the film is stream-copied (runner/media/streamcopy.py
+decides; only the frames a trim cuts off an IDR frame or a clean end are encoded around the
+copy); any other body, and every crossfade, is conformed by an x264 encode. Segments are
+cached under the sha256 of a canonical recipe (source digests, trims, size, rate, crossfade,
+SEGMENT_VERSION, ffmpeg version), so changing one clip remakes only its pieces; a body's
+copy-or-conform decision is cached beside it, for provenance. The join copies the video and
+encodes the audio once: PCM joins add no AAC priming, so the audio cannot drift from the video
+however many clips the film has. Loudness is matched with one measured gain (EBU R128
+integrated loudness, capped by the true peak).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -25,10 +30,7 @@ from typing import Any, Protocol
 from runner import faults
 from runner.digest import key_of
 from runner.errors import NodeFailed, UserError
-from runner.media import ffmpeg
-
-SEGMENT_VERSION = 1
-"""Bumped whenever the way a segment is made changes, so cached segments are rebuilt."""
+from runner.media import SEGMENT_VERSION, ffmpeg, streamcopy
 
 TRUE_PEAK_CEILING = -1.5
 """dBTP the loudness gain never pushes the film's true peak past (EBU R128 delivery)."""
@@ -60,9 +62,10 @@ class Assembly:
     """How a film was assembled, for the provenance record."""
 
     ffmpeg_version: str
-    segments: list[str]  # segment keys in film order: each piece's video key, then audio key
+    segments: list[str]  # segment keys in film order: each piece's video, audio (, decision)
     join_argv: list[str]  # the join command; its paths are relative to a scratch directory
-    rendered: list[str] = field(default_factory=list)  # the keys encoded by this run
+    rendered: list[str] = field(default_factory=list)  # the keys made by this run
+    clips: list[dict[str, Any]] = field(default_factory=list)  # per clip: "copy" or "conform"
 
 
 @dataclass(frozen=True)
@@ -83,14 +86,25 @@ class _Piece:
     video_key: str
     audio_key: str
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Its cached files: video, audio, and for a body the copy-or-conform decision."""
+        if self.kind != "body":
+            return (self.video_key, self.audio_key)
+        return (self.video_key, self.audio_key, key_of({"decision_of": self.video_key}))
+
 
 @dataclass(frozen=True)
 class _Source:
     """A clip resolved against its probed source: the trimmed range in film frames."""
 
-    info: ffmpeg.MediaInfo
+    layout: ffmpeg.VideoLayout
     first: int  # first frame of the trimmed range, counted at the film's rate
     last: int  # one past its last frame
+
+    @property
+    def info(self) -> ffmpeg.MediaInfo:
+        return self.layout.info
 
 
 def assemble(
@@ -112,10 +126,10 @@ def assemble(
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="assemble-", dir=workdir) as tmp_name:
         tmp = Path(tmp_name)
-        found = {k: cache.lookup(k) for p in pieces for k in (p.video_key, p.audio_key)}
-        unique: dict[str, _Piece] = {}  # a clip cut in twice is encoded once
+        found = {k: cache.lookup(k) for p in pieces for k in p.keys}
+        unique: dict[str, _Piece] = {}  # a clip cut in twice is made once
         for p in pieces:
-            if found[p.video_key] is None or found[p.audio_key] is None:
+            if any(found[k] is None for k in p.keys):
                 unique.setdefault(p.video_key + p.audio_key, p)
         missing = list(unique.values())
         rendered = _render_missing(clips, missing, film, found, cache, tmp)
@@ -136,11 +150,17 @@ def assemble(
         ffmpeg.run(args, cwd=tmp)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(tmp / "film.mp4", dest)
+        decisions = {
+            p.clip: json.loads(paths[p.keys[2]].read_text(encoding="utf-8"))
+            for p in pieces
+            if p.kind == "body"
+        }
     return Assembly(
         ffmpeg_version=version,
-        segments=[k for p in pieces for k in (p.video_key, p.audio_key)],
+        segments=[k for p in pieces for k in p.keys],
         join_argv=ffmpeg.command(args),
         rendered=rendered,
+        clips=[decisions[i] for i in range(len(clips))],
     )
 
 
@@ -274,12 +294,12 @@ def _render_pieces(
                 f"{_where(i, clips[i])}: {(sources[i].last - sources[i].first) / film.fps:g}"
                 f" s after trimming, too short for its crossfades of {lead / film.fps:g} s"
             )
-    jobs: list[tuple[_Piece, Future[tuple[Path, Path]]]] = []
+    jobs: list[tuple[_Piece, Future[tuple[Path, ...]]]] = []
     for n, piece in enumerate(missing):
         out = tmp / f"piece-{n:05d}"
         out.mkdir()
         i = piece.clip
-        job: Callable[[], tuple[Path, Path]]
+        job: Callable[[], tuple[Path, ...]]
         if piece.kind == "body":
             job = _body_job(clips[i], sources[i], fades[i], fades[i + 1], film, out)
         else:
@@ -289,8 +309,8 @@ def _render_pieces(
         jobs.append((piece, pool.submit(job)))
     rendered = []
     for piece, future in jobs:
-        video, audio = future.result()
-        for key, path in ((piece.video_key, video), (piece.audio_key, audio)):
+        made = future.result()
+        for key, path in zip(piece.keys, made, strict=True):
             if found[key] is None:
                 found[key] = cache.save(key, path)
                 rendered.append(key)
@@ -300,10 +320,15 @@ def _render_pieces(
 
 def _resolve(clip: Clip, i: int, film: _Film) -> _Source:
     """Probe a clip's source and place its trim in film frames."""
-    info = ffmpeg.probe(clip.path)
+    layout = ffmpeg.video_layout(clip.path)
+    info = layout.info
     if not info.has_video:
         raise NodeFailed(f"{_where(i, clip)}: {clip.path} has no video stream")
     length = _frames(info.duration, film)
+    if layout.packets and info.fps == film.fps:
+        # The video's own frame count: the container's duration is its longest stream's, and
+        # AAC audio often runs a frame past the video (its last frame would be repeated).
+        length = len(layout.packets)
     first = _frames(clip.start, film)
     last = length if clip.end is None else _frames(clip.end, film)
     if last > length + 1:
@@ -316,29 +341,68 @@ def _resolve(clip: Clip, i: int, film: _Film) -> _Source:
             f"{_where(i, clip)}: start {clip.start:g} s is not before the end of the source "
             f"({info.duration:g} s)"
         )
-    return _Source(info, first, last)
+    return _Source(layout, first, last)
 
 
 def _body_job(
     clip: Clip, src: _Source, fade_in: int, fade_out: int, film: _Film, out: Path
-) -> Callable[[], tuple[Path, Path]]:
-    """Encode a clip's body: the frames between its crossfades."""
+) -> Callable[[], tuple[Path, Path, Path]]:
+    """Make a clip's body, the frames between its crossfades: copied where its stream allows,
+    else encoded."""
     first = src.first + fade_in
-    frames = src.last - fade_out - first
+    last = src.last - fade_out
+    plan = streamcopy.plan_body(src.layout, film.width, film.height, film.fps, first, last)
+    source = str(clip.path)
 
-    def job() -> tuple[Path, Path]:
+    def encode(start: int, frames: int, video: str | None, audio: str | None) -> None:
         args = ffmpeg.segment_args(
-            source=str(clip.path),
+            source=source,
             has_audio=src.info.has_audio,
-            video_chain=_video(film, first, frames),
-            audio_filter=_audio(film, first, frames),
+            video_chain=_video(film, start, frames),
+            audio_filter=_audio(film, start, frames),
             frames=frames,
             fps=film.fps,
-            video_out="video.mp4",
+            video_out=video,
+            audio_out=audio,
+        )
+        ffmpeg.run(args, cwd=out)
+
+    def job() -> tuple[Path, Path, Path]:
+        (out / "decision.json").write_text(json.dumps(plan.record(), sort_keys=True))
+        if not plan.copy:
+            encode(first, last - first, "video.mp4", "audio.wav")
+            return out / "video.mp4", out / "audio.wav", out / "decision.json"
+        parts = []
+        if plan.head:
+            encode(first, plan.head, "head.mp4", None)
+            parts.append("head.mp4")
+        middle = "middle.mp4" if plan.head or plan.tail else "video.mp4"
+        args = ffmpeg.copy_args(
+            source=source,
+            has_audio=src.info.has_audio,
+            first_packet=plan.start,  # a clean cut: as many packets as frames come before it
+            end_packet=plan.end,
+            pts_offset=plan.start * plan.ticks,
+            duration=plan.ticks,
+            audio_filter=_audio(film, first, last - first),
+            fps=film.fps,
+            video_out=middle,
             audio_out="audio.wav",
         )
         ffmpeg.run(args, cwd=out)
-        return out / "video.mp4", out / "audio.wav"
+        parts.append(middle)
+        if plan.tail:
+            encode(plan.end, plan.tail, "tail.mp4", None)
+            parts.append("tail.mp4")
+        if len(parts) > 1:
+            (out / "parts.ffconcat").write_text(
+                "ffconcat version 1.0\n" + "".join(f"file {p}\n" for p in parts),
+                encoding="utf-8",
+            )
+            ffmpeg.run(
+                ffmpeg.concat_video_args(video_list="parts.ffconcat", out="video.mp4"), cwd=out
+            )
+        return out / "video.mp4", out / "audio.wav", out / "decision.json"
 
     return job
 

@@ -15,6 +15,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 from runner.errors import NodeFailed
 
@@ -422,7 +423,7 @@ def _segment_video_out(frames: int, fps: int) -> list[str]:
     """Output options shared by every conformed video segment."""
     return [
         *["-frames:v", str(frames), "-r", str(fps), *SEGMENT_VIDEO, "-an"],
-        *["-video_track_timescale", str(fps * 1000), *BITEXACT, "-f", "mp4"],
+        *["-video_track_timescale", str(fps * FRAME_TICKS), *BITEXACT, "-f", "mp4"],
     ]
 
 
@@ -432,12 +433,161 @@ def join_args(*, video_list: str, audio: str, gain_db: float | None, out: str) -
     `gain_db` is the loudness correction, a plain gain: it keeps the mix's dynamics and every
     sample's timing (loudnorm's dynamic mode does neither, and runs 6x slower).
     """
-    args = ["-f", "concat", "-safe", "0", "-i", video_list, "-i", audio]
-    args += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"]
+    args = [*CONCAT, "-i", video_list, "-i", audio]
+    args += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-bsf:v", RETIME]
     if gain_db:
         args += ["-af", f"volume={gain_db:.2f}dB"]
     args += [*AAC, "-threads", "1", *BITEXACT, "-movflags", "+faststart", "-f", "mp4", out]
     return args
+
+
+# --- stream copy: clips that already match the film -----------------------------------------
+
+CONCAT = ["-f", "concat", "-safe", "0", "-auto_convert", "1"]
+"""Segments joined by the concat demuxer. A copied clip keeps its encoder's SPS and PPS, which
+differ from x264's (and share their ids). `auto_convert` runs each file through
+h264_mp4toannexb, which puts that file's parameter sets in-band before each of its IDR frames,
+and the MP4 muxer keeps them in the samples: every segment decodes with its own, whatever the
+film's avcC (the first segment's) says. Hence a copied segment must start on an IDR frame."""
+
+FRAME_TICKS = 1000
+"""Ticks per frame of every segment's video track (-video_track_timescale fps*1000)."""
+
+MAX_REORDER = 4
+"""How many places later than it is shown a copied clip may decode a frame (its B-frame
+reorder depth: x264's default is 2). The film's dts trail its pts by this many frames."""
+
+RETIME = f"setts=pts=round(PTS/{FRAME_TICKS})*{FRAME_TICKS}:dts=(N-{MAX_REORDER})*{FRAME_TICKS}"
+"""Join-time timestamps: pts snapped to the frame grid (the concat demuxer adds up durations
+in microseconds), dts one frame per packet, MAX_REORDER frames behind. Segments reorder by
+different amounts (x264 here: none; a provider's B-frames: 1-2 frames), so their own dts would
+overlap at a join; any dts that trail the pts by at least each segment's reorder depth decode
+the same pictures."""
+
+
+class Packet(NamedTuple):
+    """One video packet as stored, in decode order (timestamps in the stream's time base)."""
+
+    dts: int
+    pts: int
+    key: bool
+    discard: bool  # hidden by an edit list
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """A clip's first video stream as stored: what decides whether it can be stream-copied."""
+
+    info: MediaInfo
+    profile: str | None = None  # "High", "Constrained Baseline", ... (H.264 only)
+    pix_fmt_flags: tuple[str, ...] = ()  # e.g. ("tv", "bt709", "progressive")
+    rotation: float = 0.0  # degrees, from a display matrix
+    time_base: tuple[int, int] = (0, 1)
+    sar: tuple[int, int] = (0, 1)  # 0/1 = unset
+    packets: tuple[Packet, ...] = ()  # empty when the stream cannot be listed (not H.264)
+    idr_pts: frozenset[int] = frozenset()  # pts of the packets holding an IDR slice
+
+
+_PACKET = re.compile(
+    r"^(\d+), +(-?\d+), +(-?\d+), +-?\d+, +\d+, 0x[0-9a-f]+(?:, F=0x([0-9A-Fa-f]+))?$",
+    re.MULTILINE,
+)
+_PROFILE = re.compile(r"Video: \w+ \(((?:(?! / )[^)])+)\)")
+_PIX = re.compile(r", (\w+)(?:\(([^)]*)\))?, \d+x\d+")
+_ROTATION = re.compile(r"rotation of (-?\d+(?:\.\d+)?) degrees")
+
+
+def video_layout(path: Path) -> VideoLayout:
+    """Probe a clip and list its video packets (no decoding): one ffmpeg run.
+
+    The packet list is framecrc of the first video stream; a second copy of it, passed through
+    filter_units to keep IDR slices only (NAL type 5), tells IDRs from open-GOP I-frames, which
+    the container flags as keyframes too but which cannot start a segment.
+    """
+    if not path.is_file():
+        raise NodeFailed(f"{path}: file not found")
+    argv = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
+    argv += ["-map", "0:v:0", "-map", "0:v:0", "-c", "copy"]
+    argv += ["-bsf:v:1", "filter_units=pass_types=5", "-f", "framecrc", "-"]
+    try:
+        proc = _spawn(argv)
+    except OSError as exc:
+        raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
+    report = proc.stderr.split("\nOutput #0")[0]
+    info = parse_probe(report, path)
+    if proc.returncode != 0 or info.video_codec != "h264":
+        return VideoLayout(info=info)  # no video, or a codec the film never copies
+    video = _VIDEO.search(report)
+    assert video is not None  # parse_probe found an h264 video stream
+    line = video.group(0)
+    profile = _PROFILE.search(line)
+    pix = _PIX.search(line)
+    rotation = _ROTATION.search(report)
+    packets: list[Packet] = []
+    idr: set[int] = set()
+    for m in _PACKET.finditer(proc.stdout):
+        stream, dts, pts, flags = int(m[1]), int(m[2]), int(m[3]), int(m[4] or "1", 16)
+        if stream == 0:
+            packets.append(Packet(dts, pts, bool(flags & 1), bool(flags & 4)))
+        else:
+            idr.add(pts)
+    return VideoLayout(
+        info=info,
+        profile=profile.group(1) if profile else None,
+        pix_fmt_flags=tuple(f.strip() for f in (pix.group(2) or "").split(",")) if pix else (),
+        rotation=float(rotation.group(1)) if rotation else 0.0,
+        time_base=_header_ratio(proc.stdout, "tb"),
+        sar=_header_ratio(proc.stdout, "sar"),
+        packets=tuple(packets),
+        idr_pts=frozenset(idr),
+    )
+
+
+def _header_ratio(framecrc: str, name: str) -> tuple[int, int]:
+    """A "#tb 0: 1/12288"-style header of stream 0 in framecrc output, as (num, den)."""
+    m = re.search(rf"^#{name} 0: (\d+)/(\d+)$", framecrc, flags=re.MULTILINE)
+    return (int(m[1]), int(m[2])) if m else (0, 1)
+
+
+def copy_args(
+    *,
+    source: str,
+    has_audio: bool,
+    first_packet: int,
+    end_packet: int,
+    pts_offset: int,
+    duration: int,
+    audio_filter: str,
+    fps: int,
+    video_out: str,
+    audio_out: str,
+) -> list[str]:
+    """A clip body by stream copy: packets [first, end) in decode order, their bytes untouched,
+    retimed to start at 0 with one frame each; and its PCM audio, as in segment_args.
+
+    Timestamps are in the source's time base; the muxer rescales them to the film's.
+    """
+    args = ["-i", source]
+    audio_in = "0:a:0"
+    if not has_audio:
+        args += silence_input()
+        audio_in = "1:a:0"
+    # noise's drop expression picks packets by decode index, so no decoding or seeking is
+    # involved; setts then moves them to start at 0 (pts and dts alike: the reorder stays).
+    keep = f"noise=drop=lt(n\\,{first_packet})+gte(n\\,{end_packet})"
+    shift = f"setts=pts=PTS-{pts_offset}:dts=DTS-{pts_offset}:duration={duration}"
+    args += ["-filter_complex", f"[{audio_in}]{audio_filter}[a]"]
+    args += ["-map", "0:v:0", "-c:v", "copy", "-bsf:v", f"{keep},{shift}", "-an"]
+    args += ["-video_track_timescale", str(fps * FRAME_TICKS), *BITEXACT, "-f", "mp4", video_out]
+    args += ["-map", "[a]", *PCM, *BITEXACT, "-f", "wav", audio_out]
+    return args
+
+
+def concat_video_args(*, video_list: str, out: str) -> list[str]:
+    """Video-only segments joined into one by stream copy (a clip's encoded head, copied
+    middle and encoded tail), retimed like the film's join."""
+    args = [*CONCAT, "-i", video_list, "-map", "0:v:0", "-c:v", "copy"]
+    return [*args, "-bsf:v", RETIME, *BITEXACT, "-f", "mp4", out]
 
 
 def loudness(path: Path) -> tuple[float, float]:

@@ -70,6 +70,7 @@ def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None)
                 "argv": record.get("join_argv"),
                 "segments": record.get("segments"),
                 "cuts": node.recipe["cuts"],
+                "clips": record.get("clips"),  # per cut: "copy" or "conform", and why
                 "loudness_lufs": node.recipe["loudness_lufs"],
             }
         if not node.reproducible:  # when a paid render ran is provenance; when ffmpeg ran is not
