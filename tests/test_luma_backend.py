@@ -79,6 +79,7 @@ def wait(backend: LumaBackend, job_id: str) -> list[Any]:
 def test_a_round_trip_sends_lumas_fields_and_gives_a_video_that_verifies(
     backend: LumaBackend, server: LumaServer, tmp_path: Path
 ) -> None:
+    server.job_seconds = 0.6  # queued long enough for the first poll to see it
     job_id = backend.submit(shot())
     states = [s.state for s in wait(backend, job_id)]
     assert states[0] == "queued" and "running" in states and states[-1] == "done"
