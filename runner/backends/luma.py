@@ -226,8 +226,9 @@ class LumaBackend:
         extra: dict[str, Any] = {"state": g.state}
         if g.state == "completed":
             if g.assets is None or not g.assets.video:
+                # Completed is billed: never sent again on the runner's own initiative.
                 why = f"Luma's generation {job_id} completed without a video"
-                return JobStatus("failed", error=why, resend=True)
+                return JobStatus("failed", error=why, extra=extra)
             return JobStatus("done", extra=extra)
         if g.state == "failed":
             reason = self._scrub(g.failure_reason or "the generation failed without a reason")
