@@ -66,6 +66,9 @@ class JobStatus:
     error: str | None = None
     poll_after: float | None = None  # seconds the provider asks us to wait
     extra: dict[str, Any] = field(default_factory=dict)
+    # "failed" only: the provider refunded the job and says nothing against sending it again
+    # (an internal error, not a refusal); the runner sends one new create, journaled.
+    resend: bool = False
 
 
 class Backend(Protocol):

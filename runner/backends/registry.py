@@ -28,6 +28,7 @@ _BACKENDS = {
     "openai": "runner.backends.openai:OpenAIBackend",
     "veo": "runner.backends.veo:VeoBackend",
     "fal": "runner.backends.fal:FalBackend",
+    "luma": "runner.backends.luma:LumaBackend",
 }
 _SECRET_KEYS = ("key", "secret", "token", "password", "credential")
 
