@@ -66,6 +66,8 @@ class JobStatus:
     error: str | None = None
     poll_after: float | None = None  # seconds the provider asks us to wait
     extra: dict[str, Any] = field(default_factory=dict)
+    # A failure the provider refunded (Runway's INTERNAL.*): sending again pays once.
+    refunded: bool = False
 
 
 class Backend(Protocol):

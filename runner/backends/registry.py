@@ -27,6 +27,7 @@ _BACKENDS = {
     "openai": "runner.backends.openai:OpenAIBackend",
     "veo": "runner.backends.veo:VeoBackend",
     "fal": "runner.backends.fal:FalBackend",
+    "runway": "runner.backends.runway:RunwayBackend",
 }
 _SECRET_KEYS = ("key", "secret", "token", "password", "credential")
 

@@ -109,6 +109,11 @@ class NodeJobs:
             self.spent[node.id] = self.spent.get(node.id, 0.0) + node.cost_usd
             self._in_flight.add(node.id)
 
+    def _refunded(self, node: Node) -> None:
+        """The provider refunded the node's failed job: it no longer counts as spent."""
+        with self._spent_lock:
+            self.spent[node.id] = max(0.0, self.spent.get(node.id, 0.0) - node.cost_usd)
+
     def tidy_journal(self) -> None:
         """Clear entries whose output is already recorded here: the run that made it died
         between its record and its clear. Left alone they would reorder the node forever."""
@@ -428,6 +433,7 @@ class NodeJobs:
             gate=self.gates.get(node.pool, SendWindow(None)),
             on_provider_done=lambda: self._done.put((node.id, RELEASED)),
             on_paid=paid,
+            on_refunded=lambda: self._refunded(node),
             may_send=lambda: not self.stopping.is_set(),
             remix_source=self._job_id(node.inputs["remix"]) if "remix" in node.inputs else None,
         )

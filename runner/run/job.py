@@ -32,11 +32,16 @@ DOWNLOAD_DEADLINE = 1800.0  # seconds a finished job's (free) download is retrie
 DOWNLOAD_BACKOFF_CAP = 30.0  # seconds: the longest wait between two download attempts
 POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
 RECONCILE_SLACK = 5.0  # seconds: clocks of runner and provider differ
+REFUNDED_RESENDS = 2  # a job the provider failed and refunded is sent again this many times
 
 
 class SendAgain(Exception):
     """The job's content expired and --rerender-expired says to pay for it again: the node
     goes back to the scheduler, whose pool sends the new create."""
+
+
+class Refunded(Exception):
+    """The provider failed the job and refunded it: sending it again pays once."""
 
 
 class PoolPause(Exception):
@@ -68,6 +73,7 @@ class ShotJob:
     gate: SendWindow = field(default_factory=lambda: SendWindow(None))  # the pool's rpm
     on_provider_done: Callable[[], None] = lambda: None  # frees the pool slot before download
     on_paid: Callable[[str], None] = lambda job_id: None  # this run's create was accepted
+    on_refunded: Callable[[], None] = lambda: None  # the provider refunded the failed job
     may_send: Callable[[], bool] = lambda: True  # False once the run is stopping (Ctrl-C)
     remix_source: str | None = None  # the provider's job id of the video a remix edits
 
@@ -78,7 +84,7 @@ class ShotJob:
         stored and recorded (see runner/journal.py)."""
         job_id = self._resume() or self._submit()
         try:
-            self._wait(job_id)
+            job_id = self._settle(job_id)
             self.on_provider_done()
             self._download(job_id, dest)
         except Expired as err:
@@ -166,6 +172,25 @@ class ShotJob:
             return job_id
         raise AssertionError("unreachable")
 
+    def _settle(self, job_id: str) -> str:
+        """Wait for the job; a failure the provider refunded is sent again (a new create, in
+        this job's pool slot and through its rpm gate), at most REFUNDED_RESENDS times.
+        Returns the id of the job that finished."""
+        for resend in range(REFUNDED_RESENDS + 1):
+            try:
+                self._wait(job_id)
+                return job_id
+            except Refunded as err:
+                if resend == REFUNDED_RESENDS:
+                    self.journal.clear(self.key)
+                    raise NodeFailed(
+                        f"{self.node}: {self.backend.name} failed it {resend + 1} times "
+                        f"(refunded each time): {err}"
+                    ) from None
+                self.on_refunded()
+                job_id = self._submit()
+        raise AssertionError("unreachable")
+
     def _wait(self, job_id: str) -> None:
         errors = 0
         while True:
@@ -191,6 +216,8 @@ class ShotJob:
             errors = 0
             if status.state == "done":
                 return
+            if status.state == "failed" and status.refunded:
+                raise Refunded(status.error or "the job failed")
             if status.state == "failed":
                 self.journal.clear(self.key)
                 raise NodeFailed(f"{self.node}: {self.backend.name} refused: {status.error}")
