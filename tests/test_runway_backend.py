@@ -64,7 +64,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def server() -> Iterator[RunwayServer]:
-    with RunwayServer(job_seconds=0.2, api_key=KEY) as s:
+    with RunwayServer(job_seconds=0.1, api_key=KEY) as s:
         yield s
 
 
@@ -197,7 +197,7 @@ def test_a_lost_answer_stops_the_job_until_resend_unconfirmed_sends_exactly_one_
 
 
 def test_throttled_tasks_are_in_flight_and_never_sent_again(tmp_path: Path) -> None:
-    with RunwayServer(job_seconds=0.3, api_key=KEY, account_concurrency=1) as server:
+    with RunwayServer(job_seconds=0.15, api_key=KEY, account_concurrency=1) as server:
         backend = connect(server, tmp_path)
         first, second = backend.submit(shot()), backend.submit(shot(take=2))
         seen = wait(backend, second)
@@ -411,12 +411,10 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_create
         ffmpeg.verify_video(tmp_path / "out" / "film.mp4", 8.0)
         posts = server.create_posts()
         assert film.run("render").returncode == 0 and server.create_posts() == posts
-        # A new shot whose create answer is lost: the run stops after that one create.
+        # A new shot whose create answer is lost: the run stops after that one create (what
+        # --resend-unconfirmed then does is tested with the job above).
         film.manifest.write_text(film.manifest.read_text() + '[shots.s12]\nscene = "Lost."\n')
         server.drop_next_creates(1)
         stopped = film.run("render")
         assert stopped.returncode == 1 and "--resend-unconfirmed" in stopped.stderr
-        assert server.create_posts() == posts + 1
-        resent = film.run("render", "--resend-unconfirmed")
-        assert resent.returncode == 0, resent.stderr
-        assert server.create_posts() == posts + 2
+        assert "shots.s12" in stopped.stderr and server.create_posts() == posts + 1
