@@ -233,6 +233,17 @@ def test_safety_is_charged_and_refused_in_runways_words_internal_is_refunded(
     assert len(server.billable()) == 3 and journal.pending() == ["a" * 64]
 
 
+def test_a_job_refunded_again_and_again_fails_after_two_resends(
+    backend: RunwayBackend, server: RunwayServer, tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "journal")
+    verify = lambda p: ffmpeg.verify_video(p, 4.0)  # noqa: E731
+    server.fail_next_tasks(3, "INTERNAL.BAD_OUTPUT.CODE01", "The output was rejected.")
+    with pytest.raises(NodeFailed, match=r"failed it 3 times \(refunded each time\)"):
+        ShotJob("shots.a", "a" * 64, backend, shot(), journal, verify).run(tmp_path / "a.mp4")
+    assert server.billable() == [] and len(server.refunded()) == 3 and journal.pending() == []
+
+
 def test_an_expired_output_url_is_signed_again_by_retrieving_the_task(tmp_path: Path) -> None:
     with RunwayServer(job_seconds=0.1, api_key=KEY, url_ttl=0.2) as server:
         backend = connect(server, tmp_path)
