@@ -174,18 +174,19 @@ def test_a_job_that_fails_at_the_provider_reports_its_message(tmp_path: Path) ->
     assert j.journal.pending() == []
 
 
-def test_a_failed_job_the_provider_refunded_is_sent_once_more_then_fails(tmp_path: Path) -> None:
+def test_a_failed_job_the_provider_refunded_is_sent_again_at_most_twice(tmp_path: Path) -> None:
     backend = Scripted()
-    backend.polls = [JobStatus("failed", error="Job failed", resend=True)]
+    backend.polls = [JobStatus("failed", error="Job failed", refunded=True)]
     refunds: list[None] = []
     j = job(backend, tmp_path, on_refunded=lambda: refunds.append(None))
     assert j.run(tmp_path / "out.mp4") == "job2"
     assert backend.creates == 2 and len(refunds) == 1 and j.journal.pending() == []
     again = Scripted()
-    again.polls = [JobStatus("failed", error="Job failed", resend=True)] * 2
-    with pytest.raises(NodeFailed, match="scripted failed: Job failed"):
-        job(again, tmp_path / "second").run(tmp_path / "out.mp4")
-    assert again.creates == 2  # one resend, never more
+    again.polls = [JobStatus("failed", error="Job failed", refunded=True)] * 3
+    second = job(again, tmp_path / "second")
+    with pytest.raises(NodeFailed, match=r"failed it 3 times \(refunded each time\): Job failed"):
+        second.run(tmp_path / "out.mp4")
+    assert again.creates == 3 and second.journal.pending() == []  # two resends, never more
 
 
 def test_a_truncated_download_is_fetched_again_not_bought_again(tmp_path: Path) -> None:

@@ -202,10 +202,10 @@ def test_failed_generations_are_refunded_refusals_keep_lumas_words_others_are_re
     server.fail_generations("forbidden", MODERATION)
     server.fail_generations("unlucky", "Job failed")
     refused = wait(backend, backend.submit(shot(prompt="A forbidden lantern.")))[-1]
-    assert refused.state == "failed" and not refused.resend
+    assert refused.state == "failed" and not refused.refunded
     assert refused.error == MODERATION
     internal = wait(backend, backend.submit(shot(prompt="An unlucky lantern.")))[-1]
-    assert internal.state == "failed" and internal.resend and "Job failed" in internal.error
+    assert internal.state == "failed" and internal.refunded and "Job failed" in internal.error
     assert server.billable() == []  # Luma refunds failed generations
 
 
@@ -237,7 +237,7 @@ def test_the_first_frame_is_stored_once_by_digest_and_sent_as_a_keyframe_url(
     # A URL Luma cannot fetch fails the generation, refunded, and is not sent again.
     elsewhere = {**public, "image_url": server.root + "/nowhere"}
     status = wait(backend, connect(server, tmp_path, **elsewhere).submit(shot(image=image)))[-1]
-    assert status.state == "failed" and not status.resend
+    assert status.state == "failed" and not status.refunded
     assert status.error is not None and UNREADABLE in status.error and "image_url" in status.error
 
 
@@ -377,7 +377,7 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_genera
     server.drop_next_creates(2)
     server.truncate_next_downloads(2)
     server.truncate_next_downloads(1, declare_length=True)
-    server.fail_generations("Luma shot", "Job failed")  # refunded: sent once more
+    server.fail_generations("Luma shot", "Job failed")  # refunded: sent again
     result = film.run("render")
     assert result.returncode == 0, result.stderr
     bought = Counter(g.request["prompt"].split(":")[0] for g in server.billable())

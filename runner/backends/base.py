@@ -66,9 +66,8 @@ class JobStatus:
     error: str | None = None
     poll_after: float | None = None  # seconds the provider asks us to wait
     extra: dict[str, Any] = field(default_factory=dict)
-    # "failed" only: the provider refunded the job and says nothing against sending it again
-    # (an internal error, not a refusal); the runner sends one new create, journaled.
-    resend: bool = False
+    # A failure the provider refunded (Runway's INTERNAL.*): sending again pays once.
+    refunded: bool = False
 
 
 class Backend(Protocol):

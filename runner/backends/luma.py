@@ -236,7 +236,7 @@ class LumaBackend:
                 if "read user input frames" in reason.lower():
                     reason += f" (check that image_url in {TABLE} is public)"
                 return JobStatus("failed", error=reason, extra=extra)
-            return JobStatus("failed", error=f"{reason} (refunded by Luma)", resend=True)
+            return JobStatus("failed", error=f"{reason} (refunded by Luma)", refunded=True)
         state = "running" if g.state == "dreaming" else "queued"
         return JobStatus(state, poll_after=self.poll_seconds, extra=extra)
 

@@ -29,6 +29,7 @@ _BACKENDS = {
     "veo": "runner.backends.veo:VeoBackend",
     "fal": "runner.backends.fal:FalBackend",
     "luma": "runner.backends.luma:LumaBackend",
+    "runway": "runner.backends.runway:RunwayBackend",
 }
 _SECRET_KEYS = ("key", "secret", "token", "password", "credential")
 

@@ -110,9 +110,9 @@ class NodeJobs:
             self._in_flight.add(node.id)
 
     def _refunded(self, node: Node) -> None:
-        """The provider failed and refunded a paid create of this node: it cost nothing."""
+        """The provider refunded the node's failed job: it no longer counts as spent."""
         with self._spent_lock:
-            self.spent[node.id] = self.spent.get(node.id, 0.0) - node.cost_usd
+            self.spent[node.id] = max(0.0, self.spent.get(node.id, 0.0) - node.cost_usd)
 
     def tidy_journal(self) -> None:
         """Clear entries whose output is already recorded here: the run that made it died
@@ -489,9 +489,6 @@ class NodeJobs:
             workdir=work,
         )
         record.update(
-            ffmpeg=result.ffmpeg_version,
-            join_argv=result.join_argv,
-            segments=result.segments,
-            clips=result.clips,
+            ffmpeg=result.ffmpeg_version, join_argv=result.join_argv, segments=result.segments
         )
         return dest

@@ -32,7 +32,7 @@ DOWNLOAD_DEADLINE = 1800.0  # seconds a finished job's (free) download is retrie
 DOWNLOAD_BACKOFF_CAP = 30.0  # seconds: the longest wait between two download attempts
 POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
 RECONCILE_SLACK = 5.0  # seconds: clocks of runner and provider differ
-REFUNDED_RESENDS = 1  # new creates after a failed job the provider refunded (JobStatus.resend)
+REFUNDED_RESENDS = 2  # a job the provider failed and refunded is sent again this many times
 
 
 class SendAgain(Exception):
@@ -40,8 +40,8 @@ class SendAgain(Exception):
     goes back to the scheduler, whose pool sends the new create."""
 
 
-class _Refunded(Exception):
-    """The provider failed the job and refunded it: a new create may be sent."""
+class Refunded(Exception):
+    """The provider failed the job and refunded it: sending it again pays once."""
 
 
 class PoolPause(Exception):
@@ -73,7 +73,7 @@ class ShotJob:
     gate: SendWindow = field(default_factory=lambda: SendWindow(None))  # the pool's rpm
     on_provider_done: Callable[[], None] = lambda: None  # frees the pool slot before download
     on_paid: Callable[[str], None] = lambda job_id: None  # this run's create was accepted
-    on_refunded: Callable[[], None] = lambda: None  # a paid create's job failed, refunded
+    on_refunded: Callable[[], None] = lambda: None  # the provider refunded the failed job
     may_send: Callable[[], bool] = lambda: True  # False once the run is stopping (Ctrl-C)
     remix_source: str | None = None  # the provider's job id of the video a remix edits
 
@@ -84,16 +84,7 @@ class ShotJob:
         stored and recorded (see runner/journal.py)."""
         job_id = self._resume() or self._submit()
         try:
-            for resend in range(REFUNDED_RESENDS + 1):
-                try:
-                    self._wait(job_id, last=resend == REFUNDED_RESENDS)
-                    break
-                except _Refunded as err:
-                    # Refunded: this create cost nothing, and the next one is sent by this
-                    # worker (its pool slot is held), journaled like the first.
-                    self.on_refunded()
-                    self.sleep(backoff(resend))
-                    job_id = self._submit(why=str(err))
+            job_id = self._settle(job_id)
             self.on_provider_done()
             self._download(job_id, dest)
         except Expired as err:
@@ -143,11 +134,10 @@ class ShotJob:
             self.journal.submitted(self.key, found)
         return found
 
-    def _submit(self, why: str = "") -> str:
+    def _submit(self) -> str:
         for attempt in range(SUBMIT_ATTEMPTS):
             if not self.may_send():
-                after = f" again after {why}" if why else ""
-                raise NodeFailed(f"{self.node}: not sent{after}: the run is stopping")
+                raise NodeFailed(f"{self.node}: not sent: the run is stopping")
             try:
                 with self.gate.turn():
                     sent_at = self.journal.sending(self.key, self.node, self.backend.name)
@@ -182,9 +172,26 @@ class ShotJob:
             return job_id
         raise AssertionError("unreachable")
 
-    def _wait(self, job_id: str, last: bool = True) -> None:
-        """Poll until the job is done. A failed job the provider refunded raises _Refunded
-        unless this is the `last` create the node may send."""
+    def _settle(self, job_id: str) -> str:
+        """Wait for the job; a failure the provider refunded is sent again (a new create, in
+        this job's pool slot and through its rpm gate), at most REFUNDED_RESENDS times.
+        Returns the id of the job that finished."""
+        for resend in range(REFUNDED_RESENDS + 1):
+            try:
+                self._wait(job_id)
+                return job_id
+            except Refunded as err:
+                if resend == REFUNDED_RESENDS:
+                    self.journal.clear(self.key)
+                    raise NodeFailed(
+                        f"{self.node}: {self.backend.name} failed it {resend + 1} times "
+                        f"(refunded each time): {err}"
+                    ) from None
+                self.on_refunded()
+                job_id = self._submit()
+        raise AssertionError("unreachable")
+
+    def _wait(self, job_id: str) -> None:
         errors = 0
         while True:
             try:
@@ -209,12 +216,11 @@ class ShotJob:
             errors = 0
             if status.state == "done":
                 return
+            if status.state == "failed" and status.refunded:
+                raise Refunded(status.error or "the job failed")
             if status.state == "failed":
                 self.journal.clear(self.key)
-                if status.resend and not last:
-                    raise _Refunded(f"{self.backend.name} failed job {job_id}: {status.error}")
-                verb = "failed" if status.resend else "refused"
-                raise NodeFailed(f"{self.node}: {self.backend.name} {verb}: {status.error}")
+                raise NodeFailed(f"{self.node}: {self.backend.name} refused: {status.error}")
             self.sleep(status.poll_after if status.poll_after is not None else POLL_DEFAULT)
 
     def _download(self, job_id: str, dest: Path) -> None:

@@ -1,0 +1,439 @@
+"""A loopback server speaking Runway's API, with fault injection for tests.
+
+It answers what the real `runwayml` SDK sends: `POST /v1/text_to_video` and
+`/v1/image_to_video` (camelCase JSON, checked per model), `GET` and `DELETE /v1/tasks/{id}`,
+with `Authorization: Bearer KEY` and `X-Runway-Version: 2024-11-06` required. Tasks over the
+account's concurrency are accepted as THROTTLED and start as others finish; a task is then
+PENDING, RUNNING (with progress) and SUCCEEDED or FAILED with a `failureCode`. Outputs are
+signed URLs (`/outputs/ID.mp4?exp=...&sig=...`, real H.264/AAC MP4s) that stop opening after
+`url_ttl` seconds, as Runway's do. Billing as Runway's docs say: SAFETY.* failures are charged,
+INTERNAL.* ones refunded, a task deleted before it runs is not charged.
+
+    with RunwayServer(job_seconds=0.3, api_key=KEY) as server:
+        backend = RunwayBackend(tmp, {"base_url": server.base_url, "api_key": KEY})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests.servers import openai_server
+from tests.servers.clips import mp4_bytes
+
+VERSION = "2024-11-06"
+GEN4_RATIOS = ("1280:720", "720:1280", "1104:832", "960:960", "832:1104", "1584:672")
+VEO_RATIOS = ("1280:720", "720:1280", "1080:1920", "1920:1080")
+MODELS: dict[str, dict[str, Any]] = {  # model -> endpoints, ratios per endpoint, durations
+    "gen4.5": {
+        "text_to_video": ("1280:720", "720:1280"),
+        "image_to_video": GEN4_RATIOS,
+        "durations": tuple(range(2, 11)),
+    },
+    "gen4_turbo": {"image_to_video": GEN4_RATIOS, "durations": tuple(range(2, 11))},
+    "veo3.1": {"text_to_video": VEO_RATIOS, "image_to_video": VEO_RATIOS, "durations": (4, 6, 8)},
+    "veo3.1_fast": {
+        "text_to_video": VEO_RATIOS,
+        "image_to_video": VEO_RATIOS,
+        "durations": (4, 6, 8),
+    },
+}
+EXPIRED = "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Task:
+    """One task; it waits THROTTLED while the account is at its concurrency, then runs."""
+
+    id: str
+    endpoint: str
+    body: dict[str, Any]
+    created: float
+    seconds: float  # from start to the end
+    failure: tuple[str, str] | None = None  # (failureCode, failure)
+    started: float | None = None
+    cancelled: bool = False  # deleted before it ended
+    deleted: bool = False  # gone: a retrieve answers 404
+    throttled: bool = False  # was THROTTLED at some point
+
+    def ended(self, now: float) -> bool:
+        return self.cancelled or (self.started is not None and now >= self.started + self.seconds)
+
+    def refunded(self) -> bool:
+        """Runway refunds INTERNAL.* failures and tasks cancelled before they ran."""
+        code = self.failure[0] if self.failure else ""
+        return code.startswith("INTERNAL") or (self.cancelled and self.started is None)
+
+
+class RunwayServer:
+    """Runway's task API and its output CDN on 127.0.0.1 (port 0) in a background thread."""
+
+    normalise_prompts = False  # keep prompts whitespace-collapsed (as a server may)
+
+    def __init__(
+        self,
+        *,
+        job_seconds: float = 0.3,
+        api_key: str | None = None,
+        account_concurrency: int = 100,
+        url_ttl: float = 3600.0,
+    ) -> None:
+        self.job_seconds = job_seconds
+        self.api_key = api_key  # None: any bearer token is accepted
+        self.account_concurrency = account_concurrency  # over it, tasks are THROTTLED
+        self.url_ttl = url_ttl  # seconds a signed output URL opens
+        self.lock = threading.Lock()
+        self._secret = uuid.uuid4().bytes  # signs output URLs
+        # Observations.
+        self.posts: list[dict[str, Any]] = []  # every create that arrived (refused too)
+        self.tasks: dict[str, Task] = {}
+        self.requests: list[tuple[str, str, int | None]] = []  # (method, path, status)
+        self.authorizations: set[str] = set()
+        self.versions: set[str] = set()  # X-Runway-Version headers seen
+        self.in_flight_max = 0  # tasks not ended at once (THROTTLED ones too)
+        self.downloads: list[tuple[str, int]] = []  # (task id, bytes sent)
+        # Faults.
+        self._rate_limits: list[float | None] = []
+        self._create_failures: list[int] = []
+        self._drops = 0
+        self._poll_failures: list[int] = []
+        self._truncations: list[bool] = []
+        self._next_failures: list[tuple[str, str]] = []
+        self._failures: dict[str, tuple[str, str]] = {}
+        self._httpd: openai_server._HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle --
+
+    def __enter__(self) -> RunwayServer:
+        handler = type("Handler", (_Handler,), {"server_state": self})
+        self._httpd = openai_server._HTTPServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,))
+        self._thread.daemon = True
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def base_url(self) -> str:
+        assert self._httpd is not None, "the server is not running"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    # -- fault injection --
+
+    def rate_limit_next(self, n: int, retry_after: float | None = 1.0) -> None:
+        """The next n creates answer 429 (with Retry-After when given); nothing is made."""
+        with self.lock:
+            self._rate_limits += [retry_after] * n
+
+    def fail_next_creates(self, n: int, status: int = 503) -> None:
+        """The next n creates answer `status`; nothing is made."""
+        with self.lock:
+            self._create_failures += [status] * n
+
+    def drop_next_creates(self, n: int) -> None:
+        """The next n creates make their task (billed), then close the connection unanswered."""
+        with self.lock:
+            self._drops += n
+
+    def fail_next_polls(self, n: int, status: int = 502) -> None:
+        with self.lock:
+            self._poll_failures += [status] * n
+
+    def truncate_next_downloads(self, n: int, declare_length: bool = False) -> None:
+        """The next n output downloads send half the bytes, then close."""
+        with self.lock:
+            self._truncations += [declare_length] * n
+
+    def fail_next_tasks(self, n: int, code: str, message: str) -> None:
+        """The next n tasks made end FAILED with this failureCode."""
+        with self.lock:
+            self._next_failures += [(code, message)] * n
+
+    def fail_prompts(self, substring: str, code: str, message: str) -> None:
+        """Tasks whose prompt has `substring` end FAILED with this failureCode."""
+        with self.lock:
+            self._failures[substring] = (code, message)
+
+    def forget(self, task_id: str) -> None:
+        """The task is gone (a retrieve answers 404)."""
+        with self.lock:
+            self.tasks[task_id].deleted = True
+
+    # -- observations --
+
+    def billable(self) -> list[Task]:
+        """Tasks Runway charges for: made, and not refunded."""
+        with self.lock:
+            self._advance(time.time())
+            return [t for t in self.tasks.values() if not t.refunded()]
+
+    def refunded(self) -> list[Task]:
+        with self.lock:
+            return [t for t in self.tasks.values() if t.refunded()]
+
+    def throttled(self) -> int:
+        with self.lock:
+            return sum(1 for t in self.tasks.values() if t.throttled)
+
+    def create_posts(self) -> int:
+        with self.lock:
+            return len(self.posts)
+
+    def faults_left(self) -> int:
+        with self.lock:
+            queued = self._rate_limits, self._create_failures, self._poll_failures
+            left = sum(map(len, queued)) + len(self._truncations) + self._drops
+            return left + len(self._next_failures)
+
+    # -- the task clock (called with the lock held) --
+
+    def _advance(self, now: float) -> None:
+        """Start THROTTLED tasks, oldest first, as running ones end."""
+        busy = sum(1 for t in self.tasks.values() if t.started is not None and not t.ended(now))
+        for task in sorted(self.tasks.values(), key=lambda t: t.created):
+            if task.started is None and not task.cancelled:
+                if busy >= self.account_concurrency:
+                    task.throttled = True
+                    continue
+                task.started = now
+                busy += 1
+
+    def _status(self, task: Task, now: float) -> dict[str, Any]:
+        answer: dict[str, Any] = {"id": task.id, "createdAt": _iso(task.created)}
+        credits = {"credits": 10 * int(task.body.get("duration", 5))}
+        if task.cancelled:
+            return answer | {"status": "CANCELLED", "cost": {"credits": 0}}
+        if task.started is None:
+            return answer | {"status": "THROTTLED", "estimatedCost": credits}
+        elapsed = now - task.started
+        if elapsed < task.seconds / 3:
+            return answer | {"status": "PENDING", "estimatedCost": credits}
+        if elapsed < task.seconds:
+            progress = round(elapsed / task.seconds, 2)
+            return answer | {"status": "RUNNING", "progress": progress, "estimatedCost": credits}
+        cost = {"credits": 0 if task.refunded() else credits["credits"]}
+        if task.failure is not None:
+            code, message = task.failure
+            return (
+                answer
+                | {"status": "FAILED", "failure": message, "failureCode": code}
+                | {"cost": cost}
+            )
+        return answer | {"status": "SUCCEEDED", "output": [self._sign(task.id, now)], "cost": cost}
+
+    def _sign(self, task_id: str, now: float) -> str:
+        exp = f"{now + self.url_ttl:.3f}"
+        sig = hmac.new(self._secret, f"{task_id}:{exp}".encode(), hashlib.sha256).hexdigest()
+        return f"{self.base_url}/outputs/{task_id}.mp4?exp={exp}&sig={sig}"
+
+    # -- the protocol (called by the handler) --
+
+    def _create(self, h: _Handler, endpoint: str, body: dict[str, Any]) -> None:
+        now = time.time()
+        with self.lock:
+            self.posts.append({"endpoint": endpoint, "body": body, "t": now})
+            limited = self._rate_limits.pop(0) if self._rate_limits else False
+            failure = self._create_failures.pop(0) if self._create_failures else None
+        if limited is not False:
+            headers = {} if limited is None else {"Retry-After": f"{limited:g}"}
+            h.send_json(429, {"error": "You have exceeded the rate limit."}, headers)
+            return
+        if failure is not None:
+            h.send_json(failure, {"error": "The service is shedding load; try again."})
+            return
+        issues = _invalid(endpoint, body)
+        if issues:
+            h.send_json(400, {"error": "Validation of body failed", "issues": issues})
+            return
+        kept = dict(body)
+        prompt = str(body.get("promptText", ""))
+        if self.normalise_prompts:
+            kept["promptText"] = " ".join(prompt.split())
+        with self.lock:
+            fail = next((f for s, f in self._failures.items() if s in prompt), None)
+            if fail is None and self._next_failures:
+                fail = self._next_failures.pop(0)
+            task = Task(uuid.uuid4().hex, endpoint, kept, now, self.job_seconds, fail)
+            self.tasks[task.id] = task
+            self._advance(now)
+            live = sum(1 for t in self.tasks.values() if not t.ended(now))
+            self.in_flight_max = max(self.in_flight_max, live)
+            drop = self._drops > 0
+            self._drops -= int(drop)
+        if drop:
+            h.drop()
+            return
+        h.send_json(200, {"id": task.id})
+
+    def _get(self, h: _Handler, task_id: str) -> None:
+        with self.lock:
+            failure = self._poll_failures.pop(0) if self._poll_failures else None
+        if failure is not None:
+            h.send_json(failure, {"error": "Injected failure"})
+            return
+        now = time.time()
+        with self.lock:
+            self._advance(now)
+            task = self.tasks.get(task_id)
+            answer = None if task is None or task.deleted else self._status(task, now)
+        if answer is None:
+            h.send_json(404, {"error": "Task not found"})
+        else:
+            h.send_json(200, answer)
+
+    def _delete(self, h: _Handler, task_id: str) -> None:
+        now = time.time()
+        with self.lock:
+            self._advance(now)
+            task = self.tasks.get(task_id)
+            if task is not None and not task.deleted:
+                if task.ended(now):
+                    task.deleted = True
+                else:
+                    task.cancelled = True
+        if task is None:
+            h.send_json(404, {"error": "Task not found"})
+            return
+        h._log(204)
+        h.send_response(204)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def _output(self, h: _Handler, task_id: str, query: dict[str, list[str]]) -> None:
+        exp = query.get("exp", [""])[0]
+        sig = query.get("sig", [""])[0]
+        want = hmac.new(self._secret, f"{task_id}:{exp}".encode(), hashlib.sha256).hexdigest()
+        with self.lock:
+            task = self.tasks.get(task_id)
+        if task is None or task.deleted or not hmac.compare_digest(sig, want):
+            h.send_raw(403, b"<Error><Code>AccessDenied</Code></Error>", "application/xml")
+            return
+        if float(exp) < time.time():
+            h.send_raw(403, EXPIRED.encode(), "application/xml")
+            return
+        data = mp4_bytes(float(task.body.get("duration", 5)))
+        with self.lock:
+            truncate = self._truncations.pop(0) if self._truncations else None
+            self.downloads.append((task_id, len(data) if truncate is None else len(data) // 2))
+        if truncate is None:
+            h.send_bytes(data)
+        else:
+            h.send_truncated(data, declare_length=truncate)
+
+
+def _invalid(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Validation issues as Runway answers them (400), for a body its schema rejects."""
+    model = str(body.get("model", ""))
+    spec = MODELS.get(model)
+    if spec is None or endpoint not in spec:
+        return [{"path": ["model"], "message": f"Invalid model {model!r} for /v1/{endpoint}"}]
+    issues = []
+    if body.get("ratio") not in spec[endpoint]:
+        allowed = ", ".join(spec[endpoint])
+        issues.append({"path": ["ratio"], "message": f"Expected one of {allowed}"})
+    if body.get("duration", spec["durations"][-1]) not in spec["durations"]:
+        issues.append({"path": ["duration"], "message": "Invalid duration"})
+    prompt = body.get("promptText")
+    if endpoint == "text_to_video" and not (isinstance(prompt, str) and prompt.strip()):
+        issues.append({"path": ["promptText"], "message": "Required"})
+    if isinstance(prompt, str) and len(prompt.encode("utf-16-le")) // 2 > 1000:
+        issues.append({"path": ["promptText"], "message": "String must have at most 1000"})
+    image = body.get("promptImage")
+    if endpoint == "image_to_video" and not (
+        isinstance(image, str) and image.startswith(("data:image/", "https://"))
+    ):
+        issues.append({"path": ["promptImage"], "message": "Invalid image"})
+    return issues
+
+
+class _Handler(openai_server._Handler):
+    server_state: RunwayServer  # type: ignore[assignment]
+
+    def _authorised(self) -> bool:
+        auth = self.headers.get("Authorization", "")
+        version = self.headers.get("X-Runway-Version", "")
+        state = self.server_state
+        with state.lock:
+            state.authorizations.add(auth)
+            state.versions.add(version)
+        if version != VERSION:
+            self.send_json(400, {"error": f"Invalid API version {version!r}; use {VERSION}"})
+            return False
+        if auth == f"Bearer {state.api_key}" or (state.api_key is None and len(auth) > 7):
+            return True
+        # Echo the key whole, as a careless server would: clients must not repeat it.
+        self.send_json(401, {"error": f"Invalid API key: {auth.removeprefix('Bearer ')}"})
+        return False
+
+    def do_GET(self) -> None:
+        self._body()
+        url = urlsplit(self.path)
+        parts = url.path.strip("/").split("/")
+        state = self.server_state
+        if len(parts) == 2 and parts[0] == "outputs":  # the CDN: signed, no key
+            state._output(self, parts[1].removesuffix(".mp4"), parse_qs(url.query))
+            return
+        if not self._authorised():
+            return
+        if len(parts) == 3 and parts[:2] == ["v1", "tasks"]:
+            state._get(self, parts[2])
+        else:
+            self.send_json(404, {"error": f"Unknown path {url.path}"})
+
+    def do_POST(self) -> None:
+        raw = self._body()
+        if not self._authorised():
+            return
+        path = urlsplit(self.path).path
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self.send_json(400, {"error": "Invalid JSON"})
+            return
+        if path in ("/v1/text_to_video", "/v1/image_to_video"):
+            self.server_state._create(self, path.rpartition("/")[2], body)
+        else:
+            self.send_json(404, {"error": f"Unknown path {path}"})
+
+    def do_DELETE(self) -> None:
+        self._body()
+        if not self._authorised():
+            return
+        parts = urlsplit(self.path).path.strip("/").split("/")
+        if len(parts) == 3 and parts[:2] == ["v1", "tasks"]:
+            self.server_state._delete(self, parts[2])
+        else:
+            self.send_json(404, {"error": f"Unknown path {self.path}"})
+
+    def send_raw(self, status: int, data: bytes, content_type: str) -> None:
+        self._log(status)
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
