@@ -3,6 +3,7 @@ protocol (submit, status, result, cancel, upload, request history), no mocks."""
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from runner.errors import NodeFailed, UserError
 from runner.media import ffmpeg
 from tests.films import Checkout, gen
 from tests.servers.fal_server import FalServer
+from tests.servers.tls_proxy import TestCA, TLSProxy
 
 KEY = "fal-key-id-0123:fal-secret-abcdef456789"
 POLICY = "The prompt could not be processed because it violates the content policy."
@@ -314,6 +316,25 @@ def test_no_key_is_refused_before_any_request_and_the_key_never_shows(
         assert wrong not in "".join(traceback.format_exception(error))
 
 
+def test_a_ca_bundle_that_cannot_be_read_is_named_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FalBackend(tmp_path, {"api_key": KEY})
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    missing = tmp_path / "missing.pem"
+    monkeypatch.setenv("SSL_CERT_FILE", str(missing))
+    problem = backend.credentials_problem() or ""
+    assert f"SSL_CERT_FILE={missing} is not a CA bundle (No such file or directory)" in problem
+    notes = gen(tmp_path, {"notes.pem": "not a certificate"}) / "notes.pem"
+    monkeypatch.setenv("SSL_CERT_FILE", str(notes))
+    assert "no certificate or crl found" in (backend.credentials_problem() or "")
+    monkeypatch.setenv("SSL_CERT_FILE", str(TestCA(tmp_path / "ca").bundle))
+    assert backend.credentials_problem() is None
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setenv("SSL_CERT_DIR", str(tmp_path / "no-such-folder"))
+    assert "SSL_CERT_DIR=" in (backend.credentials_problem() or "")
+
+
 def test_the_table_prices_checks_and_pyproject_rows(tmp_path: Path) -> None:
     backend = FalBackend(tmp_path, {})
     assert backend.price_per_second("fal-ai/veo3", 1920, 1080) == pytest.approx(0.40)
@@ -361,16 +382,37 @@ def test_importing_the_backend_imports_neither_fal_client_nor_httpx() -> None:
 # -- the runner against the server: one billable request per shot, counted by the server ------
 
 
-def fal_film(root: Path, server: FalServer, shots: int) -> Checkout:
+def fal_film(
+    root: Path, server: FalServer, shots: int, *, base_url: bool = True, first_frame: bool = False
+) -> Checkout:
+    """A film of `shots` fal shots; `base_url`: fal's hosts are the server (else fal-client
+    goes to fal's own names); `first_frame`: the last shot is image-to-video, its first frame
+    an asset (uploaded to fal's storage)."""
     lines = ['[film]\ntitle = "Fal"\nsize = "320x180"\nfps = 24\n[defaults]\nbackend = "fal"']
     lines += ['model = "fal-ai/veo3/fast"\nsize = "1280x720"\nseconds = 4']
     lines += ["[limits.fal]\nconcurrency = 4"]
     # Every shot renders; the cut joins two, so each render's audio encode stays short.
     lines += ['[edit]\nsequence = ["s0", "s1"]']
     lines += [f'[shots.s{i}]\nscene = "Fal shot {i}:   a lantern.  "' for i in range(shots)]
-    table = f'[tool.runner.backends.fal]\nbase_url = "{server.base_url}"\npoll_seconds = 0.05\n'
-    gen(root, {"film.toml": "\n".join(lines) + "\n", "pyproject.toml": table})
+    files: dict[str, str | bytes] = {}
+    if first_frame:
+        lines += ['model = "fal-ai/veo3/fast/image-to-video"\nimage = "assets.first"']
+        lines += ['[assets.first]\npath = "first.png"']
+        files["first.png"] = png(64, 36)
+    table = "[tool.runner.backends.fal]\npoll_seconds = 0.05\n"
+    if base_url:
+        table += f'base_url = "{server.base_url}"\n'
+    files |= {"film.toml": "\n".join(lines) + "\n", "pyproject.toml": table}
+    gen(root, files)
     return Checkout(root / "film.toml", root / "cache", {"FAL_KEY": KEY})
+
+
+def png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(out, "PNG")
+    return out.getvalue()
 
 
 def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_request_per_shot(
@@ -400,3 +442,57 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_reques
     ffmpeg.verify_video(tmp_path / "out" / "film.mp4", 8.0)
     posts = server.submit_posts()
     assert film.run("render").returncode == 0 and server.submit_posts() == posts
+
+
+def test_a_film_renders_through_an_https_proxy_to_fals_own_hosts_and_a_wrong_ca_stops_it(
+    server: FalServer, tmp_path: Path
+) -> None:
+    # As behind a corporate proxy: no base_url, fal-client's own https:// URLs, the proxy in
+    # HTTPS_PROXY, its CA in SSL_CERT_FILE (and nothing of this machine's own settings).
+    film = fal_film(tmp_path / "film", server, 12, base_url=False, first_frame=True)
+    for name in [n for n in film.env if n.lower().endswith("_proxy")]:
+        del film.env[name]
+    for name in ("SSL_CERT_DIR", "FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST"):
+        film.env.pop(name, None)
+    ca = TestCA(tmp_path / "ca")
+    with TLSProxy(server.base_url, ca) as proxy:
+        film.env["HTTPS_PROXY"] = proxy.url
+        # A bundle without the proxy's CA: refused at the first handshake, not retried.
+        film.env["SSL_CERT_FILE"] = str(TestCA(tmp_path / "other", "another CA").bundle)
+        refused = film.run("render")
+        assert refused.returncode == 1, refused.stderr
+        assert "cannot reach fal: the TLS certificate presented for " in refused.stderr
+        assert "is not trusted (unable to get local issuer certificate" in refused.stderr
+        assert f"SSL_CERT_FILE={tmp_path / 'other' / 'ca.pem'}" in refused.stderr
+        assert server.requests == []  # nothing reached fal
+        deadline = time.monotonic() + 5  # the proxy's loop sees the client's alert on its own
+        while not proxy.rejected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The client refused the proxy's certificate (a submit's, or an upload's).
+        assert proxy.rejected and set(proxy.rejected) <= {"queue.fal.run", "rest.fal.ai"}
+        assert sum(proxy.connects.values()) <= 4  # one try per shot in flight
+        film.env["SSL_CERT_FILE"] = str(ca.bundle)
+        server.drop_next_submits(1)  # found again in the request history, on api.fal.ai
+        server.truncate_next_downloads(1, declare_length=True)
+        result = film.run("render")
+    assert result.returncode == 0, result.stderr
+    bought = Counter(r.input["prompt"].split(":")[0] for r in server.billable())
+    assert bought == {f"Fal shot {i}": 1 for i in range(12)}
+    assert server.in_flight_max <= 4 and server.faults_left() == 0
+    ffmpeg.verify_video(tmp_path / "film" / "out" / "film.mp4", 8.0)
+    # Every request came by fal's names through the proxy's tunnels, none to the server itself.
+    fal_hosts = {"queue.fal.run", "rest.fal.ai", "api.fal.ai", "v3.fal.media"}
+    assert set(server.hosts) == fal_hosts
+    assert set(proxy.connects) == fal_hosts and not proxy.refused
+    (upload,) = server.uploads
+    assert upload == ("image/png", png(64, 36))
+    image_urls = [r.input["image_url"] for r in server.billable() if "image_url" in r.input]
+    assert len(image_urls) == 1 and image_urls[0].startswith("https://v3.fal.media/files/")
+    # The key: sent inside TLS only, and in no file the runner wrote, nor in what it printed.
+    assert server.authorizations == {f"Key {KEY}"}
+    for secret in (KEY, *KEY.split(":")):
+        assert all(secret.encode() not in head for head in proxy.heads)
+        assert secret not in refused.stdout + refused.stderr + result.stdout + result.stderr
+        for path in tmp_path.rglob("*"):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path

@@ -14,6 +14,7 @@ from runner.backends.base import (
     Refused,
     ShotRequest,
     Transient,
+    Untrusted,
 )
 from runner.errors import NodeFailed
 from runner.run.job import PoolPause, SendAgain, ShotJob
@@ -33,6 +34,7 @@ class Scripted:
         self.creates = 0
         self.jobs: list[str] = []
         self.submit_errors: list[Exception] = []
+        self.find_errors: list[Exception] = []
         self.polls: list[JobStatus | Exception] = []
         self.downloads: list[bytes | Exception] = []
         self.download_calls = 0
@@ -62,6 +64,8 @@ class Scripted:
         return job
 
     def find(self, shot: ShotRequest, since: float, exclude: frozenset[str]) -> str | None:
+        if self.find_errors:
+            raise self.find_errors.pop(0)
         return self.jobs[-1] if self.jobs else None
 
     def poll(self, job_id: str) -> JobStatus:
@@ -163,6 +167,24 @@ def test_a_refusal_fails_with_the_providers_message_and_is_not_retried(tmp_path:
     with pytest.raises(NodeFailed, match=r"shots\.river: scripted refused: content policy"):
         job(backend, tmp_path).run(tmp_path / "out.mp4")
     assert backend.creates == 1
+
+
+def test_an_untrusted_certificate_fails_at_once_and_a_lookup_it_stops_keeps_the_journal(
+    tmp_path: Path,
+) -> None:
+    backend = Scripted()
+    untrusted = Untrusted("the TLS certificate presented for h is not trusted")
+    backend.submit_errors = [untrusted]
+    j = job(backend, tmp_path)
+    with pytest.raises(NodeFailed, match=r"shots\.river: cannot reach scripted: the TLS"):
+        j.run(tmp_path / "out.mp4")
+    assert backend.creates == 1 and j.journal.get("k1") is None  # nothing was sent
+    # A resumed run that cannot look an unanswered create up stops, its journal entry kept.
+    j.journal.sending("k1", "shots.river", "scripted")
+    backend.find_errors = [untrusted]
+    with pytest.raises(NodeFailed, match="cannot check whether an earlier create reached"):
+        j.run(tmp_path / "out.mp4")
+    assert backend.creates == 1 and j.journal.get("k1") is not None
 
 
 def test_a_job_that_fails_at_the_provider_reports_its_message(tmp_path: Path) -> None:

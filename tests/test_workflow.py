@@ -83,6 +83,19 @@ def test_the_pull_request_job_has_no_secrets_and_a_read_only_token(
         assert SECRET.search(yaml.safe_dump(workflow["jobs"][name]["env"]))
 
 
+def test_each_providers_key_reaches_the_render_and_assemble_jobs_and_no_other(
+    workflow: dict[str, Any],
+) -> None:
+    keys = ("OPENAI_API_KEY", "GOOGLE_API_KEY", "FAL_KEY")
+    for name, job in workflow["jobs"].items():
+        env = job.get("env", {})
+        for key in keys:
+            if name in ("render", "assemble"):
+                assert env[key] == f"${{{{ secrets.{key} }}}}", (name, key)
+            else:
+                assert key not in yaml.safe_dump(job), (name, key)
+
+
 def test_each_branch_runs_alone_and_every_job_has_a_timeout(workflow: dict[str, Any]) -> None:
     assert "github.ref" in workflow["concurrency"]["group"]
     for name, job in workflow["jobs"].items():

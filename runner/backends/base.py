@@ -34,6 +34,11 @@ class Refused(BackendError):
     """
 
 
+class Untrusted(Refused):
+    """This machine does not trust the TLS certificate a provider's host presented (a proxy
+    that inspects HTTPS, its CA missing from the bundle): nothing was sent, no retry mends it."""
+
+
 class RateLimited(BackendError):
     """429: the runner pauses the backend's whole pool for `retry_after` seconds."""
 

@@ -38,6 +38,7 @@ from runner.backends.base import (
     Refused,
     ShotRequest,
     Transient,
+    Untrusted,
 )
 from runner.backends.fal_models import BUILTIN, FIXED, NEW_ROW, SIZES, FalRow, arguments, problem
 from runner.film import model_table
@@ -111,7 +112,8 @@ class FalBackend:
         return model_table.words(shot, row, self.name) or problem(shot, row)
 
     def credentials_problem(self) -> str | None:
-        return None if self._key() else NO_KEY
+        """No key, or a CA bundle that cannot be read (checked before the first create)."""
+        return policy.ca_bundle_problem() if self._key() else NO_KEY
 
     def request(self, shot: ShotRequest) -> dict[str, Any]:
         """The endpoint's input as sent (the image by presence: its digest is hashed by the
@@ -358,15 +360,20 @@ class FalBackend:
         except Answered as exc:
             raise self._answered(exc, stage, job) from None
         except SendFailed as exc:
-            raise self._transport(exc.cause) from None
+            raise self._transport(exc.cause, exc.host) from None
         except httpx.TransportError as exc:  # a streamed video cut short
-            raise self._transport(exc) from None
+            raise self._transport(exc, _host(exc)) from None
         except (ValueError, KeyError, TypeError) as exc:  # an answer that is not fal's JSON
             if stage == "download":
                 raise
             raise Transient(self._scrub(f"fal sent an answer it could not read: {exc}")) from None
 
-    def _transport(self, cause: Exception) -> Transient:
+    def _transport(self, cause: Exception, host: str) -> BackendError:
+        """A transport failure: retried (Transient), except a certificate this machine does
+        not trust, which no retry mends: a refusal, whose message says which CA file to set."""
+        why = policy.untrusted(cause)
+        if why is not None:
+            return Untrusted(self._scrub(policy.untrusted_message(host, why)))
         where = self._base_url or "fal"
         sent = policy.transport_sent(cause) is not False
         text = f"connection to {where} failed ({type(cause).__name__}: {cause})"
@@ -421,6 +428,14 @@ def _identity(args: Mapping[str, Any], like: Mapping[str, Any] | None = None) ->
     if like is not None and like.get("image_url") == ANY and out.get("image_url"):
         out["image_url"] = ANY
     return out
+
+
+def _host(exc: Any) -> str:
+    """The host an httpx error's request went to."""
+    try:
+        return str(exc.request.url.host)
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError when it has none
+        return "fal"
 
 
 def _digest(path: Path) -> str:

@@ -39,11 +39,12 @@ class Answered(Exception):
 
 
 class SendFailed(Exception):
-    """The request failed in transport (refused, timed out, dropped, cut short)."""
+    """The request failed in transport (refused, timed out, dropped, cut short, untrusted)."""
 
-    def __init__(self, cause: httpx.TransportError) -> None:
+    def __init__(self, cause: httpx.TransportError, host: str) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.cause = cause
+        self.host = host  # the host it was sent to (through a proxy: the tunnel's end)
 
 
 def is_fal_host(host: str) -> bool:
@@ -68,14 +69,14 @@ class OnceTransport(httpx.BaseTransport):
         try:
             response = self._inner.send(request, stream=True)
         except httpx.TransportError as exc:
-            raise SendFailed(exc) from exc
+            raise SendFailed(exc, request.url.host) from exc
         try:
             if response.status_code >= 400 or self._buffer:
                 raw = b"".join(response.iter_raw())
             else:
                 return response  # streamed by the caller; its errors are the caller's
         except httpx.TransportError as exc:
-            raise SendFailed(exc) from exc
+            raise SendFailed(exc, request.url.host) from exc
         finally:
             if response.status_code >= 400 or self._buffer:
                 response.close()

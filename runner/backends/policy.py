@@ -1,7 +1,8 @@
 """What every hosted backend decides the same way, whatever its protocol: which provider
 answers are refusals, pauses, retries or expiries; whether a create that failed may have
-reached the provider; how long a 429 asks us to wait; keys kept out of messages; and a
-download written beside its destination until it is whole.
+reached the provider; a certificate or CA bundle this machine cannot trust; how long a 429
+asks us to wait; keys kept out of messages; and a download written beside its destination
+until it is whole.
 
 A backend turns its SDK's errors into a status, a code and a message and asks here.
 """
@@ -75,6 +76,56 @@ def transport_sent(exc: BaseException | None) -> bool | None:
         return False
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
+    return None
+
+
+def untrusted(exc: BaseException | None) -> str | None:
+    """For a TLS handshake that failed because the server's certificate is not trusted (a
+    proxy that inspects HTTPS, its CA missing from the bundle): the verifier's words; else
+    None. Nothing was sent, and sending again cannot help."""
+    import ssl
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return str(exc.verify_message or exc.reason or exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def untrusted_message(host: str, why: str) -> str:
+    """What an untrusted certificate means and what to do, naming the CA bundle in use (as
+    httpx chooses it: SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's)."""
+    if os.environ.get("SSL_CERT_FILE"):
+        trusting = f"SSL_CERT_FILE={os.environ['SSL_CERT_FILE']}"
+    elif os.environ.get("SSL_CERT_DIR"):
+        trusting = f"SSL_CERT_DIR={os.environ['SSL_CERT_DIR']}"
+    else:
+        trusting = "certifi's bundle, as SSL_CERT_FILE is not set"
+    return (
+        f"the TLS certificate presented for {host} is not trusted ({why}; trusting {trusting}); "
+        "behind a proxy that inspects HTTPS, set SSL_CERT_FILE to a CA bundle that holds the "
+        "proxy's CA"
+    )
+
+
+def ca_bundle_problem() -> str | None:
+    """What is wrong with the CA bundle the environment names for httpx (SSL_CERT_FILE, else
+    SSL_CERT_DIR), read offline before the first create; None when it loads or none is named."""
+    import ssl
+
+    path = os.environ.get("SSL_CERT_FILE")
+    if path:
+        try:
+            ssl.create_default_context(cafile=path)
+        except OSError as exc:  # ssl.SSLError too: no certificate in the file
+            return (
+                f"SSL_CERT_FILE={path} is not a CA bundle ({exc.strerror or exc}): point it at "
+                "a PEM file of CA certificates (the proxy's CA among them), or unset it"
+            )
+    elif os.environ.get("SSL_CERT_DIR") and not os.path.isdir(os.environ["SSL_CERT_DIR"]):
+        return f"SSL_CERT_DIR={os.environ['SSL_CERT_DIR']} is not a folder: fix it or unset it"
     return None
 
 

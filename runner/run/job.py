@@ -16,11 +16,13 @@ from pathlib import Path
 from runner import faults
 from runner.backends.base import (
     Backend,
+    BackendError,
     Expired,
     RateLimited,
     Refused,
     ShotRequest,
     Transient,
+    Untrusted,
 )
 from runner.errors import NodeFailed
 from runner.run.journal import Journal
@@ -124,7 +126,7 @@ class ShotJob:
         try:
             owned = frozenset(self.journal.job_ids()) - {""}
             found = self.backend.find(self.request, sent_at - RECONCILE_SLACK, owned)
-        except (Transient, RateLimited) as err:
+        except BackendError as err:
             # Not knowing is not the same as "no job": never risk paying twice.
             raise NodeFailed(
                 f"{self.node}: cannot check whether an earlier create reached "
@@ -151,7 +153,8 @@ class ShotJob:
                 raise PoolPause(str(err), err.retry_after) from None
             except Refused as err:
                 self.journal.clear(self.key)
-                raise NodeFailed(f"{self.node}: {self.backend.name} refused: {err}") from None
+                who = "cannot reach {}" if isinstance(err, Untrusted) else "{} refused"
+                raise NodeFailed(f"{self.node}: {who.format(self.backend.name)}: {err}") from None
             except Transient as err:
                 if err.sent:
                     found = self._reconcile(sent_at)

@@ -5,7 +5,9 @@ submit (`POST /{endpoint}`), status with queue position and logs, result, cancel
 `/{owner}/{app}/requests/{id}`), the storage upload (`POST /storage/upload/initiate`, then a
 PUT), the request history (`GET /v1/models/requests/by-endpoint?expand=payloads`) and the
 result files (`/files/...`, real H.264/AAC MP4s). As on fal, a request never ends FAILED: a
-model error is a COMPLETED request whose result is a 422.
+model error is a COMPLETED request whose result is a 422. Reached by fal's host names (through
+tests/servers/tls_proxy.py), the URLs it answers with are on fal's hosts too (queue.fal.run,
+rest.fal.ai, v3.fal.media), as fal's are; reached by its own address, they are on it.
 
     with FalServer(job_seconds=0.3, api_key=KEY) as server:
         backend = FalBackend(tmp, {"base_url": server.base_url, "api_key": KEY})
@@ -18,6 +20,7 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -28,6 +31,7 @@ from tests.servers import openai_server
 from tests.servers.clips import mp4_bytes
 
 VEO_DURATIONS = ("4s", "6s", "8s")
+QUEUE, REST, CDN = "https://queue.fal.run", "https://rest.fal.ai", "https://v3.fal.media"
 NGINX_502 = "<html><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>"
 
 
@@ -81,6 +85,7 @@ class FalServer:
         self.uploads: list[tuple[str, bytes]] = []  # (content type, bytes)
         self.requests: list[tuple[str, str, int | None]] = []  # (method, path, status)
         self.authorizations: set[str] = set()
+        self.hosts: Counter[str] = Counter()  # the Host header of every request
         self.in_flight_max = 0
         # Faults.
         self._rate_limits: list[float | None] = []
@@ -211,11 +216,17 @@ class FalServer:
         if drop:
             h.drop()
             return
-        h.send_json(200, self._urls(request) | {"status": "IN_QUEUE", "queue_position": 0})
+        h.send_json(200, self._urls(h, request) | {"status": "IN_QUEUE", "queue_position": 0})
 
-    def _urls(self, request: Request) -> dict[str, str]:
+    def _origin(self, h: _Handler, public: str) -> str:
+        """Where the URLs of an answer point: fal's `public` origin for a request that came
+        by fal's host names, else this server."""
+        host = urlsplit("//" + h.headers.get("Host", "")).hostname
+        return self.base_url if host in ("127.0.0.1", "localhost", None) else public
+
+    def _urls(self, h: _Handler, request: Request) -> dict[str, str]:
         owner, app = request.endpoint.split("/")[:2]
-        base = f"{self.base_url}/{owner}/{app}/requests/{request.id}"
+        base = f"{self._origin(h, QUEUE)}/{owner}/{app}/requests/{request.id}"
         return {
             "request_id": request.id,
             "response_url": base,
@@ -242,7 +253,7 @@ class FalServer:
         now = time.time()
         state = request.status(now)
         answer: dict[str, Any] = {"status": state}
-        answer["response_url"] = self._urls(request)["response_url"]
+        answer["response_url"] = self._urls(h, request)["response_url"]
         if state == "IN_QUEUE":
             with self.lock:
                 ahead = [r for r in self.queue.values() if r.status(now) == "IN_QUEUE"]
@@ -269,7 +280,7 @@ class FalServer:
             item = {"loc": ["body", "prompt"], "msg": message, "type": kind}
             h.send_json(422, {"detail": [item]})
         else:
-            url = f"{self.base_url}/files/{request.id}.mp4"
+            url = f"{self._origin(h, CDN)}/files/{request.id}.mp4"
             video = {"url": url, "content_type": "video/mp4", "file_name": "output.mp4"}
             h.send_json(200, {"video": video, "seed": request.input.get("seed", 42)})
 
@@ -334,8 +345,10 @@ class FalServer:
     def _initiate_upload(self, h: _Handler, body: dict[str, Any]) -> None:
         token = uuid.uuid4().hex
         name = str(body.get("file_name") or "upload.bin")
-        upload_url = f"{self.base_url}/storage/put/{token}?type={body.get('content_type', '')}"
-        file_url = f"{self.base_url}/files/uploads/{token}/{name}"
+        kind = body.get("content_type", "")
+        # Where fal signs its upload URL is not documented: here, on fal's REST host.
+        upload_url = f"{self._origin(h, REST)}/storage/put/{token}?type={kind}"
+        file_url = f"{self._origin(h, CDN)}/files/uploads/{token}/{name}"
         h.send_json(200, {"upload_url": upload_url, "file_url": file_url})
 
     def _put_upload(self, h: _Handler, content_type: str, data: bytes) -> None:
@@ -360,6 +373,13 @@ def _invalid(endpoint: str, body: dict[str, Any]) -> dict[str, Any] | None:
 
 class _Handler(openai_server._Handler):
     server_state: FalServer  # type: ignore[assignment]
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed:
+            with self.server_state.lock:
+                self.server_state.hosts[self.headers.get("Host", "")] += 1
+        return parsed
 
     def _authorised(self) -> bool:
         auth = self.headers.get("Authorization", "")
