@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 MINIMAL = """\
 [film]
@@ -57,22 +60,76 @@ def gen(root: Path, files: dict[str, str | bytes]) -> Path:
 def runner(
     *args: str | Path, cache: Path, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real command line in a child process, as a user would (env: more variables)."""
+    """Run the real command line as a user would (env: more variables): in this process, or
+    in a child where only a process shows the behaviour (see `run_cli`)."""
     env = {**os.environ, **(env or {}), "RUNNER_CACHE_DIR": str(cache)}
     env.pop("RUNNER_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=600,
-    )
+    return run_cli([*map(str, args)], env, cwd=cwd)
+
+
+# Set RUNNER_TEST_CHILDREN=1 to run every command line in a child process, as before.
+ALWAYS_CHILD = os.environ.get("RUNNER_TEST_CHILDREN") == "1"
+_CHILD_ONLY = ("RUNNER_KILL_AT",)  # read when the runner is imported: a child must start
+
+
+def run_cli(
+    argv: list[str], env: dict[str, str], *, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`runner ARGV` with exactly the environment `env`, its output captured.
+
+    In this process by default: the same `runner.cli.main.main` a child runs, minus a child's
+    interpreter start and SDK imports (about 0.7 s of CPU each, most of `make test`'s time).
+    The environment, working folder and standard streams are swapped for the call and put
+    back after it. A kill point (RUNNER_KILL_AT kills the process that reaches it) runs in a
+    child; so do the tests about signals and exit statuses, through `Checkout.start` or
+    subprocess directly.
+    """
+    if ALWAYS_CHILD or any(name in env for name in _CHILD_ONLY):
+        return subprocess.run(
+            [sys.executable, "-m", "runner", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=600,
+        )
+    from runner.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            _stdin(io.StringIO("")),
+        ):
+            try:
+                code = main(argv)
+            except SystemExit as exit:  # argparse: usage errors and --help
+                code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["runner", *argv], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _stdin(stream: TextIO) -> Iterator[None]:
+    saved, sys.stdin = sys.stdin, stream
+    try:
+        yield
+    finally:
+        sys.stdin = saved
 
 
 class Checkout:
     """One user of a film (a teammate, a CI job): its manifest, a cache of its own, an
-    environment; runs the real command line in child processes."""
+    environment; runs the real command line (`run_cli`; `start` in a child process)."""
 
     def __init__(self, manifest: Path, cache: Path, env: dict[str, str] | None = None) -> None:
         self.manifest = manifest
@@ -80,13 +137,7 @@ class Checkout:
         self.env.pop("RUNNER_DEBUG", None)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "runner", *args, str(self.manifest)],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=300,
-        )
+        result = run_cli([*args, str(self.manifest)], self.env)
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
