@@ -489,6 +489,9 @@ class NodeJobs:
             workdir=work,
         )
         record.update(
-            ffmpeg=result.ffmpeg_version, join_argv=result.join_argv, segments=result.segments
+            ffmpeg=result.ffmpeg_version,
+            join_argv=result.join_argv,
+            segments=result.segments,
+            clips=result.clips,
         )
         return dest
