@@ -58,13 +58,17 @@ def gen(root: Path, files: dict[str, str | bytes]) -> Path:
 
 
 def runner(
-    *args: str | Path, cache: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+    *args: str | Path,
+    cache: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    child: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real command line as a user would (env: more variables): in this process, or
-    in a child where only a process shows the behaviour (see `run_cli`)."""
+    in a child process (`child`, or where only a process shows the behaviour: `run_cli`)."""
     env = {**os.environ, **(env or {}), "RUNNER_CACHE_DIR": str(cache)}
     env.pop("RUNNER_DEBUG", None)
-    return run_cli([*map(str, args)], env, cwd=cwd)
+    return run_cli([*map(str, args)], env, cwd=cwd, child=child)
 
 
 # Set RUNNER_TEST_CHILDREN=1 to run every command line in a child process, as before.
@@ -73,7 +77,7 @@ _CHILD_ONLY = ("RUNNER_KILL_AT",)  # read when the runner is imported: a child m
 
 
 def run_cli(
-    argv: list[str], env: dict[str, str], *, cwd: Path | None = None
+    argv: list[str], env: dict[str, str], *, cwd: Path | None = None, child: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """`runner ARGV` with exactly the environment `env`, its output captured.
 
@@ -84,7 +88,7 @@ def run_cli(
     child; so do the tests about signals and exit statuses, through `Checkout.start` or
     subprocess directly.
     """
-    if ALWAYS_CHILD or any(name in env for name in _CHILD_ONLY):
+    if child or ALWAYS_CHILD or any(name in env for name in _CHILD_ONLY):
         return subprocess.run(
             [sys.executable, "-m", "runner", *argv],
             capture_output=True,

@@ -223,7 +223,7 @@ def test_the_command_line_exits_2_with_one_line_and_no_traceback(
     manifest = tmp_path / "film" / "film.toml"
     if toml is not None:
         gen(manifest.parent, {"film.toml": toml})
-    result = runner("plan", manifest, *args, cache=tmp_path / "cache")
+    result = runner("plan", manifest, *args, cache=tmp_path / "cache", child=True)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("runner: error: "), result.stderr
