@@ -388,7 +388,7 @@ def fal_film(
     """A film of `shots` fal shots; `base_url`: fal's hosts are the server (else fal-client
     goes to fal's own names); `first_frame`: the last shot is image-to-video, its first frame
     an asset (uploaded to fal's storage)."""
-    lines = ['[film]\ntitle = "Fal"\nsize = "320x180"\nfps = 24\n[defaults]\nbackend = "fal"']
+    lines = ['[film]\ntitle = "Fal"\nsize = "160x90"\nfps = 24\n[defaults]\nbackend = "fal"']
     lines += ['model = "fal-ai/veo3/fast"\nsize = "1280x720"\nseconds = 4']
     lines += ["[limits.fal]\nconcurrency = 4"]
     # Every shot renders; the cut joins two, so each render's audio encode stays short.

@@ -243,10 +243,11 @@ def test_provenance_is_complete_tagged_into_the_film_and_holds_no_secret(
         cache / "cas" / river["output_sha256"][:2] / river["output_sha256"]
     )
     assert record["assembly"]["ffmpeg"]
-    # Per cut, how its video got into the film: previz cards are x264 Constrained Baseline.
+    # Per cut, how its video got into the film: previz cards are H.264 High at the film's
+    # size and rate, so whole clips are copied; the river's trim starts off its keyframe.
     decisions = record["assembly"]["clips"]
     assert len(decisions) == len(record["assembly"]["cuts"])
-    assert decisions[0] == {"video": "conform", "why": "profile Constrained Baseline != film High"}
+    assert decisions[0] == {"video": "copy", "copied_frames": 36}, decisions
     # The record's digest is in the MP4's metadata.
     from runner.media import ffmpeg
 

@@ -23,7 +23,7 @@ def film(shots: int, *, limits: str = "concurrency = 2", takes: int = 1, extra: 
     lines = [
         "[film]",
         'title = "Hosted"',
-        'size = "320x180"',  # the edit's frame; the provider renders 1280x720 shots
+        'size = "160x90"',  # the served clips' size: the cut copies them; shots ask 1280x720
         "fps = 24",
         "[defaults]",
         'backend = "openai"',

@@ -424,7 +424,7 @@ def test_config_models_override_and_add_rows(tmp_path: Path) -> None:
 
 
 def veo_film(root: Path, server: VeoServer, shots: int) -> Checkout:
-    lines = ['[film]\ntitle = "Veo"\nsize = "320x180"\nfps = 24\n[defaults]\nbackend = "veo"']
+    lines = ['[film]\ntitle = "Veo"\nsize = "160x90"\nfps = 24\n[defaults]\nbackend = "veo"']
     lines += ['size = "1280x720"\nseconds = 4\n[limits.veo]\nconcurrency = 1']
     lines += [f'[shots.s{i}]\nscene = "Veo shot {i}:   a lantern.  "' for i in range(shots)]
     gen(

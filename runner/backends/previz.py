@@ -33,7 +33,7 @@ MAX_SECONDS = 60.0
 MAX_FPS = 120
 FONT_NAME = "previz-aileron.ttf"
 MAX_PROMPT_CHARS = 100_000  # generous (hosted models take a few thousand); bounds plan's work
-RECIPE_VERSION = 2  # 2: a font per glyph (non-Latin scripts), linear wrap, bounded excerpt
+RECIPE_VERSION = 3  # 2: a font per glyph, linear wrap, bounded excerpt; 3: H.264 High
 """Bumped when the look of a previz clip changes, so cached clips re-render."""
 
 # Any even size from 64 to 3840 (see `check`), any length up to 60 s, free. It takes all a

@@ -42,8 +42,13 @@ BITEXACT = [
 X264 = ["-c:v", "libx264", "-threads", "1", "-pix_fmt", "yuv420p"]
 """x264 pinned to one thread: its output depends on the thread count."""
 
-PREVIZ_VIDEO = [*X264, "-preset", "ultrafast", "-tune", "stillimage", "-crf", "23"]
-"""Previz clips: a still card and a timecode, so the fastest real H.264 is good enough."""
+PREVIZ_VIDEO = [
+    *[*X264, "-preset", "ultrafast", "-tune", "stillimage", "-crf", "23"],
+    *["-x264-params", "8x8dct=1"],
+]
+"""Previz clips: a still card and a timecode, so the fastest real H.264 is good enough. The
+8x8 transform makes it H.264 High, like the film's segments, so assembly copies previz clips
+instead of encoding them again."""
 
 SEGMENT_VIDEO = [*X264, "-preset", "veryfast", "-crf", "18", "-profile:v", "high", "-bf", "0"]
 """Conformed film segments: visually clean, no B-frames so segments join by copy exactly."""

@@ -1,4 +1,7 @@
-"""The real videos the loopback servers serve: small H.264/AAC MP4s, one per length."""
+"""The real videos the loopback servers serve: small H.264/AAC MP4s, one per length.
+
+Encoded as providers encode (H.264 High with B-frames, 24 fps, AAC), so a film at CLIP_SIZE
+and 24 fps copies them into its cut the way a 1280x720 film copies a provider's clips."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def mp4_bytes(seconds: float) -> bytes:
                 argv = [ffmpeg.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error"]
                 argv += ["-y", "-f", "lavfi", "-i", f"testsrc2=s={CLIP_SIZE}:r=24:d={key}"]
                 argv += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:d={key}"]
-                argv += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+                argv += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
                 argv += ["-threads", "1", "-c:a", "aac", "-ac", "2", "-t", key]
                 argv += ["-movflags", "+faststart", str(out)]
                 subprocess.run(argv, check=True, capture_output=True)
