@@ -3,7 +3,8 @@
 Generated from the pydantic models that validate the manifest, so the two cannot drift; then
 made to read as TOML does: TOML has no null, so optional keys are simply absent, and the
 checks the runner makes in code (the size's shape, ids, "assets.NAME" references, the backend
-names) are written out as patterns and enums. schema/film.schema.json is this, committed.
+names) are written out as patterns and enums. Draft 7, the newest that taplo's validator
+fully supports. schema/film.schema.json is this, committed.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ ASSET_REF = r"^assets\.[A-Za-z0-9_][A-Za-z0-9_-]*$"
 
 
 def schema() -> dict[str, Any]:
-    raw = Manifest.model_json_schema()
+    raw = Manifest.model_json_schema(ref_template="#/definitions/{model}")
+    raw["definitions"] = raw.pop("$defs")
     found: dict[str, Any] = _toml(raw)
-    defs = found["$defs"]
+    defs = found["definitions"]
     backends = {"enum": names()}
     for model in ("Settings", "Shot"):
         props = defs[model]["properties"]
@@ -39,9 +41,9 @@ def schema() -> dict[str, Any]:
     for key in ("profiles", "characters", "assets", "shots"):
         props[key]["propertyNames"] = {"pattern": ID_PATTERN}
         props[key].pop("patternProperties", None)
-        props[key]["additionalProperties"] = {"$ref": f"#/$defs/{_model(raw, key)}"}
+        props[key]["additionalProperties"] = {"$ref": f"#/definitions/{_model(raw, key)}"}
     return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$schema": "http://json-schema.org/draft-07/schema#",
         "$id": SCHEMA_ID,
         **{k: v for k, v in found.items() if k != "title"},
         "title": "film.toml (runner)",
@@ -61,7 +63,8 @@ def _model(raw: dict[str, Any], key: str) -> str:
 
 
 def _toml(node: Any) -> Any:
-    """Drop the null branches (TOML has no null) and null defaults; one-line descriptions."""
+    """Drop the null branches (TOML has no null) and null defaults; one-line descriptions;
+    a description beside a reference kept (draft 7 reads nothing beside a $ref)."""
     if isinstance(node, list):
         return [_toml(x) for x in node if x != {"type": "null"}]
     if not isinstance(node, dict):
@@ -77,6 +80,8 @@ def _toml(node: Any) -> Any:
     if isinstance(options, list) and len(options) == 1:
         del out["anyOf"]
         out = {**options[0], **out}
+    if "$ref" in out and len(out) > 1:  # draft 7 ignores a $ref's siblings (the description)
+        out["allOf"] = [{"$ref": out.pop("$ref")}]
     return out
 
 
