@@ -338,9 +338,10 @@ def spans(clips: list[Clip], *, width: int, height: int, fps: int) -> list[Span]
     film = _Film(width, height, fps)
     _check_edit(clips, film)
     fades = [_frames(c.crossfade_in, film) for c in clips] + [0]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1))) as pool:
+        sources = list(pool.map(lambda i: _resolve(clips[i], i, film), range(len(clips))))
     out = []
-    for i, clip in enumerate(clips):
-        src = _resolve(clip, i, film)
+    for i, (clip, src) in enumerate(zip(clips, sources, strict=True)):
         _check_fades(clip, i, src, fades[i] + fades[i + 1], film)
         length = _frames(src.info.duration, film)
         if src.layout.packets and src.info.fps == film.fps:
