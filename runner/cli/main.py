@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         help="OpenTimelineIO (default), CMX 3600 EDL, FCP 7 XML (Premiere, Resolve) or FCPXML",
     )
 
-    p = sub.add_parser("schema", help="the JSON Schema of film.toml, for editors")
+    sub.add_parser("schema", parents=[common], help="the JSON Schema of film.toml, for editors")
 
     p = sub.add_parser("lint", parents=[common], help="the prompting guides' craft, as warnings")
     film_arg(p)
