@@ -1,4 +1,4 @@
-"""The `runner` command: plan, render, status, graph, show.
+"""The `runner` command: plan, render, status, graph, show, export, schema, lint.
 
 Exit codes: 0 success, 1 some node failed, 2 the user's input is wrong. Heavy modules are
 imported inside the commands so `runner --help` starts fast.
@@ -121,6 +121,21 @@ def _parser() -> argparse.ArgumentParser:
                 default=7.0,
                 help="keep whatever is younger than this (default 7 days)",
             )
+
+    p = sub.add_parser("export", parents=[common], help="the cut as an editor's timeline")
+    film_arg(p)
+    p.add_argument(
+        "--format",
+        choices=["otio", "edl", "fcp7xml", "fcpxml"],
+        default="otio",
+        help="OpenTimelineIO (default), CMX 3600 EDL, FCP 7 XML (Premiere, Resolve) or FCPXML",
+    )
+
+    sub.add_parser("schema", parents=[common], help="the JSON Schema of film.toml, for editors")
+
+    p = sub.add_parser("lint", parents=[common], help="the prompting guides' craft, as warnings")
+    film_arg(p)
+    p.add_argument("--strict", action="store_true", help="exit 1 when there is a warning")
 
     p = sub.add_parser("show", parents=[common], help="the exact prompt text a shot sends")
     p.add_argument("film", type=Path, help="path of film.toml")
@@ -300,6 +315,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from runner.run.export import export
+
+    print(export(_open(args), args.format))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from runner.cli.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return EXIT_OK
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from runner.cli.lint import cmd_lint as lint
+
+    return lint(args)
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from runner.cli import cache as cache_cmd
 
@@ -341,6 +376,9 @@ _COMMANDS = {
     "graph": cmd_graph,
     "show": cmd_show,
     "cache": cmd_cache,
+    "export": cmd_export,
+    "schema": cmd_schema,
+    "lint": cmd_lint,
 }
 
 

@@ -25,7 +25,9 @@ MAX_SECONDS = 86_400.0  # a day: bounds every length and time, so `inf` or 1e308
 class Strict(BaseModel):
     """No unknown keys, and no coercion: `fps = "24"` is an error, not 24."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -47,10 +49,17 @@ def _check_size(value: str | None) -> str | None:
 
 
 class FilmInfo(Strict):
+    """[film]: the film as a whole."""
+
     title: str
+    """The film's title."""
     size: str = "1280x720"
+    """The edit's frame, WIDTHxHEIGHT with even sides (16 to 7680); clips of other sizes are
+    conformed to it."""
     fps: int = Field(24, ge=1, le=120)
+    """The edit's frame rate in frames per second (1 to 120)."""
     budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)  # `plan` shows what is left
+    """What the film may spend in all, in US dollars; `runner plan` shows what is left of it."""
 
     _size = field_validator("size")(_check_size)
 
@@ -59,101 +68,177 @@ class Settings(Strict):
     """Generation settings shared by [defaults], [profiles.*] and each shot."""
 
     backend: str | None = None
+    """The backend that renders the shot: previz (offline, the default), openai, veo, fal, runway,
+    luma."""
     model: str | None = None
+    """The backend's model (default: the backend's own), e.g. sora-2 or veo-3.1-generate-preview."""
     seconds: float | None = Field(None, gt=0, le=MAX_SECONDS)
+    """The shot's length in seconds (within what the model allows; 4 to 8 s shots cut best)."""
     size: str | None = None
+    """The rendered frame, WIDTHxHEIGHT with even sides, e.g. 1280x720 (within what the model
+    allows)."""
     seed: int | None = None
+    """A seed, for backends that take one: the same seed asks for the same variation."""
 
     _size = field_validator("size")(_check_size)
 
 
 class Limits(Strict):
+    """[limits.BACKEND]: one backend's pool: jobs in flight, request rate, spend cap."""
+
     concurrency: int | None = Field(None, ge=1)
+    """Jobs in flight at once (default: the cores for local backends, 4 for hosted ones)."""
     rpm: int | None = Field(None, ge=1)
+    """At most this many submits in any 60-second window."""
     max_cost_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    """Never start a submit that could take this pool's spend past this many US dollars (in-flight
+    jobs count)."""
     give_up_after: float | None = Field(None, gt=0, allow_inf_nan=False)  # seconds
+    """Seconds a shot may wait to send while rate-limited before it fails (default 3600)."""
 
 
 class Style(Strict):
+    """[style]: the style spine, appended verbatim to every shot."""
+
     look: str | None = None
+    """The look every shot shares: stock, grain, lenses, palette, light."""
     avoid: list[str] = []
+    """What no shot may show: a negative prompt where the backend has one, else an `Avoid:` line."""
 
 
 class Character(Strict):
+    """[characters.ID]: a character anchor, the same words in every shot that casts them."""
+
     description: str
+    """How the character looks, word for word in every shot that casts them."""
     name: str | None = None  # how dialogue names the speaker; the id, capitalised, by default
+    """How dialogue names the speaker (default: the id, capitalised)."""
 
 
 class Asset(Strict):
+    """[assets.ID]: a file the film uses (a reference image), hashed by its content."""
+
     path: str
+    """The file, relative to the film's folder (it must stay inside it)."""
 
 
 class FrameRef(Strict):
     """`image = { shot = "x", frame = "last" }`: start where another shot ended."""
 
     shot: str
+    """The shot whose frame this is."""
     frame: Literal["last"] = "last"
+    """Which frame: `last`, where the shot ended."""
 
 
 class RemixRef(Strict):
     """`remix = { shot = "x", prompt = "..." }`: the provider edits another shot's video."""
 
     shot: str
+    """The shot (same backend) whose video the provider edits."""
     prompt: str
+    """What to change, in words."""
 
 
 class Line(Strict):
+    """One line of dialogue: who speaks, and what."""
+
     who: str
+    """The speaker: a character id from [characters]."""
     line: str
+    """The words, as spoken (about 2.5 words a second fit)."""
 
 
 class Shot(Settings):
+    """[shots.ID]: one shot, either a raw `prompt` or the structured fields the guides recommend."""
+
     prompt: str | None = None
+    """The full prompt text, for full control (the style spine is still appended); or use the
+    structured fields."""
     scene: str | None = None
+    """Prose: the place, the time, who is there and what they do."""
     camera: str | None = None
+    """The cinematography line: framing, lens, movement."""
     lighting: str | None = None
+    """The lighting line: key, fill, sources, mood."""
     actions: list[str] = []
+    """Timed beats, e.g. "0-2s: she lights the lantern"; their times should fit in `seconds`."""
     dialogue: list[Line] = []
+    """Spoken lines, e.g. [{ who = "mara", line = "Go on." }]."""
     sound: str | None = None
+    """Sound and ambience."""
     cast: list[str] = []
+    """Character ids from [characters] whose anchors go into the shot."""
     image: str | FrameRef | None = None
+    """The first frame: "assets.NAME", or { shot = "x", frame = "last" } to start where a shot
+    ended."""
     remix: RemixRef | None = None
+    """Edit another shot's video instead: { shot = "x", prompt = "..." } (openai, previz)."""
     references: list[str] = []  # "assets.NAME" images of a character or look (Veo "asset")
+    """"assets.NAME" reference images of a character or a look (Veo takes up to three)."""
     needs: list[str] = []
+    """Shots this one renders after, and renders again with."""
     takes: int = Field(1, ge=1, le=16)
+    """How many variants to render (1 to 16), in parallel."""
     pick: int = Field(1, ge=1)
+    """Which take goes into the film (1 to takes); changing it re-cuts, never re-renders."""
 
 
 class Transition(Strict):
+    """How a clip joins the one before it."""
+
     kind: Literal["cut", "crossfade"] = "cut"
+    """`cut`, or `crossfade` (a dissolve of `seconds`)."""
     seconds: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    """The crossfade's length in seconds."""
 
 
 class Cut(Strict):
     """One clip of the edit: a shot, optionally trimmed, and how it joins the previous clip."""
 
     shot: str
+    """The shot (its picked take)."""
     start: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    """Trim in: seconds into the shot where the clip starts."""
     end: float | None = Field(None, gt=0, le=MAX_SECONDS)
+    """Trim out: seconds into the shot where the clip ends (default: the shot's end)."""
     transition: Transition | None = None
+    """How it joins the previous clip (default: [edit] transition)."""
 
 
 class Edit(Strict):
+    """[edit]: the cut: which shots in which order, trims and transitions."""
+
     sequence: list[str | Cut] = []
+    """The clips in order: shot ids, or { shot = "x", start = 0.5, end = 3.5, transition = {...} }
+    (default: every shot in manifest order)."""
     transition: Transition = Transition()
+    """The default join between clips."""
     loudness_lufs: float | None = Field(-16.0, ge=-70, le=-5)
+    """The film's EBU R128 loudness target in LUFS (-70 to -5)."""
 
 
 class Manifest(Strict):
+    """film.toml: a short film as a shot list, rendered by `runner render`."""
+
     film: FilmInfo
+    """The film as a whole: title, frame size, frame rate, budget."""
     defaults: Settings = Settings()
+    """Settings every shot inherits: backend, model, seconds, size, seed."""
     profiles: dict[str, Settings] = {}
+    """Named settings `--profile NAME` applies over [defaults] (a shot's own win)."""
     limits: dict[str, Limits] = {}
+    """Per backend: jobs in flight, request rate, spend cap."""
     style: Style = Style()
+    """The style spine, appended verbatim to every shot."""
     characters: dict[Annotated[str, Field(pattern=ID_PATTERN)], Character] = {}
+    """Character anchors by id."""
     assets: dict[Annotated[str, Field(pattern=ID_PATTERN)], Asset] = {}
+    """Files the film uses, by id."""
     shots: dict[Annotated[str, Field(pattern=ID_PATTERN)], Shot]
+    """The shots by id, in manifest order."""
     edit: Edit = Edit()
+    """The cut."""
 
     def cuts(self) -> list[Cut]:
         """The edit's clips in order; every shot in manifest order when no sequence is given."""

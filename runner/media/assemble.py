@@ -288,12 +288,7 @@ def _render_pieces(
     probes = {i: pool.submit(_resolve, clips[i], i, film) for i in needed}
     sources = {i: f.result() for i, f in probes.items()}
     for i in needed:
-        lead = fades[i] + fades[i + 1]
-        if sources[i].last - sources[i].first <= lead:
-            raise UserError(
-                f"{_where(i, clips[i])}: {(sources[i].last - sources[i].first) / film.fps:g}"
-                f" s after trimming, too short for its crossfades of {lead / film.fps:g} s"
-            )
+        _check_fades(clips[i], i, sources[i], fades[i] + fades[i + 1], film)
     jobs: list[tuple[_Piece, Future[tuple[Path, ...]]]] = []
     for n, piece in enumerate(missing):
         out = tmp / f"piece-{n:05d}"
@@ -316,6 +311,43 @@ def _render_pieces(
                 rendered.append(key)
         faults.point("mid-assembly")
     return rendered
+
+
+def _check_fades(clip: Clip, i: int, src: _Source, lead: int, film: _Film) -> None:
+    if src.last - src.first <= lead:
+        raise UserError(
+            f"{_where(i, clip)}: {(src.last - src.first) / film.fps:g}"
+            f" s after trimming, too short for its crossfades of {lead / film.fps:g} s"
+        )
+
+
+@dataclass(frozen=True)
+class Span:
+    """A clip as assembly cuts it, in film frames: its trimmed range [first, last), the
+    crossfade that joins it to the previous clip, and its source's whole length."""
+
+    first: int
+    last: int
+    fade_in: int
+    length: int
+
+
+def spans(clips: list[Clip], *, width: int, height: int, fps: int) -> list[Span]:
+    """Each clip's cut, by the same probing and frame arithmetic as `assemble` (what an
+    editor export lays out; the film is sum(last - first) - sum(fade_in) frames long)."""
+    film = _Film(width, height, fps)
+    _check_edit(clips, film)
+    fades = [_frames(c.crossfade_in, film) for c in clips] + [0]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1))) as pool:
+        sources = list(pool.map(lambda i: _resolve(clips[i], i, film), range(len(clips))))
+    out = []
+    for i, (clip, src) in enumerate(zip(clips, sources, strict=True)):
+        _check_fades(clip, i, src, fades[i] + fades[i + 1], film)
+        length = _frames(src.info.duration, film)
+        if src.layout.packets and src.info.fps == film.fps:
+            length = len(src.layout.packets)
+        out.append(Span(src.first, src.last, fades[i], max(length, src.last)))
+    return out
 
 
 def _resolve(clip: Clip, i: int, film: _Film) -> _Source:
