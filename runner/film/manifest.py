@@ -51,6 +51,7 @@ class FilmInfo(Strict):
     size: str = "1280x720"
     fps: int = Field(24, ge=1, le=120)
     budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)  # `plan` shows what is left
+    sign: bool = False  # content credentials (C2PA) on out/<stem>.signed.mp4, when a key is set
 
     _size = field_validator("size")(_check_size)
 
