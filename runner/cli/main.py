@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shard", metavar="I/N", help="render only shard I of N (CI matrix jobs)")
     p.add_argument(
+        "--sign",
+        action="store_true",
+        help="also write out/FILM.signed.mp4 with C2PA content credentials (needs a key)",
+    )
+    p.add_argument(
         "--rerender",
         metavar="SHOT",
         action="append",
@@ -205,7 +210,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         resend_unconfirmed=args.resend_unconfirmed,
         rerender=_shot_nodes(project, args.rerender),
         shard=shard.parse(args.shard) if args.shard else None,
+        sign=args.sign,
     )
+    if args.sign and options.shard is not None:
+        raise UserError("--sign: a shard assembles no film to sign; sign the assembling render")
     if args.frozen:  # guards money, not work: local, deterministic nodes are made
         plan = project.plan(options.rerender)
         paid = [
@@ -240,8 +248,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"runner: {printable(nid)} failed: {shown(why)}", file=sys.stderr)
     for nid, why in sorted(out.skipped.items()):
         print(f"runner: not rendered: {printable(nid)} ({shown(why)})", file=sys.stderr)
+    for note in result.notes:
+        print(f"runner: warning: {shown(note)}", file=sys.stderr)
     if result.film is not None:
         print(result.film)
+    if result.signed is not None:
+        print(result.signed)
     if result.interrupted:
         return 130
     if options.shard is not None:

@@ -143,6 +143,7 @@ def build(
         nodes=toposort(nodes, source),
         limits={k: v.model_dump(exclude_none=True) for k, v in manifest.limits.items()},
         budget_usd=manifest.film.budget_usd,
+        sign=manifest.film.sign,
     )
 
 

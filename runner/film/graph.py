@@ -68,6 +68,7 @@ class Graph:
     nodes: dict[str, Node]  # in topological order
     limits: dict[str, dict[str, Any]]
     budget_usd: float | None = None  # [film] budget_usd: what the film may spend in all
+    sign: bool = False  # [film] sign: publish a signed copy too (when a key is configured)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "nodes": [asdict(n) for n in self.nodes.values()]}

@@ -60,6 +60,9 @@ class FilmInfo(Strict):
     """The edit's frame rate in frames per second (1 to 120)."""
     budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)  # `plan` shows what is left
     """What the film may spend in all, in US dollars; `runner plan` shows what is left of it."""
+    sign: bool = False
+    """Sign the film with C2PA content credentials (written as out/<stem>.signed.mp4) when a
+    signing key is set (RUNNER_SIGN_KEY / RUNNER_SIGN_CERT); without one, warn and skip."""
 
     _size = field_validator("size")(_check_size)
 

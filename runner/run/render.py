@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from runner.film.explain import fingerprint
 from runner.film.graph import Node
 from runner.film.plan import CACHED, Plan, full_recipe
 from runner.run.claim import claims_from_config
+from runner.run.credentials import SigningKey
 from runner.run.execute import NodeJobs
 from runner.run.interrupt import Interrupts
 from runner.run.project import Project
@@ -41,6 +42,8 @@ class RenderResult:
     provenance: Path | None
     spend_usd: float
     interrupted: bool = False  # Ctrl-C: nothing new started; paid jobs were finished
+    signed: Path | None = None  # out/<stem>.signed.mp4: the film with content credentials
+    notes: list[str] = field(default_factory=list)  # warnings, each said once
 
 
 def pools_for(project: Project, names: set[str]) -> dict[str, Pool]:
@@ -82,6 +85,7 @@ class Options:
     resend_unconfirmed: bool = False
     rerender: frozenset[str] = frozenset()  # node ids to render again on purpose
     shard: tuple[int, int] | None = None  # (I, N): render only shard I of N, no edit
+    sign: bool = False  # --sign: sign the film, and fail before rendering without a key
 
 
 def render(project: Project, options: Options, report: Report) -> RenderResult:
@@ -102,6 +106,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         )
         for nid in todo
     ]
+    signing, notes = _signing_key(project, options)  # before anything renders or is paid
     problems = project.credential_problems([t.id for t in tasks])
     if problems:  # before the first create, once per backend, not once per node
         raise UserError("\n".join(f"{name}: {problem}" for name, problem in problems.items()))
@@ -147,7 +152,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         locker.finish(outcome)
         _pull_records(project, plan)
         _remember(project, plan, jobs, outcome)
-        film = prov = None
+        film = prov = signed = None
         if options.shard is None and "edit" in jobs.digests and jobs.have("edit"):
             from runner.run import provenance
 
@@ -155,9 +160,67 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
                 film, prov = provenance.publish(project, jobs.digests)
             except NodeFailed as err:  # a corrupt edit, quarantined: the next render makes it
                 outcome.failed["edit"] = str(err)
+        if film is not None and prov is not None:
+            try:
+                signed = _signed(project, film, prov, jobs.digests, signing)
+            except NodeFailed as err:  # out/<stem>.mp4 is written; its signed copy is not
+                outcome.failed["edit"] = str(err)
     # What this run's accepted creates cost, downloaded yet or not; never what it adopted.
     spend = sum(jobs.spent.values())
-    return RenderResult(plan, outcome, film, prov, round(spend, 4), interrupts.interrupted)
+    result = RenderResult(plan, outcome, film, prov, round(spend, 4), interrupts.interrupted)
+    result.signed, result.notes = signed, notes
+    return result
+
+
+def _signing_key(project: Project, options: Options) -> tuple[SigningKey | None, list[str]]:
+    """The key to sign the film with, read and checked before anything renders: None (with
+    a warning for `[film] sign = true`) when none is configured; --sign without one is an
+    error. A shard publishes no film, so it needs no key."""
+    if options.shard is not None or not (options.sign or project.graph.sign):
+        return None, []
+    from runner.run import credentials
+    from runner.run.project import find_root
+
+    root = find_root(project.film_dir.resolve())
+    key = credentials.configured(project.tool_config(), os.environ, root)
+    if key is not None:
+        return key, []
+    if options.sign:
+        raise UserError(f"--sign: no signing key is configured; {credentials.HOW}")
+    return None, [
+        f"{project.manifest_path}: [film] sign = true, but no signing key is configured: "
+        f"the film is written unsigned ({credentials.HOW})"
+    ]
+
+
+def _signed(
+    project: Project, film: Path, prov: Path, digests: dict[str, str], key: SigningKey | None
+) -> Path | None:
+    """out/<stem>.signed.mp4 for the published film; without a key, a signed file of an
+    older cut is removed instead."""
+    from runner.run import credentials
+
+    state = project.store.state_path(project.film_id, ".signed")
+    signed = project.out_dir / f"{project.stem}.signed.mp4"
+    if key is None:
+        credentials.withdraw(state, film, signed)
+        return None
+    graph = project.graph
+    clips: dict[str, credentials.Clip] = {}
+    for dep in graph.nodes["edit"].inputs.values():  # the cut's clips, in order, once each
+        if dep in clips:
+            continue
+        if not project.outputs.have(digests[dep], verify=True):  # pulled from the remote
+            raise NodeFailed(
+                f"edit: cannot sign {film.name}: the clip of {dep} is in no cache; run "
+                "`runner render` again to fetch or make it"
+            )
+        shot = graph.nodes[dep].shot or {}
+        blob = project.store.blob(digests[dep])
+        backend = graph.nodes[dep].pool if shot else None
+        clips[dep] = credentials.Clip(dep, blob, digests[dep], backend, shot.get("model"))
+    claim = credentials.provenance_claim(prov, digests["edit"])
+    return credentials.publish(state, film, signed, key, graph.title, claim, list(clips.values()))
 
 
 def _money_events(report: Report, jobs: NodeJobs, keep_going: bool) -> Report:
