@@ -614,3 +614,25 @@ def tag_args(*, src: str, comment: str, out: str) -> list[str]:
         *["-i", src, "-map", "0", "-c", "copy", *BITEXACT],
         *["-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", out],
     ]
+
+
+POSTER_VERSION = 1
+"""Bumped when poster frames change (the frame chosen, size, codec): cached posters are remade."""
+
+
+def poster_args(*, src: str, out: str, width: int) -> list[str]:
+    """A clip's poster frame as a JPEG at most `width` wide: ffmpeg's `thumbnail` filter picks
+    the most representative of the first two seconds' frames (not a black first frame)."""
+    chain = f"thumbnail=n=48,scale=w='min(iw,{width})':h=-2,format=yuvj420p"
+    return [
+        *("-i", src, "-map", "0:v:0", "-vf", chain, "-frames:v", "1"),
+        *("-c:v", "mjpeg", "-q:v", "4", *BITEXACT, "-f", "image2", out),
+    ]
+
+
+def make_poster(video: Path, dest: Path, width: int) -> None:
+    """Write the poster frame of `video` to dest (see poster_args)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run(poster_args(src=str(video), out=str(dest), width=width))
+    if not dest.is_file():
+        raise NodeFailed(f"{video}: could not make its poster frame")

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,23 @@ def _pull_records(project: Project, plan: Plan) -> None:
             project.remote.pull_record(d.key, project.store)
 
 
+def _last_run(project: Project, jobs: NodeJobs, outcome: Outcome) -> dict[str, Any]:
+    """What this run changed, for `runner review` after it: when, what it rendered, what
+    failed (the messages are in "failed"), what it did not reach, and what it spent."""
+    by_backend: dict[str, float] = {}
+    for nid, usd in jobs.spent.items():
+        pool = project.graph.nodes[nid].pool
+        by_backend[pool] = round(by_backend.get(pool, 0.0) + usd, 4)
+    return {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rendered": sorted(outcome.done),
+        "failed": sorted(outcome.failed),
+        "skipped": sorted(outcome.skipped),
+        "spend_usd": round(sum(jobs.spent.values()), 4),
+        "spend_by_backend": by_backend,
+    }
+
+
 def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) -> None:
     """Update the build log (key and output per node) and the recipes that explain it."""
     state = project.state()
@@ -306,6 +324,8 @@ def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) ->
         changed[nid] = jobs.recipes[nid]
         failed.pop(nid, None)
     failed.update({nid: shown(why) for nid, why in outcome.failed.items()})  # no URL secrets
+    if outcome.done or outcome.failed or outcome.skipped:  # a no-op run keeps the last one's
+        state["last_run"] = _last_run(project, jobs, outcome)
     if json.dumps(state, sort_keys=True) != before:
         project.save_state(state)
     recipes.save(changed)
