@@ -226,7 +226,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             )
             return EXIT_FAILED
     with Progress(project.graph) as progress:
-        result = render(project, options, progress)
+        result = render(project, options, progress, watch=progress.job_status)
     out = result.outcome
     cached = len(result.plan.decisions) - len(result.plan.to_render) + len(out.cached)
     print(

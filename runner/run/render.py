@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runner.backends.base import JobStatus
 from runner.cache.lock import Entry
 from runner.errors import NodeFailed, UserError, shown
 from runner.film import shard
@@ -85,7 +87,13 @@ class Options:
     shard: tuple[int, int] | None = None  # (I, N): render only shard I of N, no edit
 
 
-def render(project: Project, options: Options, report: Report) -> RenderResult:
+def render(
+    project: Project,
+    options: Options,
+    report: Report,
+    watch: Callable[[str, JobStatus], None] | None = None,
+) -> RenderResult:
+    """`watch` hears each hosted job's polls (its state and progress) from worker threads."""
     graph = project.graph
     plan = project.plan(options.rerender)
     todo = [d.id for d in plan.decisions.values() if d.status != CACHED]
@@ -123,6 +131,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         film_dir=project.film_dir,
         manifest=project.manifest_path,
         claims=claims_from_config(project.remote, project.tool_config(), os.environ),
+        watch=watch,
     )
     project.store.sweep_tmp()  # working folders of killed runs
     jobs.tidy_journal()
