@@ -147,8 +147,9 @@ class Progress:
         polled = dict(self.polled)
         for nid, started in sorted(running.items()):
             node = self.graph.nodes[nid]
-            row = [Text("rendering", "yellow"), printable(nid), node.pool, f"{now - started:.1f}s"]
-            table.add_row(*row, _how_far(polled.get(nid)))
+            took = f"{now - started:.1f}s"
+            how_far = _how_far(polled.get(nid))
+            table.add_row(Text("rendering", "yellow"), printable(nid), node.pool, took, how_far)
         waiting = max(0, self.total - self.finished - len(running))
         left = time_left(now, running, polled, self.durations, waiting)
         table.add_row(
@@ -165,7 +166,7 @@ def _how_far(polled: Polled | None) -> str:
     if polled is None:
         return ""
     if polled.queue_position is not None:
-        return f"queued, #{polled.queue_position + 1}"
+        return f"queued, {polled.queue_position} ahead"
     if polled.progress is not None:
         return f"{polled.progress:.0%}"
     return polled.state
