@@ -152,7 +152,7 @@ def build(page: Page) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta http-equiv="Content-Security-Policy" content="{_e(_csp())}">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_csp()}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(page.title)}: review</title>",
         f"<style>{STYLE}</style></head><body>",
