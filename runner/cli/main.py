@@ -240,7 +240,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"runner: not rendered: {printable(nid)} ({shown(why)})", file=sys.stderr)
     if result.film is not None:
         print(result.film)
-    changed = out.done or out.failed or out.skipped
+    # After a render that changed something, or when no page shows this film yet.
+    changed = bool(out.done or out.failed or out.skipped)
+    changed = changed or not (project.out_dir / "review" / "index.html").is_file()
     if changed and not args.no_review and options.shard is None and not result.interrupted:
         _write_review(project)
     if result.interrupted:

@@ -71,6 +71,14 @@ def collect(project: Project, plan: Plan, folder: Path, placed: set[Path]) -> pa
         placed.add(dest)
         return f"{sub}/{dest.name}"
 
+    clips = {
+        nid: place(d.output, "clips", ".mp4")
+        for nid, d in plan.decisions.items()
+        if d.kind == "shot" and d.status == CACHED and d.output is not None
+    }
+    posters = _posters(project, [plan.decisions[n].output or "" for n, c in clips.items() if c])
+    for rel in posters.values():
+        placed.add(folder / rel)
     spend: dict[str, float] = {}
     shots: list[page.Shot] = []
     for name in order:
@@ -89,9 +97,8 @@ def collect(project: Project, plan: Plan, folder: Path, placed: set[Path]) -> pa
             message = ""
             if d.status == CACHED and d.output is not None:
                 status = page.RENDERED if nid in rendered_last else page.CACHED
-                clip = place(d.output, "clips", ".mp4")
-                if clip is not None:
-                    poster = _poster(project, d.output, folder, placed)
+                clip = clips.get(nid)
+                poster = posters.get(d.output) if clip is not None else None
                 usd = float(record.get("cost_usd") or 0.0)
                 backend = str(record.get("backend") or first.pool)
                 spend[backend] = round(spend.get(backend, 0.0) + usd, 4)
@@ -154,29 +161,44 @@ def _film(project: Project, plan: Plan, folder: Path, placed: set[Path]) -> tupl
     return None, f"No cut is assembled yet ({why})."
 
 
-def _poster(project: Project, clip: str, folder: Path, placed: set[Path]) -> str | None:
-    """The clip's poster frame, made once per clip digest and kept in the cache."""
+def _posters(project: Project, clips: list[str]) -> dict[str, str]:
+    """clip digest -> its poster frame under posters/, made once per clip digest (in batches)
+    and kept in the cache; a clip ffmpeg cannot read gets none (it still plays)."""
     from runner.media import ffmpeg
 
     store = project.store
-    key = key_of(
-        {"kind": "poster", "v": ffmpeg.POSTER_VERSION, "clip": clip, "width": POSTER_WIDTH}
-    )
-    record = store.lookup(key)
-    if record is None:
-        try:
-            with store.workdir() as work:
-                ffmpeg.make_poster(store.blob(clip), work / "poster.jpg", POSTER_WIDTH)
-                digest = store.put(work / "poster.jpg")
-        except NodeFailed:
-            return None  # the clip still plays; its card just has no still
-        store.record(key, {"kind": "poster", "output": digest})
-    else:
-        digest = str(record["output"])
-    dest = folder / "posters" / f"{digest[:24]}.jpg"
-    _link(store.blob(digest), dest)
-    placed.add(dest)
-    return f"posters/{dest.name}"
+    folder = project.out_dir / "review" / "posters"
+
+    def key(clip: str) -> str:
+        return key_of(
+            {"kind": "poster", "v": ffmpeg.POSTER_VERSION, "clip": clip, "width": POSTER_WIDTH}
+        )
+
+    made: dict[str, str] = {}
+    for clip in clips:
+        record = store.lookup(key(clip))
+        if record is not None:
+            made[clip] = str(record["output"])
+    missing = sorted(set(clips) - set(made))
+    if missing:
+        with store.workdir() as work:
+            pairs = [(store.blob(c), work / f"{c}.jpg") for c in missing]
+            try:
+                ffmpeg.make_posters(pairs, POSTER_WIDTH)
+            except NodeFailed:  # one unreadable clip fails its batch: each alone, then
+                for pair in pairs:
+                    with contextlib.suppress(NodeFailed):
+                        ffmpeg.make_posters([pair], POSTER_WIDTH)
+            for clip, (_, jpeg) in zip(missing, pairs, strict=True):
+                if jpeg.is_file():
+                    made[clip] = store.put(jpeg)
+                    store.record(key(clip), {"kind": "poster", "output": made[clip]})
+    shown_posters: dict[str, str] = {}
+    for clip, digest in made.items():
+        dest = folder / f"{digest[:24]}.jpg"
+        _link(store.blob(digest), dest)
+        shown_posters[clip] = f"posters/{dest.name}"
+    return shown_posters
 
 
 def _link(src: Path, dest: Path, *, copy: bool = False) -> None:
