@@ -95,12 +95,18 @@ def test_round_trip_gives_a_video_that_verifies(
 def test_poll_states_move_from_queued_to_done(backend: OpenAIBackend) -> None:
     job_id = backend.submit(shot())
     states: list[str] = []
+    progress: list[float | None] = []
     deadline = time.monotonic() + 10.0  # the job takes 0.2 s: a poll stuck short of done fails
     while not states or states[-1] not in ("done", "failed"):
         assert time.monotonic() < deadline, f"job {job_id} never finished; polled {states[-5:]}"
-        states.append(backend.poll(job_id).state)
+        status = backend.poll(job_id)
+        states.append(status.state)
+        progress.append(status.progress)
         time.sleep(0.02)
     assert states[-1] == "done"
+    # The live view's progress: the provider's 0-100 as a fraction, never going back.
+    reported = [p for p in progress if p is not None]
+    assert reported and all(0 <= p <= 1 for p in reported) and reported == sorted(reported)
     assert states[0] == "queued" and "running" in states
     assert set(states) <= {"queued", "running", "done"}
 

@@ -73,6 +73,7 @@ class JobStatus:
     extra: dict[str, Any] = field(default_factory=dict)
     # A failure the provider refunded (Runway's INTERNAL.*): sending again pays once.
     refunded: bool = False
+    progress: float | None = None  # 0..1, where the provider reports how far a job is
 
 
 class Backend(Protocol):

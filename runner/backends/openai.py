@@ -235,7 +235,8 @@ class OpenAIBackend:
             )
             return JobStatus("failed", error=self._scrub(message), extra=extra)
         state = "queued" if video.status == "queued" else "running"
-        return JobStatus(state, poll_after=poll_after, extra=extra)
+        progress = video.progress / 100 if isinstance(video.progress, int | float) else None
+        return JobStatus(state, poll_after=poll_after, extra=extra, progress=progress)
 
     def download(self, job_id: str, dest: Path) -> None:
         """Stream the video to dest through a `.part` file beside it (never whole in memory).

@@ -169,7 +169,10 @@ class RunwayBackend:
         if status in ("PENDING", "THROTTLED"):
             return JobStatus("queued", poll_after=after, extra={"throttled": status == "THROTTLED"})
         if status == "RUNNING":
-            return JobStatus("running", poll_after=after, extra={"progress": task.progress})
+            progress = task.progress if isinstance(task.progress, int | float) else None
+            return JobStatus(
+                "running", poll_after=after, extra={"progress": task.progress}, progress=progress
+            )
         if status == "SUCCEEDED":
             outputs = list(getattr(task, "output", None) or [])
             if not outputs:

@@ -1,4 +1,4 @@
-"""The `runner` command: plan, render, status, graph, show, export, schema, lint.
+"""The `runner` command: plan, render, review, pick, status, graph, show, export, schema, lint.
 
 Exit codes: 0 success, 1 some node failed, 2 the user's input is wrong. Heavy modules are
 imported inside the commands so `runner --help` starts fast.
@@ -88,6 +88,19 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="render this shot again on purpose (a new take of it); may be repeated",
     )
+    p.add_argument(
+        "--no-review",
+        action="store_true",
+        help="do not write out/review/ (written after every render that changed something)",
+    )
+
+    p = sub.add_parser(
+        "review", parents=[common], help="write out/review/index.html: the takes side by side"
+    )
+    film_arg(p)
+
+    p = sub.add_parser("pick", parents=[common], help="set which take of a shot the film uses")
+    p.add_argument("words", nargs="+", metavar="[FILM] SHOT N", help="shot id and take number")
 
     p = sub.add_parser("status", parents=[common], help="per node: cached, stale, missing, failed")
     film_arg(p)
@@ -236,7 +249,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             )
             return EXIT_FAILED
     with Progress(project.graph) as progress:
-        result = render(project, options, progress)
+        result = render(project, options, progress, watch=progress.job_status)
     out = result.outcome
     cached = len(result.plan.decisions) - len(result.plan.to_render) + len(out.cached)
     print(
@@ -254,11 +267,51 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(result.film)
     if result.signed is not None:
         print(result.signed)
+    # After a render that changed something, or when no page shows this film yet.
+    changed = bool(out.done or out.failed or out.skipped)
+    changed = changed or not (project.out_dir / "review" / "index.html").is_file()
+    if changed and not args.no_review and options.shard is None and not result.interrupted:
+        _write_review(project)
     if result.interrupted:
         return 130
     if options.shard is not None:
         return EXIT_OK if out.ok else EXIT_FAILED
     return EXIT_OK if out.ok and result.film is not None else EXIT_FAILED
+
+
+def _write_review(project: Project) -> None:
+    """The review page after a render; a render's result never hangs on it."""
+    from runner.run import review
+
+    try:
+        index = review.write(project, project.plan())
+    except Exception as err:  # the film is made; the page is a view of it
+        if os.environ.get("RUNNER_DEBUG"):
+            raise
+        print(f"runner: warning: review page not written: {shown(str(err))}", file=sys.stderr)
+        return
+    print(f"review: {index}", file=sys.stderr)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from runner.run import review
+
+    print(review.write(_open(args)))
+    return EXIT_OK
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from runner.cli.pick import pick
+    from runner.run.project import default_manifest
+
+    words = args.words
+    if len(words) not in (2, 3):
+        raise UserError("pick: give the shot and the take number: runner pick [FILM] SHOT N")
+    film = Path(words[0]) if len(words) == 3 else default_manifest()
+    shot, number = words[-2:]
+    n = pick(film, shot, number)
+    print(f"{film}: shots.{shot}.pick = {n}; `runner render` re-cuts the film")
+    return EXIT_OK
 
 
 def _shot_nodes(project: Project, shots: list[str]) -> frozenset[str]:
@@ -384,6 +437,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "plan": cmd_plan,
     "render": cmd_render,
+    "review": cmd_review,
+    "pick": cmd_pick,
     "status": cmd_status,
     "graph": cmd_graph,
     "show": cmd_show,

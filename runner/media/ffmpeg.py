@@ -619,3 +619,28 @@ def tag_args(*, src: str, comment: str, out: str) -> list[str]:
         *["-i", src, "-map", "0", "-c", "copy", *BITEXACT],
         *["-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", out],
     ]
+
+
+POSTER_VERSION = 1
+"""Bumped when poster frames change (the frame chosen, size, codec): cached posters are remade."""
+
+
+def poster_args(pairs: list[tuple[str, str]], *, width: int) -> list[str]:
+    """Poster frames of several clips in one process, (clip, jpeg) each, at most `width` wide:
+    ffmpeg's `thumbnail` filter picks the most representative of the first two seconds'
+    frames (not a black first frame)."""
+    chain = f"thumbnail=n=48,scale=w='min(iw,{width})':h=-2,format=yuvj420p"
+    args = [arg for src, _ in pairs for arg in ("-i", src)]
+    for i, (_, out) in enumerate(pairs):
+        args += ["-map", f"{i}:v:0", "-vf", chain, "-frames:v", "1"]
+        args += ["-c:v", "mjpeg", "-q:v", "4", *BITEXACT, "-f", "image2", out]
+    return args
+
+
+def make_posters(pairs: list[tuple[Path, Path]], width: int) -> None:
+    """Write each video's poster frame (see poster_args), a batch of clips per ffmpeg."""
+    for start in range(0, len(pairs), 16):
+        batch = pairs[start : start + 16]
+        for _, dest in batch:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        run(poster_args([(str(v), str(d)) for v, d in batch], width=width))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import faults
-from runner.backends.base import BackendError, Expired
+from runner.backends.base import BackendError, Expired, JobStatus
 from runner.backends.registry import Backends
 from runner.cache.outputs import Outputs
 from runner.cache.remote import Remote, RemoteError
@@ -61,6 +61,7 @@ class NodeJobs:
         film_dir: Path | None = None,
         manifest: Path | None = None,
         claims: Claims | None = None,
+        watch: Callable[[str, JobStatus], None] | None = None,
     ) -> None:
         self.graph = graph
         self.film_dir = film_dir  # assets must resolve inside it whenever they are read
@@ -75,6 +76,7 @@ class NodeJobs:
         self.force = force
         self.remote = remote
         self.claims = claims  # paid renders claimed on the remote (runner/run/claim.py)
+        self.watch = watch  # each poll's answer per node: the live view's progress
         self.digests: dict[str, str] = {
             d.id: d.output for d in plan.decisions.values() if d.output is not None
         }
@@ -436,6 +438,7 @@ class NodeJobs:
             on_refunded=lambda: self._refunded(node),
             may_send=lambda: not self.stopping.is_set(),
             remix_source=self._job_id(node.inputs["remix"]) if "remix" in node.inputs else None,
+            on_status=lambda status: self.watch(node.id, status) if self.watch else None,
         )
         resumed = (self.journal.get(key) or {}).get("job_id")
         if resumed:

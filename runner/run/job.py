@@ -18,6 +18,7 @@ from runner.backends.base import (
     Backend,
     BackendError,
     Expired,
+    JobStatus,
     RateLimited,
     Refused,
     ShotRequest,
@@ -78,6 +79,7 @@ class ShotJob:
     on_refunded: Callable[[], None] = lambda: None  # the provider refunded the failed job
     may_send: Callable[[], bool] = lambda: True  # False once the run is stopping (Ctrl-C)
     remix_source: str | None = None  # the provider's job id of the video a remix edits
+    on_status: Callable[[JobStatus], None] = lambda status: None  # each poll's answer
 
     def run(self, dest: Path) -> str:
         """Make the shot's video at dest; returns the provider's job id.
@@ -217,6 +219,7 @@ class ShotJob:
                     "the job is journaled: fix the problem and run again"
                 ) from None
             errors = 0
+            self.on_status(status)
             if status.state == "done":
                 return
             if status.state == "failed" and status.refunded:

@@ -156,7 +156,8 @@ class Project:
         return {name: problem for name, problem in problems.items() if problem}
 
     def state(self) -> dict[str, Any]:
-        """The build log: {"built": {node: {"key", "output"}}, "failed": {node: message}}."""
+        """The build log: {"built": {node: {"key", "output"}}, "failed": {node: message}},
+        and "last_run" (what the last run that did anything rendered, failed and spent)."""
         state = read_json(self.store.state_path(self.film_id))
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             return {"version": STATE_VERSION, "built": {}, "failed": {}}

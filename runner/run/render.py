@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from runner.backends.base import JobStatus
 from runner.cache.lock import Entry
 from runner.errors import NodeFailed, UserError, shown
 from runner.film import shard
@@ -88,7 +91,13 @@ class Options:
     sign: bool = False  # --sign: sign the film, and fail before rendering without a key
 
 
-def render(project: Project, options: Options, report: Report) -> RenderResult:
+def render(
+    project: Project,
+    options: Options,
+    report: Report,
+    watch: Callable[[str, JobStatus], None] | None = None,
+) -> RenderResult:
+    """`watch` hears each hosted job's polls (its state and progress) from worker threads."""
     graph = project.graph
     plan = project.plan(options.rerender)
     todo = [d.id for d in plan.decisions.values() if d.status != CACHED]
@@ -127,6 +136,7 @@ def render(project: Project, options: Options, report: Report) -> RenderResult:
         film_dir=project.film_dir,
         manifest=project.manifest_path,
         claims=claims_from_config(project.remote, project.tool_config(), os.environ),
+        watch=watch,
     )
     project.store.sweep_tmp()  # working folders of killed runs
     jobs.tidy_journal()
@@ -350,6 +360,23 @@ def _pull_records(project: Project, plan: Plan) -> None:
             project.remote.pull_record(d.key, project.store)
 
 
+def _last_run(project: Project, jobs: NodeJobs, outcome: Outcome) -> dict[str, Any]:
+    """What this run changed, for `runner review` after it: when, what it rendered, what
+    failed (the messages are in "failed"), what it did not reach, and what it spent."""
+    by_backend: dict[str, float] = {}
+    for nid, usd in jobs.spent.items():
+        pool = project.graph.nodes[nid].pool
+        by_backend[pool] = round(by_backend.get(pool, 0.0) + usd, 4)
+    return {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rendered": sorted(outcome.done),
+        "failed": sorted(outcome.failed),
+        "skipped": sorted(outcome.skipped),
+        "spend_usd": round(sum(jobs.spent.values()), 4),
+        "spend_by_backend": by_backend,
+    }
+
+
 def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) -> None:
     """Update the build log (key and output per node) and the recipes that explain it."""
     state = project.state()
@@ -369,6 +396,8 @@ def _remember(project: Project, plan: Plan, jobs: NodeJobs, outcome: Outcome) ->
         changed[nid] = jobs.recipes[nid]
         failed.pop(nid, None)
     failed.update({nid: shown(why) for nid, why in outcome.failed.items()})  # no URL secrets
+    if outcome.done or outcome.failed or outcome.skipped:  # a no-op run keeps the last one's
+        state["last_run"] = _last_run(project, jobs, outcome)
     if json.dumps(state, sort_keys=True) != before:
         project.save_state(state)
     recipes.save(changed)
