@@ -119,6 +119,10 @@ class LumaBackend:
 
     # -- capability and price tables (pure: planning never touches the network) --
 
+    def rows(self) -> Mapping[str, Capabilities]:
+        """The backend's model table, by model name."""
+        return dict(self._models)
+
     def capabilities(self, model: str) -> Capabilities:
         return self._models.get(model, NEW_ROW)
 

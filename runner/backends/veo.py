@@ -126,6 +126,10 @@ class VeoBackend:
 
     # -- capabilities and prices -------------------------------------------------------
 
+    def rows(self) -> Mapping[str, Capabilities]:
+        """The backend's model table, by model name."""
+        return dict(self.models)
+
     def capabilities(self, model: str) -> Capabilities:
         """The model's row; a new model's for an unknown one (`check` then says what to add)."""
         return self.models.get(model, NEW_ROW)

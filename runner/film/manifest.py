@@ -89,10 +89,17 @@ class Asset(Strict):
 
 
 class FrameRef(Strict):
-    """`image = { shot = "x", frame = "last" }`: start where another shot ended."""
+    """`image = { shot = "x", frame = "last" }`: start where another shot ended;
+    `end_image = { shot = "y", frame = "first" }`: end where another shot starts."""
 
     shot: str
-    frame: Literal["last"] = "last"
+    frame: Literal["first", "last"] = "last"
+
+
+class ExtendRef(Strict):
+    """`extend = { shot = "x" }`: the provider continues another shot's video."""
+
+    shot: str
 
 
 class RemixRef(Strict):
@@ -117,7 +124,9 @@ class Shot(Settings):
     sound: str | None = None
     cast: list[str] = []
     image: str | FrameRef | None = None
+    end_image: str | FrameRef | None = None  # the clip's last frame (an asset or a frame)
     remix: RemixRef | None = None
+    extend: ExtendRef | None = None
     references: list[str] = []  # "assets.NAME" images of a character or look (Veo "asset")
     needs: list[str] = []
     takes: int = Field(1, ge=1, le=16)
@@ -225,6 +234,8 @@ _TYPE_WORDS = {
 _EXAMPLES = {
     "dialogue": 'dialogue = [{ who = "mara", line = "Go on. Find her." }] (who: a character id)',
     "image": 'image = "assets.NAME" or image = { shot = "river", frame = "last" }',
+    "end_image": 'end_image = "assets.NAME" or end_image = { shot = "sky", frame = "first" }',
+    "extend": 'extend = { shot = "river" }',
     "remix": 'remix = { shot = "sky", prompt = "Same shot, but every lantern glows blue." }',
 }
 
@@ -282,6 +293,8 @@ _TABLE_MODELS: dict[str, type[BaseModel]] = {
 
 _SHOT_PART_MODELS: dict[str, type[BaseModel]] = {
     "image": FrameRef,
+    "end_image": FrameRef,
+    "extend": ExtendRef,
     "dialogue": Line,
     "remix": RemixRef,
 }
@@ -320,10 +333,10 @@ def _check_references(path: Path, m: Manifest) -> None:
         if shot.remix is not None:
             if shot.remix.shot not in m.shots:
                 unknown_shot(f"{where}.remix.shot", shot.remix.shot)
-            if shot.prompt or shot.scene or shot.image:
+            if shot.prompt or shot.scene or shot.image or shot.end_image:
                 problems.append(
                     f"{path}: {where}: a remix is described by `remix.prompt` alone; "
-                    "remove `prompt`, `scene` and `image`"
+                    "remove `prompt`, `scene`, `image` and `end_image`"
                 )
         elif shot.prompt is None and shot.scene is None:
             problems.append(f"{path}: {where}: give the shot a `prompt` or a `scene`")
@@ -347,15 +360,32 @@ def _check_references(path: Path, m: Manifest) -> None:
                     f"[characters.{who}] or fix the name (characters: "
                     f"{', '.join(m.characters) or '(none)'})"
                 )
-        if isinstance(shot.image, FrameRef):
-            if shot.image.shot not in m.shots:
-                unknown_shot(f"{where}.image.shot", shot.image.shot)
-        elif isinstance(shot.image, str):
-            kind, _, name = shot.image.partition(".")
-            if kind != "assets" or name not in m.assets:
+        for key, image in (("image", shot.image), ("end_image", shot.end_image)):
+            if isinstance(image, FrameRef):
+                if image.shot not in m.shots:
+                    unknown_shot(f"{where}.{key}.shot", image.shot)
+                elif image.shot == sid:
+                    problems.append(
+                        f"{path}: {where}.{key}: a shot cannot start or end on a frame of its "
+                        "own video; name another shot"
+                    )
+            elif isinstance(image, str):
+                kind, _, name = image.partition(".")
+                if kind != "assets" or name not in m.assets:
+                    problems.append(
+                        f"{path}: {where}.{key}: `{image}` is not a declared asset; write "
+                        '"assets.NAME" for an [assets.NAME] table or { shot = "x", frame = '
+                        '"last" } ("first" for its first frame)'
+                    )
+        if shot.extend is not None:
+            if shot.extend.shot not in m.shots:
+                unknown_shot(f"{where}.extend.shot", shot.extend.shot)
+            elif shot.extend.shot == sid:
+                problems.append(f"{path}: {where}.extend: a shot cannot extend itself")
+            if shot.image is not None or shot.remix is not None:
                 problems.append(
-                    f"{path}: {where}.image: `{shot.image}` is not a declared asset; write "
-                    '"assets.NAME" for an [assets.NAME] table or { shot = "x", frame = "last" }'
+                    f"{path}: {where}: an extension starts where `extend.shot` ends; remove "
+                    "`image` and `remix`"
                 )
         for i, ref in enumerate(shot.references):
             kind, _, name = ref.partition(".")

@@ -1,0 +1,193 @@
+"""End frames (`end_image`, frame edges to a shot's first or last frame) and `extend`: on
+previz end to end, offline, and as plan-time errors on models without them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from runner import cli
+from runner.backends.previz import PrevizBackend, draw_card
+from runner.film.request import ShotRequest
+from runner.media import ffmpeg
+from tests.films import MINIMAL, gen
+
+FILM = """\
+[film]
+title = "Frames"
+size = "160x90"
+fps = 24
+
+[shots.a]
+scene = "A lantern is lit."
+seconds = 1
+
+[shots.a_more]
+extend = { shot = "a" }
+scene = "It drifts away."
+seconds = 1
+
+[shots.b]
+scene = "The river at night."
+end_image = { shot = "c", frame = "first" }
+seconds = 1
+
+[shots.c]
+scene = "The sky fills with lanterns."
+seconds = 1
+
+[edit]
+sequence = ["a", "a_more", "b", "c"]
+loudness_lufs = -16
+"""
+
+
+def test_a_film_with_an_end_frame_and_an_extension_renders_on_previz(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    film = gen(tmp_path / "film", {"film.toml": FILM}) / "film.toml"
+    assert cli.main(["plan", str(film), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    order = [n["id"] for n in plan["nodes"]]
+    # b ends where c starts: c and its first frame come first; the extension after its source.
+    assert order.index("shots.c") < order.index("frames.c.first") < order.index("shots.b")
+    assert order.index("shots.a") < order.index("shots.a_more")
+
+    assert cli.main(["render", str(film)]) == 0
+    out = film.parent / "out"
+    assert abs(ffmpeg.probe(out / "film.mp4").duration - 4.0) < 0.1  # four 1 s clips
+    provenance = json.loads((out / "film.provenance.json").read_text())
+    nodes = {n["id"]: n for n in provenance["nodes"]}
+    assert nodes["shots.b"]["inputs"]["end_image"]["node"] == "frames.c.first"
+    assert nodes["shots.b"]["parameters"]["end_image"] is True
+    extension = nodes["shots.a_more"]
+    assert extension["parameters"]["extend_from"] == 1.0  # the timecode runs on from a's end
+    assert extension["inputs"]["extend"]["node"] == "shots.a"
+    assert "trimmed" not in extension  # previz renders the new part alone
+
+    # Nothing renders again; a's new prompt re-renders a and its extension (its input).
+    capsys.readouterr()
+    assert cli.main(["plan", str(film), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["to_render"] == 0
+    film.write_text(FILM.replace("A lantern is lit.", "A lantern glows."))
+    assert cli.main(["plan", str(film), "--json"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["nodes"]
+    assert {n["id"] for n in nodes if n["status"] != "cached"} == {
+        "shots.a", "shots.a_more", "edit"
+    }  # fmt: skip
+
+
+def shot(**changes: object) -> ShotRequest:
+    fields: dict[str, object] = dict(
+        film="F", shot="s", take=1, model="previz", prompt="p", avoid=(), seconds=1.0,
+        width=160, height=90, fps=24, seed=None,
+    )  # fmt: skip
+    return ShotRequest(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_previz_keys_of_shots_without_the_features_are_unchanged(tmp_path: Path) -> None:
+    backend = PrevizBackend(tmp_path)
+    plain = backend.request(shot())
+    assert "end_image" not in plain and "extend_from" not in plain  # no old clip re-renders
+    assert backend.request(shot(extend_of="a", extend_from=4.0))["extend_from"] == 4.0
+
+
+def test_previz_extension_timecode_starts_where_its_source_ended() -> None:
+    args = ffmpeg.previz_args(
+        card_png="c.png", fontfile="f.ttf", out="o.mp4", frames=24, fps=24, samples=48000,
+        font_size=8, noise_seed=0, start_frame=96,
+    )  # fmt: skip
+    graph = args[args.index("-filter_complex") + 1]
+    assert "start_number=96" in graph and "hms\\:4.0" in graph
+    plain = ffmpeg.previz_args(
+        card_png="c.png", fontfile="f.ttf", out="o.mp4", frames=24, fps=24, samples=48000,
+        font_size=8, noise_seed=0,
+    )  # fmt: skip
+    assert "start_number" not in " ".join(plain)
+
+
+def test_previz_end_frame_is_drawn_on_the_card(tmp_path: Path) -> None:
+    from PIL import Image
+
+    end = tmp_path / "end.png"
+    Image.new("RGB", (64, 36), (255, 0, 0)).save(end)
+    with_end = draw_card(shot(end_image=end, width=320, height=180))
+    r, g, b = with_end.getpixel((320 - 12, 180 - 12))
+    assert r > 200 and g < 60 and b < 60  # the red end frame, bottom right
+
+
+Check = Callable[..., str]
+
+
+@pytest.fixture
+def check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Check:
+    """`runner plan` on a film: exit code 2, no traceback, every expected text in stderr."""
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+
+    def run(toml: str, *expected: str) -> str:
+        film = gen(tmp_path / "film", {"film.toml": toml}) / "film.toml"
+        capsys.readouterr()
+        code = cli.main(["plan", str(film)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "Traceback" not in err
+        for text in expected:
+            assert text in err, err
+        return err
+
+    return run
+
+
+VEO = 'backend = "veo"\nsize = "1280x720"\nseconds = 8\n'
+
+
+def test_an_end_frame_on_a_model_without_one_names_the_models_that_have_it(check: Check) -> None:
+    bad = MINIMAL + f'[shots.end]\n{VEO}model = "veo-3.0-generate-001"\nscene = "x"\n'
+    bad += 'end_image = { shot = "river", frame = "first" }\n'
+    err = check(bad, "shots.end.end_image: veo model veo-3.0-generate-001 takes no last-frame")
+    assert "models that can:" in err
+    assert "luma ray-2" in err and "veo veo-3.1-generate-preview" in err
+    assert "runway veo3.1" in err and "fal fal-ai/kling-video/v2.1/master/image-to-video" in err
+    assert "openai" not in err.split("models that can:")[1]
+
+
+def test_extend_on_a_model_without_it_names_the_models_that_have_it(check: Check) -> None:
+    sora = 'backend = "openai"\nmodel = "sora-2"\nsize = "1280x720"\nseconds = 4\n'
+    bad = MINIMAL + f"[shots.a]\n{sora}scene = 'a'\n[shots.b]\n{sora}scene = 'b'\n"
+    bad += 'extend = { shot = "a" }\n'
+    err = check(bad, "shots.b.extend: openai model sora-2 cannot extend a video")
+    assert "luma ray-2" in err and "veo veo-3.1-generate-preview" in err
+
+
+def test_extend_across_backends_is_refused(check: Check) -> None:
+    bad = MINIMAL + f'[shots.more]\n{VEO}scene = "x"\nextend = {{ shot = "river" }}\n'
+    check(bad, "shots.more.extend: shot 'river' renders on another backend")
+
+
+def test_ending_on_a_shot_that_starts_on_this_one_is_a_cycle(check: Check) -> None:
+    # sky starts on river's last frame; river cannot also end on sky's first frame.
+    bad = MINIMAL.replace(
+        'cast = ["mara"]', 'cast = ["mara"]\nend_image = { shot = "sky", frame = "first" }'
+    )
+    err = check(bad, "dependency cycle:", "`end_image`")
+    assert "river -> sky -> river" in err or "sky -> river -> sky" in err
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('end_image = { shot = "sky", frame = "middle" }', "shots.river.end_image.frame"),
+        ('end_image = "assets.nope"', "shots.river.end_image: `assets.nope` is not a declared"),
+        ('extend = { shot = "skyy" }', "shots.river.extend.shot: no shot named `skyy`"),
+        ('extend = { shot = "river" }', "shots.river.extend: a shot cannot extend itself"),
+        ('extend = { shot = "sky", at = 1 }', "shots.river.extend.at: unknown key"),
+    ],
+)
+def test_bad_end_frames_and_extends_name_the_key(check: Check, line: str, expected: str) -> None:
+    check(MINIMAL.replace('cast = ["mara"]', f'cast = ["mara"]\n{line}'), expected)
