@@ -13,7 +13,11 @@ from runner import cli
 from runner.backends.previz import PrevizBackend, draw_card
 from runner.film.request import ShotRequest
 from runner.media import ffmpeg
+from tests.conftest_media import ff
 from tests.films import MINIMAL, gen
+from tests.servers.veo_server import VeoServer
+
+KEY = "AIzaSy-loopback-frames"
 
 FILM = """\
 [film]
@@ -157,7 +161,10 @@ def test_an_end_frame_on_a_model_without_one_names_the_models_that_have_it(check
     assert "openai" not in err.split("models that can:")[1]
 
 
-def test_extend_on_a_model_without_it_names_the_models_that_have_it(check: Check) -> None:
+def test_extend_on_a_model_without_it_names_the_models_that_have_it(
+    check: Check, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # a gateway, never reached
     sora = 'backend = "openai"\nmodel = "sora-2"\nsize = "1280x720"\nseconds = 4\n'
     bad = MINIMAL + f"[shots.a]\n{sora}scene = 'a'\n[shots.b]\n{sora}scene = 'b'\n"
     bad += 'extend = { shot = "a" }\n'
@@ -191,3 +198,74 @@ def test_ending_on_a_shot_that_starts_on_this_one_is_a_cycle(check: Check) -> No
 )
 def test_bad_end_frames_and_extends_name_the_key(check: Check, line: str, expected: str) -> None:
     check(MINIMAL.replace('cast = ["mara"]', f'cast = ["mara"]\n{line}'), expected)
+
+
+# -- veo: lastFrame and video extension, through google-genai to the loopback server --------
+
+
+def png(path: Path, colour: str) -> Path:
+    ff("-f", "lavfi", "-i", f"color={colour}:s=64x36", "-frames:v", "1", str(path))
+    return path
+
+
+def test_a_veo_film_sends_the_end_frame_and_the_video_it_extends_and_cuts_the_repeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = """\
+[film]
+title = "Veo frames"
+size = "320x180"
+fps = 24
+[defaults]
+backend = "veo"
+size = "1280x720"
+seconds = 4
+[assets.start]
+path = "start.png"
+[shots.s0]
+scene = "A lantern on the water."
+[shots.s1]
+extend = { shot = "s0" }
+scene = "It drifts under the bridge."
+[shots.s2]
+image = "assets.start"
+end_image = { shot = "s0", frame = "first" }
+scene = "The girl runs to the river."
+[edit]
+sequence = ["s2", "s0", "s1"]
+"""
+    root = gen(tmp_path / "film", {"film.toml": toml})
+    gen(root, {"pyproject.toml": "[tool.runner.backends.veo]\npoll_seconds = 0.05\n"})
+    png(root / "start.png", "blue")
+    monkeypatch.setenv("RUNNER_CACHE_DIR", str(tmp_path / "cache"))
+    with VeoServer(job_seconds=0.1, api_key=KEY) as server:
+        monkeypatch.setenv("GOOGLE_VERTEX_BASE_URL", server.base_url)
+        monkeypatch.setenv("GOOGLE_API_KEY", KEY)
+        assert cli.main(["render", str(root / "film.toml")]) == 0
+    creates = {c["prompt"].split("\n")[0]: c for c in server.creates}
+    assert len(server.creates) == 3  # one billable create per shot
+    s0_clip = creates["A lantern on the water."]
+    extension = creates["It drifts under the bridge."]
+    ending = creates["The girl runs to the river."]
+    assert not s0_clip["video_bytes"] and not s0_clip["last_frame_bytes"]
+    assert extension["video_mime"] == "video/mp4" and not extension["has_image"]
+    assert ending["image_bytes"] == (root / "start.png").read_bytes()
+    assert ending["last_frame_bytes"][:8] == b"\x89PNG\r\n\x1a\n"  # s0's first frame
+
+    provenance = json.loads((root / "out" / "film.provenance.json").read_text())
+    nodes = {n["id"]: n for n in provenance["nodes"]}
+    s0 = nodes["shots.s0"]["output_sha256"]
+    blob = tmp_path / "cache" / "cas" / s0[:2] / s0
+    assert extension["video_bytes"] == blob.read_bytes()  # the very video s0 made
+    trimmed = nodes["shots.s1"]["trimmed"]
+    assert trimmed["source"] == "shots.s0" and 3.9 < trimmed["head_seconds"] < 4.2
+    assert nodes["shots.s1"]["parameters"]["extend"] is True
+    assert abs(ffmpeg.probe(root / "out" / "film.mp4").duration - 12.0) < 0.15
+
+
+def test_veo_end_frame_without_a_first_frame_is_a_plan_time_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check: Check
+) -> None:
+    bad = MINIMAL + f'[shots.end]\n{VEO}scene = "x"\n'
+    bad += 'end_image = { shot = "river", frame = "first" }\n'
+    check(bad, "shots.end: veo cannot render it: veo interpolates from a first to a last frame")
