@@ -3,6 +3,8 @@ previz end to end, offline, and as plan-time errors on models without them."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -269,3 +271,76 @@ def test_veo_end_frame_without_a_first_frame_is_a_plan_time_error(
     bad = MINIMAL + f'[shots.end]\n{VEO}scene = "x"\n'
     bad += 'end_image = { shot = "river", frame = "first" }\n'
     check(bad, "shots.end: veo cannot render it: veo interpolates from a first to a last frame")
+
+
+# -- runway: promptImage [{first}, {last}], through runwayml to the loopback server ----------
+
+
+def test_runway_sends_first_and_last_frames_as_positioned_prompt_images(tmp_path: Path) -> None:
+    from runner.backends.runway import RunwayBackend
+    from tests.servers.runway_server import RunwayServer
+
+    first, last = png(tmp_path / "first.png", "blue"), png(tmp_path / "last.png", "red")
+    request = ShotRequest(
+        film="F", shot="s", take=1, model="veo3.1_fast", prompt="A lantern.", avoid=(),
+        seconds=4.0, width=1280, height=720, fps=24, seed=None, image=first, end_image=last,
+    )  # fmt: skip
+    with RunwayServer(job_seconds=0.05, api_key="key_frames") as server:
+        backend = RunwayBackend(
+            tmp_path / "runway", {"base_url": server.base_url, "api_key": "key_frames"}
+        )
+        assert backend.request(request)["end_image"] is True
+        backend.submit(request)
+        gen45 = dataclasses.replace(request, model="gen4.5")
+        assert "gen4.5 takes no last-frame image" in (backend.check(gen45) or "")
+        alone = dataclasses.replace(request, image=None)
+        assert "needs a first frame" in (backend.check(alone) or "")
+        backend.close()
+    (post,) = server.posts
+    assert post["endpoint"] == "image_to_video"
+    images = post["body"]["promptImage"]
+    assert [i["position"] for i in images] == ["first", "last"]
+    assert base64.b64decode(images[1]["uri"].split(",", 1)[1]) == last.read_bytes()
+    assert base64.b64decode(images[0]["uri"].split(",", 1)[1]) == first.read_bytes()
+
+
+# -- fal: Kling's tail_image_url, Veo 3.1's extend-video video_url, through fal-client --------
+
+
+def test_fal_uploads_the_end_frame_and_the_video_it_extends(tmp_path: Path) -> None:
+    from runner.backends.fal import FalBackend
+    from tests.servers.fal_server import FalServer
+
+    first, last = png(tmp_path / "first.png", "blue"), png(tmp_path / "last.png", "red")
+    source = tmp_path / "source.mp4"
+    ff("-f", "lavfi", "-i", "testsrc2=s=160x90:r=24:d=1", "-pix_fmt", "yuv420p", str(source))
+    kling = ShotRequest(
+        film="F", shot="s", take=1, model="fal-ai/kling-video/v2.1/master/image-to-video",
+        prompt="A lantern.", avoid=(), seconds=5.0, width=1920, height=1080, fps=24, seed=None,
+        image=first, end_image=last,
+    )  # fmt: skip
+    extend = dataclasses.replace(
+        kling, model="fal-ai/veo3.1/fast/extend-video", seconds=7.0, width=1280, height=720,
+        image=None, end_image=None, extend_of="a", extend_video=source,
+    )  # fmt: skip
+    with FalServer(job_seconds=0.05, api_key="fal-frames") as server:
+        backend = FalBackend(
+            tmp_path / "fal", {"base_url": server.base_url, "api_key": "fal-frames"}
+        )
+        assert backend.check(kling) is None and backend.check(extend) is None
+        assert backend.request(extend)["extend"] is True
+        plain = dataclasses.replace(extend, extend_of=None, extend_video=None)
+        assert "is an extend endpoint" in (backend.check(plain) or "")
+        wan = dataclasses.replace(
+            kling, model="fal-ai/wan/v2.2-a14b/image-to-video", width=1280, height=720
+        )
+        assert "takes no last-frame image" in (backend.check(wan) or "")
+        backend.submit(kling)
+        backend.submit(extend)
+        uploads = [kind for kind, _ in server.uploads]
+        inputs = [r.input for r in server.billable()]
+    assert uploads == ["image/png", "image/png", "video/mp4"]
+    assert server.uploads[1][1] == last.read_bytes() and server.uploads[2][1] == source.read_bytes()
+    by_field = {k: v for i in inputs for k, v in i.items() if k.endswith("_url")}
+    assert set(by_field) == {"image_url", "tail_image_url", "video_url"}
+    assert inputs[1]["duration"] == "7s" and "image_url" not in inputs[1]
