@@ -6,12 +6,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from runner import cli
+from runner.backends.base import Refused
 from runner.backends.previz import PrevizBackend, draw_card
 from runner.film.request import ShotRequest
 from runner.media import ffmpeg
@@ -344,3 +346,45 @@ def test_fal_uploads_the_end_frame_and_the_video_it_extends(tmp_path: Path) -> N
     by_field = {k: v for i in inputs for k, v in i.items() if k.endswith("_url")}
     assert set(by_field) == {"image_url", "tail_image_url", "video_url"}
     assert inputs[1]["duration"] == "7s" and "image_url" not in inputs[1]
+
+
+# -- luma: keyframes frame1 image, frame0 generation, through lumaai to the loopback server ----
+
+
+def test_luma_ends_on_a_frame1_image_and_extends_from_a_frame0_generation(tmp_path: Path) -> None:
+    from runner.backends.luma import LumaBackend
+    from tests.servers.luma_server import LumaServer
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    last = png(tmp_path / "last.png", "red")
+    first = ShotRequest(
+        film="F", shot="a", take=1, model="ray-flash-2", prompt="A lantern on the river.",
+        avoid=(), seconds=5.0, width=1280, height=720, fps=24, seed=None,
+    )  # fmt: skip
+    with LumaServer(job_seconds=0.05, api_key="luma-frames", images=bucket) as server:
+        config = {"base_url": server.base_url, "api_key": "luma-frames", "poll_seconds": 0.02}
+        config |= {"image_store": bucket.as_uri(), "image_url": server.root + "/images"}
+        backend = LumaBackend(tmp_path / "luma", config)
+        source = backend.submit(first)
+        while backend.poll(source).state != "done":
+            time.sleep(0.02)
+        more = dataclasses.replace(
+            first, shot="a_more", prompt="It drifts away.", end_image=last, extend_of="a",
+            extend_job=source,
+        )  # fmt: skip
+        assert backend.request(more)["extend"] is True and backend.request(more)["end_image"]
+        job = backend.submit(more)
+        while (status := backend.poll(job)).state not in ("done", "failed"):
+            time.sleep(0.02)
+        assert status.state == "done", status.error
+        backend.download(job, tmp_path / "more.mp4")
+        with pytest.raises(Refused, match="by its id"):
+            backend.submit(dataclasses.replace(more, extend_job=None))
+        backend.close()
+    keyframes = server.creates[1]["body"]["keyframes"]
+    assert keyframes["frame0"] == {"type": "generation", "id": source}
+    assert keyframes["frame1"]["type"] == "image"
+    assert (bucket / keyframes["frame1"]["url"].rsplit("/", 1)[1]).read_bytes() == last.read_bytes()
+    # Luma answers with the generation extended: the runner cuts the first 5 s (see the veo film).
+    assert abs(ffmpeg.probe(tmp_path / "more.mp4").duration - 10.0) < 0.2
