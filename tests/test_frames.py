@@ -236,7 +236,7 @@ image = "assets.start"
 end_image = { shot = "s0", frame = "first" }
 scene = "The girl runs to the river."
 [edit]
-sequence = ["s2", "s0", "s1"]
+sequence = ["s0", "s1"]
 """
     root = gen(tmp_path / "film", {"film.toml": toml})
     gen(root, {"pyproject.toml": "[tool.runner.backends.veo]\npoll_seconds = 0.05\n"})
@@ -264,7 +264,7 @@ sequence = ["s2", "s0", "s1"]
     trimmed = nodes["shots.s1"]["trimmed"]
     assert trimmed["source"] == "shots.s0" and 3.9 < trimmed["head_seconds"] < 4.2
     assert nodes["shots.s1"]["parameters"]["extend"] is True
-    assert abs(ffmpeg.probe(root / "out" / "film.mp4").duration - 12.0) < 0.15
+    assert abs(ffmpeg.probe(root / "out" / "film.mp4").duration - 8.0) < 0.15  # back to back
 
 
 def test_veo_end_frame_without_a_first_frame_is_a_plan_time_error(
@@ -273,6 +273,9 @@ def test_veo_end_frame_without_a_first_frame_is_a_plan_time_error(
     bad = MINIMAL + f'[shots.end]\n{VEO}scene = "x"\n'
     bad += 'end_image = { shot = "river", frame = "first" }\n'
     check(bad, "shots.end: veo cannot render it: veo interpolates from a first to a last frame")
+    bad = MINIMAL + f'[shots.a]\n{VEO}scene = "a"\n[shots.b]\n{VEO}scene = "b"\n'
+    bad += 'extend = { shot = "a" }\nend_image = { shot = "river", frame = "first" }\n'
+    check(bad, "shots.b: veo cannot render it: veo extends a video without a last frame")
 
 
 # -- runway: promptImage [{first}, {last}], through runwayml to the loopback server ----------

@@ -107,7 +107,11 @@ class PrevizBackend:
             "seed": shot.seed,
             # Only for a shot that has them, so every other shot's key (and clip) is unchanged.
             **({"end_image": True} if shot.end_image is not None else {}),
-            **({"extend_from": shot.extend_from} if shot.extend_of is not None else {}),
+            **(
+                {"extend_of": shot.extend_of, "extend_from": shot.extend_from}
+                if shot.extend_of is not None
+                else {}
+            ),
         }
 
     def job_id(self, shot: ShotRequest) -> str:

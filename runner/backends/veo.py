@@ -152,6 +152,8 @@ class VeoBackend:
         """What Veo cannot render about this shot, in words; None when it can."""
         missing = model_table.missing(self.name, shot.model, self.models, TABLE)
         found = missing or model_table.words(shot, self.models[shot.model], self.name)
+        if found is None and shot.end_image is not None and shot.extend_of is not None:
+            return "veo extends a video without a last frame: remove `end_image`"
         if found is None and shot.end_image is not None and shot.image is None:
             return "veo interpolates from a first to a last frame: give the shot an `image` too"
         return found
