@@ -93,13 +93,16 @@ class FrameRef(Strict):
     `end_image = { shot = "y", frame = "first" }`: end where another shot starts."""
 
     shot: str
+    """The shot whose video the frame is taken from (its picked take)."""
     frame: Literal["first", "last"] = "last"
+    """Which frame of it: "last" (start where it ended) or "first" (end where it starts)."""
 
 
 class ExtendRef(Strict):
     """`extend = { shot = "x" }`: the provider continues another shot's video."""
 
     shot: str
+    """The shot whose video this one continues, on the same backend."""
 
 
 class RemixRef(Strict):
@@ -124,9 +127,13 @@ class Shot(Settings):
     sound: str | None = None
     cast: list[str] = []
     image: str | FrameRef | None = None
-    end_image: str | FrameRef | None = None  # the clip's last frame (an asset or a frame)
+    end_image: str | FrameRef | None = None
+    """The clip's last frame, where the model takes one: "assets.NAME" or { shot = "x", frame =
+    "first" } (end where x starts)."""
     remix: RemixRef | None = None
     extend: ExtendRef | None = None
+    """Continue another shot's video where the model can (the output is only the new part):
+    { shot = "x" }."""
     references: list[str] = []  # "assets.NAME" images of a character or look (Veo "asset")
     needs: list[str] = []
     takes: int = Field(1, ge=1, le=16)
