@@ -333,7 +333,7 @@ def test_the_table_prices_checks_and_pyproject_rows(tmp_path: Path) -> None:
     assert backend.price_per_second("gen4_turbo", 1280, 720) == pytest.approx(0.05)
     assert backend.price_per_second("veo3.1", 1920, 1080) == pytest.approx(0.40)
     assert backend.price_per_second("veo3.1_fast", 1280, 720) == pytest.approx(0.15)
-    assert [m for m, row in BUILTIN.items() if row.last_position] == ["veo3.1", "veo3.1_fast"]
+    assert [m for m, row in BUILTIN.items() if row.last_frame] == ["veo3.1", "veo3.1_fast"]
     assert backend.capabilities("veo3.1").audio and not backend.capabilities("gen4.5").audio
     assert "seconds 5" in (backend.check(shot(seconds=5.0)) or "")
     assert backend.check(shot(model="gen4.5", seconds=7.0)) is None
@@ -349,8 +349,10 @@ def test_the_table_prices_checks_and_pyproject_rows(tmp_path: Path) -> None:
         RunwayBackend(tmp_path, {"models": {"x": {"text_size": []}}})
     with pytest.raises(UserError, match="did you mean 'base_url'"):
         RunwayBackend(tmp_path, {"base_ur": "http://x"})
-    with pytest.raises(UserError, match="last_frame"):
-        RunwayBackend(tmp_path, {"models": {"veo3.1": {"last_frame": True}}})
+    with pytest.raises(UserError, match="extend"):  # Runway's API extends no video
+        RunwayBackend(tmp_path, {"models": {"veo3.1": {"extend": True}}})
+    legacy = RunwayBackend(tmp_path, {"models": {"gen4.5": {"last_position": True}}})
+    assert legacy.capabilities("gen4.5").last_frame  # the table's first name, still read
 
 
 def test_request_holds_what_changes_the_video_and_no_connection_details(tmp_path: Path) -> None:

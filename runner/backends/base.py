@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -86,6 +87,10 @@ class Backend(Protocol):
     reconciles: bool
 
     def capabilities(self, model: str) -> Capabilities: ...
+
+    def rows(self) -> Mapping[str, Capabilities]:
+        """Every model of the backend's table, by name (to say which have a feature)."""
+        ...
 
     def price_per_second(self, model: str, width: int, height: int) -> float: ...
 

@@ -58,7 +58,7 @@ FIND_SLACK = 10.0  # seconds: fal's sent_at is on another clock; an older identi
 FIND_PAGE = 100  # the history's largest page
 FIND_MAX_PAGES = 20
 UPLOAD_REUSE = 6 * 86400.0  # seconds an uploaded image's URL is reused (uploads live 7 days)
-ANY = "<any image>"  # `find` for an image whose upload this machine does not know
+ANY = "<any file>"  # `find` for an image or video whose upload this machine does not know
 MODEL_ERRORS = (400, 422)  # a COMPLETED request's result with these is the model's refusal
 NO_KEY = (
     "no API key for the fal backend: set FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET) in the "
@@ -95,6 +95,10 @@ class FalBackend:
 
     # -- capability and price tables (pure: planning never touches the network) --
 
+    def rows(self) -> Mapping[str, Capabilities]:
+        """The backend's model table, by model name."""
+        return dict(self._models)
+
     def capabilities(self, model: str) -> Capabilities:
         """The endpoint's row; permissive for an unknown one (`check` then says what to add)."""
         return self._models.get(model, NEW_ROW)
@@ -126,6 +130,9 @@ class FalBackend:
             "take": shot.take,
             "input": arguments(shot, row),
             "image": shot.image is not None,
+            # By presence (their digests are hashed by the caller), only when given.
+            **({"end_image": True} if shot.end_image is not None else {}),
+            **({"extend": True} if shot.extend_of is not None else {}),
         }
 
     # -- the network --
@@ -136,9 +143,10 @@ class FalBackend:
         if why is not None:
             raise Refused(f"fal cannot render shot {shot.shot!r}: {why}")
         connection = self._connect()
-        args = arguments(shot, self._models[shot.model])
-        if shot.image is not None:
-            args["image_url"] = self._upload(connection, shot.image)
+        row = self._models[shot.model]
+        args = arguments(shot, row)
+        for field, path in _files(shot, row):
+            args[field] = self._upload(connection, path)
         handle = self._call(lambda: connection.client.submit(shot.model, args), stage="create")
         with self._lock:
             self._claimed.add(handle.request_id)
@@ -156,8 +164,8 @@ class FalBackend:
         connection = self._connect()
         row = self._models.get(shot.model, NEW_ROW)
         args = arguments(shot, row)
-        if shot.image is not None:
-            args["image_url"] = self._uploaded(_digest(shot.image)) or ANY
+        for field, path in _files(shot, row):
+            args[field] = self._uploaded(_digest(path)) or ANY
         want = _identity(args)
         owned = {_request_id(j) for j in exclude}
         start = datetime.fromtimestamp(since - FIND_SLACK, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -295,6 +303,8 @@ class FalBackend:
         if known is not None:
             return known
         mime = "image/jpeg" if data[:3] == b"\xff\xd8\xff" else "image/png"
+        if data[4:8] == b"ftyp":  # an MP4: the video an extension continues
+            mime = "video/mp4"
         name = f"{digest[:16]}.{mime.rpartition('/')[2]}"
         try:
             url = self._call(lambda: upload(connection, data, mime, name), stage="list")
@@ -403,6 +413,15 @@ class _ModelError(Refused):
     """A COMPLETED request whose result is the model's error (validation, content policy)."""
 
 
+def _files(shot: ShotRequest, row: FalRow) -> list[tuple[str, Path]]:
+    """The input fields that take an uploaded file's URL, and the files: the first frame,
+    the last frame, the video extended."""
+    files = [("image_url", shot.image)]
+    files.append((row.last_frame_field or "", shot.end_image))
+    files.append((row.video_field or "", shot.extend_video if shot.extend_of else None))
+    return [(field, path) for field, path in files if field and path is not None]
+
+
 def _job_id(endpoint: str, request_id: str) -> str:
     return f"{endpoint}/requests/{request_id}"
 
@@ -420,13 +439,14 @@ def _request_id(job_id: str) -> str:
 
 def _identity(args: Mapping[str, Any], like: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The input `find` compares: the fields the runner sends (`like`'s keys; others fal
-    added are left out), the prompt whitespace-normalised; ANY image matches any image."""
+    added are left out), the prompt whitespace-normalised; ANY file matches any file."""
     out = {k: args.get(k) for k in (like if like is not None else args)}
     prompt = out.get("prompt")
     if isinstance(prompt, str):
         out["prompt"] = policy.normalised(prompt)
-    if like is not None and like.get("image_url") == ANY and out.get("image_url"):
-        out["image_url"] = ANY
+    for key, value in (like or {}).items():  # the first or last frame, the video extended
+        if value == ANY and out.get(key):
+            out[key] = ANY
     return out
 
 

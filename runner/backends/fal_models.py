@@ -3,14 +3,16 @@ endpoint's own input fields. Pure: planning reads it without the network or fal-
 
 A new fal model is one row in `[tool.runner.backends.fal] models`: the keys every backend's
 rows take, plus how its endpoint spells the length (`duration`), whether it takes
-`aspect_ratio`, `resolution` and `generate_audio`, and whether it needs a first frame.
+`aspect_ratio`, `resolution` and `generate_audio`, whether it needs a first frame, and the
+fields of its last frame (`last_frame_field`) and of the video it extends (`video_field`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from runner.backends.base import ShotRequest
 from runner.film.model_table import Flag, ModelRow
@@ -37,12 +39,29 @@ class FalRow(ModelRow):
     resolution: Flag = False  # sends resolution ("720p", "1080p", "480p")
     generate_audio: Flag = False  # sends generate_audio = true (audio is in the price)
     image_required: Flag = False  # an image-to-video endpoint: `image_url` is required
-    last_frame_field: str | None = None  # the endpoint's last-frame field (not sent yet)
+    # The endpoint's last-frame field (Kling: "tail_image_url"); giving it sets `last_frame`.
+    last_frame_field: str | None = None
+    # The endpoint's input video field (an extend endpoint: "video_url"); giving it sets
+    # `extend`, and the endpoint then takes only extensions.
+    video_field: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_say_what_it_takes(cls, data: Any) -> Any:
+        """A row naming the field of a feature has the feature (one key, not two)."""
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for field, flag in (("last_frame_field", "last_frame"), ("video_field", "extend")):
+                if data.get(field) is not None:
+                    data[flag] = True
+                elif data.get(flag):
+                    raise ValueError(f"{flag} needs `{field}`: the endpoint's input field for it")
+        return data
 
 
 NEW_ROW = FalRow()
 """A model named in pyproject but not built in starts here."""
-FIXED: dict[str, object] = {"remix": False, "extend": False, "reference_images": 0}
+FIXED: dict[str, object] = {"remix": False, "reference_images": 0}
 """Keys fal's queue protocol (as this backend speaks it) has no field for."""
 
 _VEO_SIZES = ("1280x720", "720x1280", "1920x1080", "1080x1920")
@@ -91,6 +110,18 @@ _WAN = {
     "seed": True,
     "negative_prompt": True,
 }
+# fal.ai/models/fal-ai/veo3.1/extend-video and /fast/extend-video (llms.txt): "Extend
+# Veo-Created Videos up to 30 seconds"; prompt, video_url (required), aspect_ratio auto |
+# 16:9 | 9:16, duration (default "7s"), negative_prompt, resolution (default "720p"); fast:
+# "$0.10 (audio off) or $0.15 (audio on)" per second. The full endpoint is assumed to cost
+# what Veo 3.1 does ($0.40/s with audio). Only 7 s and 720p are assumed to be accepted.
+_VEO_EXTEND = _VEO | {
+    "sizes": ("1280x720", "720x1280"),
+    "seconds": (7.0,),
+    "image": False,
+    "negative_prompt": True,
+    "video_field": "video_url",
+}
 BUILTIN: dict[str, FalRow] = {
     "fal-ai/veo3": FalRow(**_VEO_T2V, price_per_second=0.40),
     "fal-ai/veo3/fast": FalRow(**_VEO_T2V, price_per_second=0.15),
@@ -102,6 +133,8 @@ BUILTIN: dict[str, FalRow] = {
     ),
     "fal-ai/wan/v2.2-a14b/text-to-video": FalRow(**_WAN, image=False),
     "fal-ai/wan/v2.2-a14b/image-to-video": FalRow(**_WAN, image_required=True),
+    "fal-ai/veo3.1/extend-video": FalRow(**_VEO_EXTEND, price_per_second=0.40),
+    "fal-ai/veo3.1/fast/extend-video": FalRow(**_VEO_EXTEND, price_per_second=0.15),
 }
 
 
@@ -137,6 +170,11 @@ def problem(shot: ShotRequest, row: FalRow) -> str | None:
     size = f"{shot.width}x{shot.height}"
     if (row.aspect_ratio or row.resolution) and size not in SIZES:
         return f"size {size} has no aspect ratio and resolution fal can send"
+    if row.video_field is not None and shot.extend_of is None:
+        return (
+            f"fal model {shot.model} is an extend endpoint: give the shot `extend = "
+            '{ shot = "..." }` (the video it continues), or use a text-to-video endpoint'
+        )
     if row.image_required and shot.image is None:
         return (
             f"fal model {shot.model} is an image-to-video endpoint: give the shot an `image` "

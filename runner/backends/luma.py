@@ -119,6 +119,10 @@ class LumaBackend:
 
     # -- capability and price tables (pure: planning never touches the network) --
 
+    def rows(self) -> Mapping[str, Capabilities]:
+        """The backend's model table, by model name."""
+        return dict(self._models)
+
     def capabilities(self, model: str) -> Capabilities:
         return self._models.get(model, NEW_ROW)
 
@@ -134,7 +138,8 @@ class LumaBackend:
             return missing
         row = self._models[shot.model]
         found = model_table.words(shot, row, self.name) or problem(shot, row)
-        if found is None and shot.image is not None and not self._image_store:
+        images = shot.image is not None or shot.end_image is not None
+        if found is None and images and not self._image_store:
             return NO_IMAGE_STORE
         return found
 
@@ -150,6 +155,9 @@ class LumaBackend:
             "take": shot.take,
             "body": arguments(shot),
             "image": shot.image is not None,
+            # By presence (the digests are hashed by the caller), only when given.
+            **({"end_image": True} if shot.end_image is not None else {}),
+            **({"extend": True} if shot.extend_of is not None else {}),
         }
 
     # -- the network --
@@ -287,9 +295,20 @@ class LumaBackend:
 
     def _body(self, shot: ShotRequest, *, upload: bool) -> dict[str, Any]:
         body = arguments(shot)
-        if shot.image is not None:
-            url = self._store_image(shot.image) if upload else self._image_name_url(shot.image)
-            body["keyframes"] = {"frame0": {"type": "image", "url": url}}
+        keyframes: dict[str, dict[str, str]] = {}
+        for slot, image in (("frame0", shot.image), ("frame1", shot.end_image)):
+            if image is not None:
+                url = self._store_image(image) if upload else self._image_name_url(image)
+                keyframes[slot] = {"type": "image", "url": url}
+        if shot.extend_of is not None:  # continue that generation forward from its end
+            if not shot.extend_job:
+                raise Refused(
+                    f"luma extends a generation by its id: none is recorded for shot "
+                    f"{shot.extend_of!r}; render it again on luma with --rerender"
+                )
+            keyframes["frame0"] = {"type": "generation", "id": shot.extend_job}
+        if keyframes:
+            body["keyframes"] = keyframes
         return body
 
     def _image_name(self, image: Path) -> tuple[str, bytes]:

@@ -56,7 +56,7 @@ class LumaRow(ModelRow):
     price_per_million_pixels: Price | None = None
     # The keyframe slots (frame0: the first frame, frame1: the last) and what each takes: an
     # image URL, or a generation (an earlier Luma job: extend forward from frame0, backward
-    # from frame1). Recorded for end frames and extend; only frame0 images are sent today.
+    # from frame1). An end frame is a frame1 image; extend is a frame0 generation.
     keyframes: dict[KeyframeSlot, tuple[KeyframeType, ...]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -138,4 +138,8 @@ def problem(shot: ShotRequest, row: LumaRow) -> str | None:
         return f"seconds {shot.seconds:g} is not a whole number of seconds Luma can send"
     if shot.image is not None and "image" not in row.keyframes.get("frame0", ()):
         return f"luma model {shot.model} takes no first-frame image; remove `image`"
+    if shot.end_image is not None and "image" not in row.keyframes.get("frame1", ()):
+        return f"luma model {shot.model} takes no keyframe image in frame1; remove `end_image`"
+    if shot.extend_of is not None and "generation" not in row.keyframes.get("frame0", ()):
+        return f"luma model {shot.model} takes no generation in frame0; remove `extend`"
     return None

@@ -95,6 +95,10 @@ class OpenAIBackend:
 
     # -- capability and price tables (pure: planning never touches the network) --
 
+    def rows(self) -> Mapping[str, Capabilities]:
+        """The backend's model table, by model name."""
+        return dict(self._models)
+
     def capabilities(self, model: str) -> Capabilities:
         """The model's row; permissive for an unknown model (`check` then says what to add)."""
         return self._models.get(model, NEW_ROW)

@@ -37,14 +37,16 @@ RECIPE_VERSION = 3  # 2: a font per glyph, linear wrap, bounded excerpt; 3: H.26
 """Bumped when the look of a previz clip changes, so cached clips re-render."""
 
 # Any even size from 64 to 3840 (see `check`), any length up to 60 s, free. It takes all a
-# hosted model might (references, remix), so a film meant for Veo or a gateway previews
-# offline; like Sora, `avoid` goes into the text, so the card shows it.
+# hosted model might (references, remix, end frames, extend), so a film meant for Veo or a
+# gateway previews offline; like Sora, `avoid` goes into the text, so the card shows it.
 ROW = ModelRow(
     max_seconds=MAX_SECONDS,
     price_per_second=0.0,
     image=True,
     reference_images=3,
     remix=True,
+    last_frame=True,
+    extend=True,
     seed=True,
     max_prompt_chars=MAX_PROMPT_CHARS,
 )
@@ -59,6 +61,10 @@ class PrevizBackend:
 
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir  # previz takes no configuration
+
+    def rows(self) -> Mapping[str, Capabilities]:
+        """The backend's model table, by model name."""
+        return {self.default_model: ROW}
 
     def capabilities(self, model: str) -> Capabilities:
         return ROW
@@ -99,6 +105,13 @@ class PrevizBackend:
             "height": shot.height,
             "fps": shot.fps,
             "seed": shot.seed,
+            # Only for a shot that has them, so every other shot's key (and clip) is unchanged.
+            **({"end_image": True} if shot.end_image is not None else {}),
+            **(
+                {"extend_of": shot.extend_of, "extend_from": shot.extend_from}
+                if shot.extend_of is not None
+                else {}
+            ),
         }
 
     def job_id(self, shot: ShotRequest) -> str:
@@ -108,6 +121,11 @@ class PrevizBackend:
         if shot.image is not None:
             h.update(b"\0image\0")
             h.update(_file_digest(shot.image).encode())
+        if shot.end_image is not None:
+            h.update(b"\0end_image\0")
+            h.update(_file_digest(shot.end_image).encode())
+        if shot.extend_of is not None:
+            h.update(f"\0extend\0{shot.extend_of}".encode())
         return h.hexdigest()
 
     def submit(self, shot: ShotRequest) -> str:
@@ -173,6 +191,7 @@ def render(shot: ShotRequest, out: Path, workdir: Path, *, noise_seed: int = 0) 
             samples=samples,
             font_size=max(8, shot.height // 22),
             noise_seed=noise_seed,
+            start_frame=round(shot.extend_from * shot.fps) if shot.extend_of else 0,
         )
         ffmpeg.run(args, cwd=tmp)
         os.replace(tmp / "clip.mp4", out)
@@ -206,6 +225,7 @@ def draw_card(shot: ShotRequest) -> Any:
     margin = max(3, w // 32)
     text_right = w - margin
     thumb_bottom = 0
+    end_top = h  # the text stays above the end frame's thumbnail
     if shot.image is not None:
         thumb = _thumbnail(shot.image, (w // 3, h // 3))
         x = w - margin - thumb.width
@@ -215,9 +235,16 @@ def draw_card(shot: ShotRequest) -> Any:
         )
         text_right = x - margin
         thumb_bottom = margin + thumb.height
+    if shot.end_image is not None:  # the frame the clip ends on, bottom right
+        end = _thumbnail(shot.end_image, (w // 4, h // 4))
+        x, y0 = w - margin - end.width, h - margin - end.height
+        card.paste(end, (x, y0))
+        end_top = y0 - margin
+        draw.rectangle((x - 1, y0 - 1, x + end.width, y0 + end.height), outline=(255, 214, 140))
     title = cardtext.Typeset(max(8, h // 14))
     body = cardtext.Typeset(max(7, h // 30))
     bottom = h - max(8, h // 22) * 2 - margin  # keep clear of the burned-in timecode
+    bottom = min(bottom, end_top)
     y = margin
     header: list[tuple[str, cardtext.Typeset, tuple[int, int, int]]] = [
         (shot.film, title, (255, 255, 255)),
@@ -229,6 +256,11 @@ def draw_card(shot: ShotRequest) -> Any:
             (200, 200, 200),
         ),
     ]
+    if shot.extend_of is not None:
+        since = f"{int(shot.extend_from // 60)}:{shot.extend_from % 60:05.2f}"
+        header.append((f"extends {shot.extend_of} from {since}", body, (255, 214, 140)))
+    if shot.end_image is not None:
+        header.append(("ends on the frame shown bottom right", body, (255, 214, 140)))
     for text, face, colour in header:
         lines, more = face.wrap(text, text_right - margin, 2)
         if more and lines:
@@ -269,7 +301,7 @@ def _thumbnail(image: Path, box: tuple[int, int]) -> Any:
         with Image.open(image) as im:
             thumb = im.convert("RGB")
     except (OSError, UnidentifiedImageError) as exc:
-        raise NodeFailed(f"{image}: cannot read the first-frame image: {exc}") from None
+        raise NodeFailed(f"{image}: cannot read the image: {exc}") from None
     thumb.thumbnail((max(1, box[0]), max(1, box[1])), Image.Resampling.BICUBIC)
     return thumb
 

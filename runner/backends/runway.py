@@ -97,6 +97,10 @@ class RunwayBackend:
 
     # -- capability and price tables (pure: planning never touches the network) --
 
+    def rows(self) -> Mapping[str, Capabilities]:
+        """The backend's model table, by model name."""
+        return dict(self._models)
+
     def capabilities(self, model: str) -> Capabilities:
         """The model's row; permissive for an unknown one (`check` then says what to add)."""
         return self._models.get(model, NEW_ROW)
@@ -127,6 +131,8 @@ class RunwayBackend:
             "take": shot.take,
             "body": body(shot, row),
             "image": shot.image is not None,
+            # By presence (its digest is hashed by the caller), only when given.
+            **({"end_image": True} if shot.end_image is not None else {}),
         }
 
     # -- the network --
@@ -137,7 +143,12 @@ class RunwayBackend:
         if why is not None:
             raise Refused(f"runway cannot render shot {shot.shot!r}: {why}")
         args = body(shot, self._models[shot.model])
-        if shot.image is not None:
+        if shot.image is not None and shot.end_image is not None:
+            args["prompt_image"] = [
+                {"uri": _data_uri(shot.image), "position": "first"},
+                {"uri": _data_uri(shot.end_image), "position": "last"},
+            ]
+        elif shot.image is not None:
             args["prompt_image"] = _data_uri(shot.image)
         client = self._get_client()
         resource = client.image_to_video if shot.image is not None else client.text_to_video

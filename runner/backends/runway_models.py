@@ -5,12 +5,15 @@ Runway bills in credits, $0.01 each; a row's `price_per_second` is its credits p
 times that. A new Runway model is one row in `[tool.runner.backends.runway] models`: the keys
 every backend's rows take, plus which frame sizes it renders without an image
 (`text_sizes`), whether it needs one (`image_required`), whether it takes a last frame
-(`last_position`) and whether it is asked for audio (`audio_field`).
+(`last_frame`; `last_position` is read as it) and whether it is asked for audio (`audio_field`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from pydantic import model_validator
 
 from runner.backends.base import ShotRequest
 from runner.film.model_table import Flag, ModelRow, Size
@@ -25,15 +28,23 @@ class RunwayRow(ModelRow):
 
     text_sizes: tuple[Size, ...] = ()  # sizes it renders from text alone; empty: all `sizes`
     image_required: Flag = False  # image-to-video only (gen4_turbo): a first frame is needed
-    last_position: Flag = False  # promptImage takes {"position": "last"} (not sent yet)
     audio_field: Flag = False  # sends `audio` (= the row's `audio`): the price depends on it
+    # `last_frame` (shared): promptImage takes {"position": "last"} besides the first frame.
+
+    @model_validator(mode="before")
+    @classmethod
+    def _last_position_is_last_frame(cls, data: Any) -> Any:
+        """`last_position`, this table's first name for `last_frame`, is still read."""
+        if isinstance(data, Mapping) and "last_position" in data:
+            data = dict(data)
+            data["last_frame"] = data.pop("last_position")
+        return data
 
 
 NEW_ROW = RunwayRow()
 """A model named in pyproject but not built in starts here."""
 FIXED: dict[str, object] = {"remix": False, "extend": False, "reference_images": 0}
-FIXED |= {"last_frame": False}  # the end frame is a later step: `last_position` records it
-"""Keys this backend has no field for (yet)."""
+"""Keys this backend has no field for."""
 
 
 def credits(per_second: float) -> float:
@@ -57,7 +68,8 @@ _GEN4: dict[str, Any] = {
 }
 # veo3.1 / veo3.1_fast (the SDK): ratios 1280:720, 720:1280, 1080:1920, 1920:1080 from text
 # and image; duration 4, 6 or 8; `audio`, `negativePrompt`, seed; promptImage position
-# "first" or "last" ("does not support generating with only a last frame"). Credits: "20-40"
+# "first" or "last" ("does not support generating with only a last frame"): an end frame is
+# sent as [{uri, position: "first"}, {uri, position: "last"}]. Credits: "20-40"
 # and "10-15" per second (the same pricing copy); the higher figure is taken as with audio,
 # as Vertex prices Veo 3.1 ($0.40/s, $0.15/s Fast, with audio). Audio is asked for.
 _VEO: dict[str, Any] = {
@@ -68,7 +80,7 @@ _VEO: dict[str, Any] = {
     "negative_prompt": True,
     "audio": True,
     "audio_field": True,
-    "last_position": True,
+    "last_frame": True,
     "max_prompt_chars": 1000,
 }
 BUILTIN: dict[str, RunwayRow] = {
@@ -111,6 +123,11 @@ def problem(shot: ShotRequest, row: RunwayRow) -> str | None:
         return (
             f"runway model {shot.model} is image-to-video only: give the shot an `image` (a "
             "first frame), or use gen4.5 or veo3.1"
+        )
+    if shot.end_image is not None and shot.image is None:
+        return (
+            f"runway model {shot.model} needs a first frame to end on a last one: give the "
+            "shot an `image` too"
         )
     if shot.image is None and row.text_sizes and size not in row.text_sizes:
         allowed = ", ".join(row.text_sizes)

@@ -76,13 +76,16 @@ NEW_ROW = ModelRow(
     max_seed=0xFFFFFFFF,
     negative_prompt=True,
 )
-FIXED = {"remix": False, "extend": False, "last_frame": False}  # not sent (yet)
+FIXED = {"remix": False}  # Veo has no remix
 _UHD = {"sizes": (*HD_SIZES, "3840x2160", "2160x3840")}
 # Vertex AI model pages (Veo 3 / 3.1): 16:9 and 9:16, 720p and 1080p, 4, 6 or 8 s at 24 fps;
 # 3.1 takes up to three asset reference images. Vertex AI pricing, video with audio: $0.40/s
 # for Veo 3 and 3.1, $0.15/s for the Fast variants; 3.1 at 4K: $0.60/s ($0.35/s Fast).
-_31 = _UHD | {"price_per_second": 0.40, "prices": {"4k": 0.60}, "reference_images": 3}
-_31_FAST = _UHD | {"price_per_second": 0.15, "prices": {"4k": 0.35}}
+# 3.1 also interpolates to a last frame (`lastFrame`, with a first frame) and extends a video
+# it made (`video` in the instance; the answer is that video with the extension after it).
+_FRAMES = {"last_frame": True, "extend": True}
+_31 = _UHD | _FRAMES | {"price_per_second": 0.40, "prices": {"4k": 0.60}, "reference_images": 3}
+_31_FAST = _UHD | _FRAMES | {"price_per_second": 0.15, "prices": {"4k": 0.35}}
 MODELS: dict[str, ModelRow] = {
     "veo-3.1-generate-preview": NEW_ROW.model_copy(update=_31),
     "veo-3.1-generate-001": NEW_ROW.model_copy(update=_31),
@@ -126,6 +129,10 @@ class VeoBackend:
 
     # -- capabilities and prices -------------------------------------------------------
 
+    def rows(self) -> Mapping[str, Capabilities]:
+        """The backend's model table, by model name."""
+        return dict(self.models)
+
     def capabilities(self, model: str) -> Capabilities:
         """The model's row; a new model's for an unknown one (`check` then says what to add)."""
         return self.models.get(model, NEW_ROW)
@@ -144,7 +151,12 @@ class VeoBackend:
     def check(self, shot: ShotRequest) -> str | None:
         """What Veo cannot render about this shot, in words; None when it can."""
         missing = model_table.missing(self.name, shot.model, self.models, TABLE)
-        return missing or model_table.words(shot, self.models[shot.model], self.name)
+        found = missing or model_table.words(shot, self.models[shot.model], self.name)
+        if found is None and shot.end_image is not None and shot.extend_of is not None:
+            return "veo extends a video without a last frame: remove `end_image`"
+        if found is None and shot.end_image is not None and shot.image is None:
+            return "veo interpolates from a first to a last frame: give the shot an `image` too"
+        return found
 
     def request(self, shot: ShotRequest) -> dict[str, Any]:
         """Everything sent that changes the video (the image's digest is hashed by the caller)."""
@@ -162,6 +174,9 @@ class VeoBackend:
             "seed": shot.seed,
             "audio": row.audio,
             "take": shot.take,  # takes of one request are separate renders
+            # By presence (the files' digests are hashed by the caller), only when given.
+            **({"end_image": True} if shot.end_image is not None else {}),
+            **({"extend": True} if shot.extend_of is not None else {}),
         }
 
     # -- jobs ---------------------------------------------------------------------------
@@ -191,9 +206,11 @@ class VeoBackend:
                 for path in shot.references
             ]
             or None,
+            last_frame=_image(types, shot.end_image) if shot.end_image is not None else None,
         )
         image = _image(types, shot.image) if shot.image is not None else None
-        source = types.GenerateVideosSource(prompt=shot.prompt, image=image)
+        video = _video(types, shot.extend_video) if shot.extend_of is not None else None
+        source = types.GenerateVideosSource(prompt=shot.prompt, image=image, video=video)
         client = self._get_client()
         try:
             operation = client.models.generate_videos(
@@ -397,6 +414,17 @@ def _image(types: Any, path: Path) -> Any:
     except OSError as exc:
         raise Refused(f"{path}: cannot read the image: {exc}") from None
     return types.Image(image_bytes=data, mime_type=_image_mime(data))
+
+
+def _video(types: Any, path: Path | None) -> Any:
+    """A google.genai Video (inline MP4 bytes, as Vertex takes them) of the video extended."""
+    if path is None:
+        raise Refused("veo extends a video it is given: the source video is missing")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise Refused(f"{path}: cannot read the video to extend: {exc}") from None
+    return types.Video(video_bytes=data, mime_type="video/mp4")
 
 
 def _image_mime(data: bytes) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,26 +62,17 @@ def build(
             caps = backend.capabilities(model)
             prompt = compose.compile_prompt(manifest, shot_id, negative_prompt=caps.negative_prompt)
             inputs: dict[str, str] = {}
-            if isinstance(shot.image, FrameRef):
-                frame_id = f"frames.{shot.image.shot}.{shot.image.frame}"
-                source_take = picked(manifest, shot.image.shot)
-                nodes.setdefault(
-                    frame_id,
-                    Node(
-                        frame_id,
-                        "frame",
-                        "local",
-                        {"kind": "frame", "frame": shot.image.frame, "v": RECIPE_VERSION},
-                        inputs={"video": source_take},
-                    ),
-                )
-                inputs["image"] = frame_id
-            elif isinstance(shot.image, str):
-                inputs["image"] = shot.image
+            for role, image in (("image", shot.image), ("end_image", shot.end_image)):
+                if isinstance(image, FrameRef):
+                    inputs[role] = _frame_node(manifest, nodes, image)
+                elif isinstance(image, str):
+                    inputs[role] = image
             for i, ref in enumerate(shot.references):
                 inputs[f"ref{i}"] = ref
             if shot.remix is not None:
                 inputs["remix"] = picked(manifest, shot.remix.shot)
+            if shot.extend is not None:
+                inputs["extend"] = picked(manifest, shot.extend.shot)
             after = [t for need in shot.needs for t in take_ids(manifest, need)]
             for take, nid in enumerate(take_ids(manifest, shot_id), start=1):
                 fields: dict[str, Any] = {
@@ -97,15 +89,21 @@ def build(
                     "seed": settings.seed,
                     "remix_of": shot.remix.shot if shot.remix else None,
                 }
+                if shot.extend is not None:  # only then: every other shot's key stays as it was
+                    fields["extend_of"] = shot.extend.shot
+                    fields["extend_from"] = _extended_until(manifest, shot.extend.shot, profile)
                 # Stand-in paths say "this shot has an image, these references" to the checks; the
                 # real files are known only once their upstreams (assets, frames) are made.
                 has_image = Path(inputs["image"]) if "image" in inputs else None
+                has_end = Path(inputs["end_image"]) if "end_image" in inputs else None
                 references = tuple(Path(ref) for ref in shot.references)
                 request = ShotRequest(
                     **{**fields, "avoid": tuple(manifest.style.avoid), "image": has_image},
                     references=references,
+                    end_image=has_end,
                 )
-                _check(f"{source}: shots.{shot_id}", request, backend, settings.backend, caps)
+                where = f"{source}: shots.{shot_id}"
+                _check(where, request, backend, settings.backend, caps, backends)
                 recipe = {
                     "kind": "shot",
                     "v": RECIPE_VERSION,
@@ -125,6 +123,10 @@ def build(
                 )
             if shot.remix is not None:
                 _check_remix(manifest, source, shot_id, shot.remix.shot, settings.backend, profile)
+            if shot.extend is not None:
+                _check_remix(
+                    manifest, source, shot_id, shot.extend.shot, settings.backend, profile, "extend"
+                )
         except UserError as err:  # the other shots are checked too: one pass, every problem
             problems.append(str(err))
     if problems:  # each once: a missing profile is every shot's problem
@@ -156,16 +158,63 @@ def _backend(backends: Catalog, name: str, where: str) -> Models:
 
 
 def _check(
-    where: str, request: ShotRequest, backend: Models, name: str, row: model_table.ModelRow
+    where: str,
+    request: ShotRequest,
+    backend: Models,
+    name: str,
+    row: model_table.ModelRow,
+    backends: Catalog,
 ) -> None:
     """The shot against the model's row (the one check, located at the shot's key), then what
     only the backend knows (an unknown model, an endpoint that is gone, previz's bounds)."""
     problem = backend.check(request)
     located = model_table.check(request, row, name)
     if located is not None and (problem is None or problem == str(located)):
+        if located.field in model_table.FEATURES:  # say which models have it
+            located = model_table.check(request, row, name, _tables(backends)) or located
         raise UserError(located.at(where))
     if problem is not None:
         raise UserError(f"{where}: {name} cannot render it: {problem}")
+
+
+def _tables(backends: Catalog) -> dict[str, Mapping[str, model_table.ModelRow]]:
+    """Every configured backend's model rows (a backend that cannot load is left out)."""
+    tables: dict[str, Mapping[str, model_table.ModelRow]] = {}
+    for name in backends.names():
+        try:
+            tables[name] = backends.get(name).rows()
+        except (UserError, ImportError):
+            continue
+    return tables
+
+
+def _frame_node(manifest: Manifest, nodes: dict[str, Node], ref: FrameRef) -> str:
+    """The `frames.SHOT.first|last` node a shot's image or end_image reads, made once."""
+    frame_id = f"frames.{ref.shot}.{ref.frame}"
+    nodes.setdefault(
+        frame_id,
+        Node(
+            frame_id,
+            "frame",
+            "local",
+            {"kind": "frame", "frame": ref.frame, "v": RECIPE_VERSION},
+            inputs={"video": picked(manifest, ref.shot)},
+        ),
+    )
+    return frame_id
+
+
+def _extended_until(manifest: Manifest, shot_id: str, profile: str | None) -> float:
+    """Where the video an extension continues ends, counted from the first shot of its chain
+    of extensions (previz's timecode runs on across them)."""
+    total, seen = 0.0, set()
+    current: str | None = shot_id
+    while current is not None and current not in seen:  # a cycle is reported elsewhere
+        seen.add(current)
+        total += compose.resolve(manifest, current, profile).seconds
+        ext = manifest.shots[current].extend
+        current = ext.shot if ext is not None else None
+    return total
 
 
 def _check_remix(
@@ -175,12 +224,16 @@ def _check_remix(
     original: str,
     backend: str,
     profile: str | None,
+    key: str = "remix",
 ) -> None:
-    """A remix edits a job of the same provider: both shots must render on one backend."""
+    """A remix edits, an extension continues, a job of the same provider: both shots must
+    render on one backend."""
     if compose.resolve(manifest, original, profile).backend != backend:
+        verb = "edits" if key == "remix" else "continues"
         raise UserError(
-            f"{source}: shots.{shot_id}.remix: shot {original!r} renders on another backend; a "
-            f"remix edits a job of the same provider, so both shots need backend = {backend!r}"
+            f"{source}: shots.{shot_id}.{key}: shot {original!r} renders on another backend; "
+            f"{'a remix' if key == 'remix' else 'an extension'} {verb} a job of the same "
+            f"provider, so both shots need backend = {backend!r}"
         )
 
 

@@ -53,10 +53,13 @@ class Node:
     def deps(self) -> list[str]:
         return sorted(set(self.inputs.values()) | set(self.after))
 
-    def request(self, image: Path | None, references: tuple[Path, ...] = ()) -> ShotRequest:
+    def request(
+        self, image: Path | None, references: tuple[Path, ...] = (), **inputs: Any
+    ) -> ShotRequest:
+        """The shot's request with its input files (and extend's job) now that they exist."""
         assert self.shot is not None
         fields = dict(self.shot, avoid=tuple(self.shot["avoid"]))
-        return ShotRequest(**fields, image=image, references=references)
+        return ShotRequest(**fields, image=image, references=references, **inputs)
 
 
 @dataclass
@@ -101,7 +104,9 @@ def toposort(nodes: dict[str, Node], source: str) -> dict[str, Node]:
                 cycle.append(name)
         path = " -> ".join(cycle)
         raise UserError(
-            f"{source}: dependency cycle: {path}; remove one of these `needs` or `image` links"
+            f"{source}: dependency cycle: {path}; remove one of these `needs`, `image`, "
+            "`end_image`, `remix` or `extend` links (a shot that ends on another's first "
+            "frame renders after that shot)"
         ) from None
     return {nid: nodes[nid] for nid in order}
 

@@ -126,12 +126,20 @@ class Asset(Strict):
 
 
 class FrameRef(Strict):
-    """`image = { shot = "x", frame = "last" }`: start where another shot ended."""
+    """`image = { shot = "x", frame = "last" }`: start where another shot ended;
+    `end_image = { shot = "y", frame = "first" }`: end where another shot starts."""
 
     shot: str
-    """The shot whose frame this is."""
-    frame: Literal["last"] = "last"
-    """Which frame: `last`, where the shot ended."""
+    """The shot whose video the frame is taken from (its picked take)."""
+    frame: Literal["first", "last"] = "last"
+    """Which frame of it: "last" (start where it ended) or "first" (end where it starts)."""
+
+
+class ExtendRef(Strict):
+    """`extend = { shot = "x" }`: the provider continues another shot's video."""
+
+    shot: str
+    """The shot whose video this one continues, on the same backend."""
 
 
 class RemixRef(Strict):
@@ -175,8 +183,14 @@ class Shot(Settings):
     image: str | FrameRef | None = None
     """The first frame: "assets.NAME", or { shot = "x", frame = "last" } to start where a shot
     ended."""
+    end_image: str | FrameRef | None = None
+    """The clip's last frame, where the model takes one: "assets.NAME" or { shot = "x", frame =
+    "first" } (end where x starts)."""
     remix: RemixRef | None = None
     """Edit another shot's video instead: { shot = "x", prompt = "..." } (openai, previz)."""
+    extend: ExtendRef | None = None
+    """Continue another shot's video where the model can (the output is only the new part):
+    { shot = "x" }."""
     references: list[str] = []  # "assets.NAME" images of a character or look (Veo "asset")
     """"assets.NAME" reference images of a character or a look (Veo takes up to three)."""
     needs: list[str] = []
@@ -313,6 +327,8 @@ _TYPE_WORDS = {
 _EXAMPLES = {
     "dialogue": 'dialogue = [{ who = "mara", line = "Go on. Find her." }] (who: a character id)',
     "image": 'image = "assets.NAME" or image = { shot = "river", frame = "last" }',
+    "end_image": 'end_image = "assets.NAME" or end_image = { shot = "sky", frame = "first" }',
+    "extend": 'extend = { shot = "river" }',
     "remix": 'remix = { shot = "sky", prompt = "Same shot, but every lantern glows blue." }',
 }
 
@@ -370,6 +386,8 @@ _TABLE_MODELS: dict[str, type[BaseModel]] = {
 
 _SHOT_PART_MODELS: dict[str, type[BaseModel]] = {
     "image": FrameRef,
+    "end_image": FrameRef,
+    "extend": ExtendRef,
     "dialogue": Line,
     "remix": RemixRef,
 }
@@ -408,10 +426,10 @@ def _check_references(path: Path, m: Manifest) -> None:
         if shot.remix is not None:
             if shot.remix.shot not in m.shots:
                 unknown_shot(f"{where}.remix.shot", shot.remix.shot)
-            if shot.prompt or shot.scene or shot.image:
+            if shot.prompt or shot.scene or shot.image or shot.end_image:
                 problems.append(
                     f"{path}: {where}: a remix is described by `remix.prompt` alone; "
-                    "remove `prompt`, `scene` and `image`"
+                    "remove `prompt`, `scene`, `image` and `end_image`"
                 )
         elif shot.prompt is None and shot.scene is None:
             problems.append(f"{path}: {where}: give the shot a `prompt` or a `scene`")
@@ -435,15 +453,32 @@ def _check_references(path: Path, m: Manifest) -> None:
                     f"[characters.{who}] or fix the name (characters: "
                     f"{', '.join(m.characters) or '(none)'})"
                 )
-        if isinstance(shot.image, FrameRef):
-            if shot.image.shot not in m.shots:
-                unknown_shot(f"{where}.image.shot", shot.image.shot)
-        elif isinstance(shot.image, str):
-            kind, _, name = shot.image.partition(".")
-            if kind != "assets" or name not in m.assets:
+        for key, image in (("image", shot.image), ("end_image", shot.end_image)):
+            if isinstance(image, FrameRef):
+                if image.shot not in m.shots:
+                    unknown_shot(f"{where}.{key}.shot", image.shot)
+                elif image.shot == sid:
+                    problems.append(
+                        f"{path}: {where}.{key}: a shot cannot start or end on a frame of its "
+                        "own video; name another shot"
+                    )
+            elif isinstance(image, str):
+                kind, _, name = image.partition(".")
+                if kind != "assets" or name not in m.assets:
+                    problems.append(
+                        f"{path}: {where}.{key}: `{image}` is not a declared asset; write "
+                        '"assets.NAME" for an [assets.NAME] table or { shot = "x", frame = '
+                        '"last" } ("first" for its first frame)'
+                    )
+        if shot.extend is not None:
+            if shot.extend.shot not in m.shots:
+                unknown_shot(f"{where}.extend.shot", shot.extend.shot)
+            elif shot.extend.shot == sid:
+                problems.append(f"{path}: {where}.extend: a shot cannot extend itself")
+            if shot.image is not None or shot.remix is not None:
                 problems.append(
-                    f"{path}: {where}.image: `{shot.image}` is not a declared asset; write "
-                    '"assets.NAME" for an [assets.NAME] table or { shot = "x", frame = "last" }'
+                    f"{path}: {where}: an extension starts where `extend.shot` ends; remove "
+                    "`image` and `remix`"
                 )
         for i, ref in enumerate(shot.references):
             kind, _, name = ref.partition(".")

@@ -95,7 +95,7 @@ def resolution(width: int, height: int) -> Resolution:
 class Problem:
     """What a row does not allow about a shot: the shot's key, its value as written, and why."""
 
-    field: str  # "size", "seconds", "image", "references", "seed", "prompt", "remix"
+    field: str  # "size", "seconds", "image", "references", "seed", "prompt", "remix", ...
     why: str
     value: str | None = None
 
@@ -108,8 +108,18 @@ class Problem:
         return f"{where}.{self.field}: {text}"
 
 
-def check(shot: ShotRequest, row: ModelRow, backend: str) -> Problem | None:
-    """The first thing `row` does not allow about `shot`; None when it allows all of it."""
+FEATURES = {"end_image": "last_frame", "extend": "extend", "remix": "remix"}
+"""A shot's key -> the row's flag that allows it."""
+
+
+def check(
+    shot: ShotRequest,
+    row: ModelRow,
+    backend: str,
+    tables: Mapping[str, Mapping[str, ModelRow]] | None = None,
+) -> Problem | None:
+    """The first thing `row` does not allow about `shot`; None when it allows all of it.
+    `tables` (backend -> its rows), when given, name the models that have a missing feature."""
     model = f"{backend} model {shot.model}"
     size = f"{shot.width}x{shot.height}"
     if row.sizes and size not in row.sizes:
@@ -139,8 +149,27 @@ def check(shot: ShotRequest, row: ModelRow, backend: str) -> Problem | None:
         )
         return Problem("prompt", why)
     if shot.remix_of is not None and not row.remix:
-        return Problem("remix", f"{model} cannot remix a video")
+        return Problem("remix", f"{model} cannot remix a video" + _having("remix", tables))
+    if shot.end_image is not None and not row.last_frame:
+        why = f"{model} takes no last-frame image" + _having("end_image", tables)
+        return Problem("end_image", why)
+    if shot.extend_of is not None and not row.extend:
+        return Problem("extend", f"{model} cannot extend a video" + _having("extend", tables))
     return None
+
+
+def _having(key: str, tables: Mapping[str, Mapping[str, ModelRow]] | None) -> str:
+    """ "; models that can: luma ray-2, ..." for a shot key, from every backend's table."""
+    if tables is None:
+        return ""
+    flag = FEATURES[key]
+    names = [
+        f"{backend} {model}"
+        for backend, rows in sorted(tables.items())
+        for model, row in sorted(rows.items())
+        if getattr(row, flag)
+    ]
+    return f"; models that can: {', '.join(names)}" if names else "; no model here can"
 
 
 def words(shot: ShotRequest, row: ModelRow, backend: str) -> str | None:

@@ -3,6 +3,7 @@ and checks (compiling needs a backend's tables, never its network)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,6 +33,11 @@ class ShotRequest:
     image: Path | None = None  # first-frame reference, when the shot has one
     remix_of: str | None = None  # the shot whose video this one edits (`remix`)
     references: tuple[Path, ...] = ()  # reference images (a character, an object, a look)
+    end_image: Path | None = None  # the clip's last frame, when the shot has `end_image`
+    extend_of: str | None = None  # the shot whose video this one continues (`extend`)
+    extend_from: float = 0.0  # seconds: where the continued video ends (previz's timecode)
+    extend_job: str | None = None  # the provider's job id of the video continued
+    extend_video: Path | None = None  # that video, for providers that take it as input
 
 
 def __getattr__(name: str) -> Any:
@@ -50,6 +56,10 @@ class Models(Protocol):
     default_model: str  # used when neither the shot, its profile nor [defaults] names one
 
     def capabilities(self, model: str) -> Capabilities: ...
+
+    def rows(self) -> Mapping[str, Capabilities]:
+        """Every model of the backend's table, by name (to say which have a feature)."""
+        ...
 
     def price_per_second(self, model: str, width: int, height: int) -> float: ...
 

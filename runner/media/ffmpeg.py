@@ -262,6 +262,30 @@ def verify_video(path: Path, seconds: float | None, tolerance: float = 0.1) -> M
     return dataclasses.replace(info, frames=frames)
 
 
+def extract_first_frame(video: Path, dest_png: Path) -> None:
+    """Write the video's first frame as a PNG (deterministic bytes): a shot ends on it."""
+    if not probe(video).has_video:
+        raise NodeFailed(f"{video}: has no video stream")
+    dest_png.parent.mkdir(parents=True, exist_ok=True)
+    dest_png.unlink(missing_ok=True)
+    out = ["-map", "0:v:0", "-frames:v", "1", "-pix_fmt", "rgb24", "-c:v", "png", *BITEXACT]
+    run(["-i", str(video), *out, "-f", "image2", str(dest_png)])
+    if not dest_png.is_file():
+        raise NodeFailed(f"{video}: could not extract its first frame")
+
+
+def trim_head_args(*, source: str, seconds: float, out: str) -> list[str]:
+    """The video from `seconds` on, encoded again (a cut between keyframes): what an
+    extension's provider repeats of its source, cut away."""
+    return [
+        *["-ss", f"{seconds:.6f}", "-i", source, "-map", "0:v:0", "-map", "0:a:0?"],
+        *SEGMENT_VIDEO,
+        *AAC,
+        *BITEXACT,
+        *["-movflags", "+faststart", out],
+    ]
+
+
 def extract_last_frame(video: Path, dest_png: Path) -> None:
     """Write the video's last frame as a PNG (deterministic bytes), e.g. to chain shots."""
     info = probe(video)
@@ -292,15 +316,21 @@ def previz_args(
     samples: int,
     font_size: int,
     noise_seed: int,
+    start_frame: int = 0,
 ) -> list[str]:
     """A previz clip: a still card, a burned-in running timecode, a quiet seeded audio bed.
 
+    `start_frame`: the timecode starts there (an extension continues its source's).
     Paths are relative to the working directory the command runs in, so no path needs
     escaping inside the filter graph.
     """
     margin = max(2, font_size // 2)
+    clock = "%{pts\\:hms}"
+    if start_frame:
+        clock = f"%{{pts\\:hms\\:{start_frame / fps!r}}}"
+        fontfile += f":start_number={start_frame}"
     timecode = (
-        f"drawtext=fontfile={fontfile}:text='%{{pts\\:hms}}  #%{{frame_num}}'"
+        f"drawtext=fontfile={fontfile}:text='{clock}  #%{{frame_num}}'"
         f":fontsize={font_size}:fontcolor=white:box=1:boxcolor=black@0.6"
         f":boxborderw={max(1, font_size // 6)}:x={margin}:y=h-th-{margin}"
     )

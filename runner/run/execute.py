@@ -303,6 +303,8 @@ class NodeJobs:
                     f"{node.id}: fetching job {job_id} again from {backend.name} failed "
                     f"({problem}); run again to retry (free)"
                 )
+            if "extend" in node.inputs:  # cut as when it was made: the same bytes
+                dest = self._cut_repeat(node, dest, self._input(node, "extend"), work, {})
             digest = self.store.put(dest)  # kept whatever it is: a paid render is never lost
         if digest != output:
             raise NodeFailed(
@@ -413,11 +415,29 @@ class NodeJobs:
         backend = self.backends.get(node.pool)
         image = self._input(node, "image") if "image" in node.inputs else None
         refs = tuple(self._input(node, r) for r in sorted(node.inputs) if r.startswith("ref"))
-        request = node.request(image, refs)
+        extra: dict[str, Any] = {}
+        if "end_image" in node.inputs:
+            extra["end_image"] = self._input(node, "end_image")
+        if "extend" in node.inputs:
+            extra["extend_video"] = self._input(node, "extend")
+            extra["extend_job"] = self._job_id(node.inputs["extend"], "extend", needed=False)
+        request = node.request(image, refs, **extra)
         record.update(backend=node.pool, model=request.model)
         # Hosted models round lengths; allow a frame and a little more, never a wrong shot.
         tolerance = max(0.25, 2.0 / request.fps)
         dest = work / "video.mp4"
+        lengths = [request.seconds]
+        if request.extend_video is not None:  # a provider may give back source + new part
+            lengths.append(ffmpeg.probe(request.extend_video).duration + request.seconds)
+
+        def verify(path: Path) -> object:
+            info = ffmpeg.verify_video(path, None)
+            if all(abs(info.duration - length) > tolerance for length in lengths):
+                expected = " or ".join(f"{length:.3f}" for length in lengths)
+                raise NodeFailed(
+                    f"{path}: lasts {info.duration:.3f} s, expected {expected} s (±{tolerance} s)"
+                )
+            return info
 
         def paid(job_id: str) -> None:
             self._paid(node)
@@ -429,7 +449,7 @@ class NodeJobs:
             backend,
             request,
             self.journal,
-            verify=lambda path: ffmpeg.verify_video(path, request.seconds, tolerance=tolerance),
+            verify=verify,
             rerender_expired=self.rerender_expired,
             resend_unconfirmed=self.resend_unconfirmed,
             gate=self.gates.get(node.pool, SendWindow(None)),
@@ -447,22 +467,54 @@ class NodeJobs:
             on_job(str(resumed))
         record["job_id"] = job.run(dest)
         record["cost_usd"] = node.cost_usd
+        if request.extend_video is not None:
+            dest = self._cut_repeat(node, dest, request.extend_video, work, record)
         return dest
 
-    def _job_id(self, node_id: str) -> str:
-        """The provider's job id behind a shot's cached output (what a remix edits)."""
+    def _cut_repeat(
+        self, node: Node, video: Path, source: Path, work: Path, record: dict[str, Any]
+    ) -> Path:
+        """An extension's output is only its new part: what the provider gave back of the
+        source it continued (Veo returns source + extension in one file) is cut away, and
+        the record says how much. Deterministic, so a video fetched again cuts the same."""
+        from runner.media import ffmpeg
+
+        assert node.shot is not None
+        seconds, fps = float(node.shot["seconds"]), int(node.shot["fps"])
+        tolerance = max(0.25, 2.0 / fps)
+        if ffmpeg.probe(video).duration <= seconds + tolerance:
+            return video  # the provider sent the new part alone
+        repeated = ffmpeg.probe(source).duration
+        out = work / "extension.mp4"
+        ffmpeg.run(ffmpeg.trim_head_args(source=str(video), seconds=repeated, out=str(out)))
+        ffmpeg.verify_video(out, seconds, tolerance=tolerance)
+        record["trimmed"] = {
+            "head_seconds": round(repeated, 3),
+            "source": node.inputs["extend"],
+            "why": "the provider's video repeats the source it extends",
+        }
+        return out
+
+    def _job_id(self, node_id: str, what: str = "remix", *, needed: bool = True) -> str | None:
+        """The provider's job id behind a shot's cached output (what a remix edits, or an
+        extension continues); None when none is recorded and it is not `needed`."""
         record = self.records.get(node_id) or self.store.lookup(
             node_key(self.graph.nodes[node_id], self.digests)
         )
         if not record or not record.get("job_id"):
-            raise NodeFailed(f"{node_id}: no provider job id is recorded for it; cannot remix it")
+            if not needed:
+                return None
+            raise NodeFailed(f"{node_id}: no provider job id is recorded for it; cannot {what} it")
         return str(record["job_id"])
 
     def _frame(self, node: Node, work: Path) -> Path:
         from runner.media import ffmpeg
 
         dest = work / "frame.png"
-        ffmpeg.extract_last_frame(self._input(node, "video"), dest)
+        if node.recipe.get("frame") == "first":
+            ffmpeg.extract_first_frame(self._input(node, "video"), dest)
+        else:
+            ffmpeg.extract_last_frame(self._input(node, "video"), dest)
         if not dest.is_file() or dest.stat().st_size == 0:
             raise NodeFailed(f"{node.id}: ffmpeg wrote no frame")
         return dest

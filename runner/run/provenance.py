@@ -64,6 +64,8 @@ def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None)
             entry["job_id"] = record.get("job_id")
             entry["cost_usd"] = record.get("cost_usd", 0.0)
             spend += float(entry["cost_usd"] or 0.0)
+            if record.get("trimmed"):  # an extension: what of the provider's video was cut
+                entry["trimmed"] = record["trimmed"]
         elif node.kind == "edit":
             edit = {
                 "ffmpeg": record.get("ffmpeg"),

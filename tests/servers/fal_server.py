@@ -364,6 +364,15 @@ def _invalid(endpoint: str, body: dict[str, Any]) -> dict[str, Any] | None:
         return {"loc": ["body", "prompt"], **missing}
     if endpoint.endswith("image-to-video") and not body.get("image_url"):
         return {"loc": ["body", "image_url"], **missing}
+    if endpoint.endswith("/extend-video"):  # Veo 3.1's: a video_url, 7 s (its default)
+        if not body.get("video_url"):
+            return {"loc": ["body", "video_url"], **missing}
+        if body.get("duration", "7s") != "7s":
+            msg = "unexpected value; permitted: '7s'"
+            return {"loc": ["body", "duration"], "msg": msg, "type": "value_error.const"}
+        return None
+    if "tail_image_url" in body and "kling-video" not in endpoint:
+        return {"loc": ["body", "tail_image_url"], "msg": "extra fields not permitted"}
     if endpoint.startswith("fal-ai/veo3") and body.get("duration", "8s") not in VEO_DURATIONS:
         allowed = ", ".join(f"'{d}'" for d in VEO_DURATIONS)
         msg = f"unexpected value; permitted: {allowed}"

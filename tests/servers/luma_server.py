@@ -56,6 +56,7 @@ class Generation:
     failure: str | None = None  # failure_reason: it ends failed (and is refunded)
     deleted: bool = False
     downloads: list[tuple[float, int]] = field(default_factory=list)  # (t, bytes sent)
+    extends: float = 0.0  # the length of the generation it continues, repeated before it
 
     def state(self, now: float) -> str:
         elapsed = now - self.created
@@ -66,7 +67,9 @@ class Generation:
         return "failed" if self.failure is not None else "completed"
 
     def video_seconds(self) -> float:
-        return float(str(self.request.get("duration", "5s")).rstrip("s"))
+        """Its length; an extension (frame0 a generation) is that video and then its own."""
+        own = float(str(self.request.get("duration", "5s")).rstrip("s"))
+        return own + self.extends
 
 
 class LumaServer:
@@ -223,12 +226,16 @@ class LumaServer:
             kept["prompt"] = " ".join(prompt.split())
         reason = self._frames_problem(body)
         with self.lock:
+            source = _source(body, self.generations)
+            unknown = source is False
             busy = sum(
                 1
                 for g in self.generations.values()
                 if not g.deleted and g.state(now) in ("queued", "dreaming")
             )
-            if busy >= self.concurrency:
+            if unknown:
+                full = False
+            elif busy >= self.concurrency:
                 self.over_limit += 1
                 full = True
             else:
@@ -239,10 +246,14 @@ class LumaServer:
                             reason = reasons.pop(0)
                             break
                 g = Generation(uuid.uuid4().hex, kept, now, self.job_seconds, reason)
+                g.extends = source.video_seconds() if isinstance(source, Generation) else 0.0
                 self.generations[g.id] = g
                 self.in_flight_max = max(self.in_flight_max, busy + 1)
                 drop = self._drops > 0
                 self._drops -= int(drop)
+        if unknown:
+            h.send_detail(400, "Generation not found: a keyframe names no completed generation")
+            return
         if full:
             h.send_detail(429, "Too many concurrent generations; wait for one to finish")
             return
@@ -369,6 +380,19 @@ def _invalid(body: dict[str, Any]) -> str | None:
         if body.get("loop") and "frame1" in keyframes:
             return "Loop is not supported for end frame"
     return None
+
+
+def _source(body: dict[str, Any], generations: dict[str, Generation]) -> Generation | bool | None:
+    """The completed generation frame0 extends; None for no extension; False for an id that
+    names no completed generation."""
+    keyframes = body.get("keyframes")
+    frame0 = keyframes.get("frame0") if isinstance(keyframes, dict) else None
+    if not isinstance(frame0, dict) or frame0.get("type") != "generation":
+        return None
+    g = generations.get(str(frame0.get("id")))
+    if g is None or g.deleted or g.state(time.time()) != "completed":
+        return False
+    return g
 
 
 class _Handler(openai_server._Handler):

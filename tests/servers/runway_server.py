@@ -40,11 +40,17 @@ MODELS: dict[str, dict[str, Any]] = {  # model -> endpoints, ratios per endpoint
         "durations": tuple(range(2, 11)),
     },
     "gen4_turbo": {"image_to_video": GEN4_RATIOS, "durations": tuple(range(2, 11))},
-    "veo3.1": {"text_to_video": VEO_RATIOS, "image_to_video": VEO_RATIOS, "durations": (4, 6, 8)},
+    "veo3.1": {
+        "text_to_video": VEO_RATIOS,
+        "image_to_video": VEO_RATIOS,
+        "durations": (4, 6, 8),
+        "positions": ("first", "last"),
+    },
     "veo3.1_fast": {
         "text_to_video": VEO_RATIOS,
         "image_to_video": VEO_RATIOS,
         "durations": (4, 6, 8),
+        "positions": ("first", "last"),
     },
 }
 EXPIRED = "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
@@ -364,11 +370,27 @@ def _invalid(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(prompt, str) and len(prompt.encode("utf-16-le")) // 2 > 1000:
         issues.append({"path": ["promptText"], "message": "String must have at most 1000"})
     image = body.get("promptImage")
+    # A string is the first frame; a list holds {uri, position} items, "last" only on models
+    # whose SDK type allows it, and never a last frame alone.
+    items = [{"uri": image, "position": "first"}] if isinstance(image, str) else image
     if endpoint == "image_to_video" and not (
-        isinstance(image, str) and image.startswith(("data:image/", "https://"))
+        isinstance(items, list)
+        and items
+        and all(isinstance(i, dict) and _image_uri(i.get("uri")) for i in items)
     ):
         issues.append({"path": ["promptImage"], "message": "Invalid image"})
+    elif endpoint == "image_to_video":
+        positions = [i.get("position") for i in items]
+        if any(p not in spec.get("positions", ("first",)) for p in positions):
+            issues.append({"path": ["promptImage", "position"], "message": "Invalid position"})
+        elif "first" not in positions or len(set(positions)) != len(positions):
+            message = "a first frame is required, once; a last frame at most once"
+            issues.append({"path": ["promptImage"], "message": message})
     return issues
+
+
+def _image_uri(uri: object) -> bool:
+    return isinstance(uri, str) and uri.startswith(("data:image/", "https://"))
 
 
 class _Handler(openai_server._Handler):

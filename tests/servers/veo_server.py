@@ -1,7 +1,8 @@
 """A loopback Vertex AI server for Veo: the endpoints google-genai 3.6.1 calls in enterprise mode.
 
 - `POST /{version}/[projects/P/locations/L/]publishers/google/models/M:predictLongRunning`
-  with `{"instances": [{"prompt", "image"?}], "parameters": {...}}` answers `{"name": op}`.
+  with `{"instances": [{"prompt", "image"?, "lastFrame"?, "video"?}], "parameters": {...}}`
+  answers `{"name": op}`; a `video` (extension) comes back as that video plus the new part.
 - `POST /{version}/projects/P/locations/L/publishers/google/models/M:fetchPredictOperation`
   with `{"operationName": op}` answers the operation: `{"name", "done"}`, then `response`
   (`videos[].bytesBase64Encoded` or `gcsUri`, `raiMediaFilteredCount/Reasons`) or `error`.
@@ -240,13 +241,22 @@ class VeoServer:
         if self.normalise_prompts:
             prompt = " ".join(prompt.split())
         seconds = float(params.get("durationSeconds") or 8)
+        image = instance.get("image") or {}
+        last = instance.get("lastFrame") or {}
+        video = instance.get("video") or {}
+        if video and image:  # the SDK's own docs: "Not allowed if video is provided"
+            return self._error(h, 400, "INVALID_ARGUMENT", "image and video are exclusive.")
+        if last and not image:
+            return self._error(h, 400, "INVALID_ARGUMENT", "lastFrame needs an image.")
+        video_bytes = base64.b64decode(video.get("bytesBase64Encoded") or "")
+        if video:  # the answer is the video given, then the extension: one file
+            seconds += _duration(video_bytes)
         project = match["project"] or "loopback"
         location = match["location"] or "us-central1"
         name = (
             f"projects/{project}/locations/{location}/publishers/google/models/"
             f"{match['model']}/operations/{uuid.uuid4()}"
         )
-        image = instance.get("image") or {}
         with self._lock:
             filtered = any(s in prompt for s in self._filters)
             self._jobs[name] = Job(name, prompt, seconds, now + self.job_seconds, filtered)
@@ -272,6 +282,9 @@ class VeoServer:
                     "reference_images": len(instance.get("referenceImages") or []),
                     "image_mime": image.get("mimeType"),
                     "image_bytes": base64.b64decode(image.get("bytesBase64Encoded") or ""),
+                    "last_frame_bytes": base64.b64decode(last.get("bytesBase64Encoded") or ""),
+                    "video_bytes": video_bytes,
+                    "video_mime": video.get("mimeType"),
                     "t": now,
                 }
             )
@@ -375,3 +388,16 @@ class VeoServer:
         h.close_connection = True
         with contextlib.suppress(OSError):
             h.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _duration(mp4: bytes) -> float:
+    """The length of an MP4 given as bytes (an extension's source)."""
+    import tempfile
+    from pathlib import Path
+
+    from runner.media import ffmpeg
+
+    with tempfile.TemporaryDirectory(prefix="veo-source-") as tmp:
+        path = Path(tmp) / "source.mp4"
+        path.write_bytes(mp4)
+        return round(ffmpeg.probe(path).duration, 2)
