@@ -19,6 +19,7 @@ from runner.errors import TOO_DEEP, UserError
 
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+LANGUAGE_PATTERN = r"^(?:[a-z]{2,3}|und)$"  # ISO 639-1 or -2: "en", "eng", "fra"
 MAX_SECONDS = 86_400.0  # a day: bounds every length and time, so `inf` or 1e308 is an error
 
 
@@ -51,6 +52,7 @@ class FilmInfo(Strict):
     size: str = "1280x720"
     fps: int = Field(24, ge=1, le=120)
     budget_usd: float | None = Field(None, ge=0, allow_inf_nan=False)  # `plan` shows what is left
+    language: str = Field("und", pattern=LANGUAGE_PATTERN)  # the subtitle track's (ISO 639)
 
     _size = field_validator("size")(_check_size)
 
@@ -103,8 +105,22 @@ class RemixRef(Strict):
 
 
 class Line(Strict):
+    """A dialogue line; `at`/`until` (seconds into its shot) time its subtitle cue and the
+    music's ducking only: they are not part of the shot's request, so never re-render it."""
+
     who: str
     line: str
+    at: float | None = Field(None, ge=0, le=MAX_SECONDS)
+    until: float | None = Field(None, gt=0, le=MAX_SECONDS)
+
+
+class Voiceover(Strict):
+    """`voiceover = { asset = "assets.vo", at = 0.5 }`: a recorded line over the shot, `at`
+    seconds into it (it may run past the cut); it ducks the music and the shot's own audio."""
+
+    asset: str
+    at: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    duck_db: float = Field(8.0, ge=0, le=60, allow_inf_nan=False)  # the shot's audio under it
 
 
 class Shot(Settings):
@@ -122,6 +138,7 @@ class Shot(Settings):
     needs: list[str] = []
     takes: int = Field(1, ge=1, le=16)
     pick: int = Field(1, ge=1)
+    voiceover: Voiceover | None = None  # mixed in at assembly: not part of the request
 
 
 class Transition(Strict):
@@ -138,10 +155,24 @@ class Cut(Strict):
     transition: Transition | None = None
 
 
+class Music(Strict):
+    """`[edit] music = { asset = "assets.score", ... }`: a bed under the whole film, from
+    `start` seconds into the cut to its end (looped or trimmed), faded in and out, ducked by
+    `duck_db` wherever someone speaks (dialogue lines, voice-overs)."""
+
+    asset: str
+    start: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    gain_db: float = Field(-14.0, ge=-60, le=20, allow_inf_nan=False)
+    duck_db: float = Field(8.0, ge=0, le=60, allow_inf_nan=False)
+    fade: float = Field(1.0, ge=0, le=MAX_SECONDS)
+
+
 class Edit(Strict):
     sequence: list[str | Cut] = []
     transition: Transition = Transition()
     loudness_lufs: float | None = Field(-16.0, ge=-70, le=-5)
+    music: Music | None = None
+    subtitles: Literal["soft", "burn", "off"] | None = None  # default: soft with dialogue
 
 
 class Manifest(Strict):
@@ -159,6 +190,13 @@ class Manifest(Strict):
         """The edit's clips in order; every shot in manifest order when no sequence is given."""
         items: list[str | Cut] = list(self.edit.sequence) or list(self.shots)
         return [Cut(shot=item) if isinstance(item, str) else item for item in items]
+
+    def subtitle_mode(self) -> str:
+        """`[edit] subtitles`, defaulting to "soft" when a shot of the cut has dialogue."""
+        if self.edit.subtitles is not None:
+            return self.edit.subtitles
+        spoken = any(self.shots[cut.shot].dialogue for cut in self.cuts() if cut.shot in self.shots)
+        return "soft" if spoken else "off"
 
 
 def load(path: Path) -> Manifest:
@@ -226,6 +264,7 @@ _EXAMPLES = {
     "dialogue": 'dialogue = [{ who = "mara", line = "Go on. Find her." }] (who: a character id)',
     "image": 'image = "assets.NAME" or image = { shot = "river", frame = "last" }',
     "remix": 'remix = { shot = "sky", prompt = "Same shot, but every lantern glows blue." }',
+    "voiceover": 'voiceover = { asset = "assets.vo_river", at = 0.5 }',
 }
 
 
@@ -284,6 +323,7 @@ _SHOT_PART_MODELS: dict[str, type[BaseModel]] = {
     "image": FrameRef,
     "dialogue": Line,
     "remix": RemixRef,
+    "voiceover": Voiceover,
 }
 
 
@@ -302,6 +342,8 @@ def _allowed_keys(parent: list[str]) -> list[str]:
         model = Cut if len(parent) == 2 else Transition
     elif parent[:2] == ["edit", "transition"]:
         model = Transition
+    elif parent[:2] == ["edit", "music"]:
+        model = Music
     return list(model.model_fields) if model else []
 
 
@@ -364,6 +406,7 @@ def _check_references(path: Path, m: Manifest) -> None:
                     f"{path}: {where}.references[{i}]: `{ref}` is not a declared asset; write "
                     '"assets.NAME" for an [assets.NAME] table'
                 )
+    _check_sound(path, m, problems)
     for i, cut in enumerate(m.edit.sequence):
         name = cut if isinstance(cut, str) else cut.shot
         if name not in m.shots:
@@ -372,3 +415,27 @@ def _check_references(path: Path, m: Manifest) -> None:
             problems.append(f"{path}: edit.sequence[{i}].end: must be after start ({cut.start})")
     if problems:
         raise UserError("\n".join(problems))
+
+
+def _check_sound(path: Path, m: Manifest, problems: list[str]) -> None:
+    """The music and voice-over assets, and each dialogue line's timing."""
+
+    def asset(where: str, ref: str) -> None:
+        kind, _, name = ref.partition(".")
+        if kind != "assets" or name not in m.assets:
+            problems.append(
+                f'{path}: {where}: `{ref}` is not a declared asset; write "assets.NAME" for '
+                "an [assets.NAME] table holding an audio file (WAV, FLAC, MP3, M4A)"
+            )
+
+    if m.edit.music is not None:
+        asset("edit.music.asset", m.edit.music.asset)
+    for sid, shot in m.shots.items():
+        if shot.voiceover is not None:
+            asset(f"shots.{sid}.voiceover.asset", shot.voiceover.asset)
+        for i, line in enumerate(shot.dialogue):
+            if line.at is not None and line.until is not None and line.until <= line.at:
+                problems.append(
+                    f"{path}: shots.{sid}.dialogue[{i}].until: {line.until:g} s is not after "
+                    f"at = {line.at:g} s"
+                )
