@@ -188,7 +188,10 @@ def tag(src: Path, dest: Path, comment: str) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        ffmpeg.run(ffmpeg.tag_args(src=str(src), comment=comment, out=str(tmp)))
+        subtitles = ffmpeg.has_subtitles(src)
+        ffmpeg.run(
+            ffmpeg.tag_args(src=str(src), comment=comment, out=str(tmp), subtitles=subtitles)
+        )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

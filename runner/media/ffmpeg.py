@@ -610,11 +610,18 @@ def loudness(path: Path) -> tuple[float, float]:
     return float(integrated[-1]), float(peak[-1])
 
 
-def tag_args(*, src: str, comment: str, out: str) -> list[str]:
+def has_subtitles(path: Path) -> bool:
+    """Whether a file has a subtitle stream."""
+    out = _capture([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)])
+    return re.search(r"Stream #\d+:\d+\S*: Subtitle: ", out) is not None
+
+
+def tag_args(*, src: str, comment: str, out: str, subtitles: bool = False) -> list[str]:
     """Stream-copy remux that sets the file's comment (the provenance digest); a subtitle
     track keeps its language."""
+    keep = ["-map_metadata:s:s", "0:s:s"] if subtitles else []
     return [
-        *["-i", src, "-map", "0", "-c", "copy", *BITEXACT, "-map_metadata:s:s", "0:s:s"],
+        *["-i", src, "-map", "0", "-c", "copy", *BITEXACT, *keep],
         *["-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", out],
     ]
 

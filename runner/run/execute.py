@@ -498,7 +498,10 @@ class NodeJobs:
             lossless_audio=node.recipe.get("audio") == "alac",
         )
         record.update(
-            ffmpeg=result.ffmpeg_version, join_argv=result.join_argv, segments=result.segments
+            ffmpeg=result.ffmpeg_version,
+            join_argv=result.join_argv,
+            segments=result.segments,
+            clips=result.clips,
         )
         return dest
 
