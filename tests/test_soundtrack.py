@@ -194,3 +194,23 @@ def test_the_mix_meets_its_loudness_and_the_mux_copies_the_picture(sound: dict[s
     assert packets(sound["picture"], tmp) == packets(tmp / "film0.mp4", tmp)  # copied, untouched
     ff("-i", str(tmp / "film0.mp4"), "-map", "0:s", "-f", "srt", str(tmp / "back.srt"))
     assert "00:00:01,000 --> 00:00:02,000\nHello." in (tmp / "back.srt").read_text()
+
+
+def test_burned_subtitles_are_drawn_into_a_reencoded_picture_deterministically(
+    sound: dict[str, Path],
+) -> None:
+    tmp = sound["tmp"]
+    srt = tmp / "burn.srt"
+    srt.write_text(soundtrack.srt([soundtrack.Cue(0, 48, "Hello.")], 24))
+    made = []
+    for n in range(2):
+        film = tmp / f"burn{n}.mp4"
+        soundtrack.mux(
+            sound["picture"], None, srt, language="en", burn=True, fps=24, height=90,
+            dest=film, workdir=tmp,
+        )  # fmt: skip
+        made.append(sha256(film))
+    assert made[0] == made[1]
+    report = ff("-i", str(tmp / "burn0.mp4"), "-f", "null", "-")
+    assert "Subtitle:" not in report  # drawn in, not a track as well
+    assert packets(sound["picture"], tmp) != packets(tmp / "burn0.mp4", tmp)
