@@ -326,3 +326,39 @@ def test_example_film_renders(tmp_path: Path) -> None:
     assert info.has_audio
     # 6 clips of 4 s, minus the river trim (0.25), the together trim (0.25), two crossfades.
     assert abs(info.duration - (24 - 0.25 - 0.25 - 0.5 - 0.75)) < 0.1
+    out = tmp_path / "lantern" / "out"
+    report = ffmpeg._capture([ffmpeg.ffmpeg_exe(), "-hide_banner", "-i", str(out / "film.mp4")])
+    assert re.search(r"\(eng\): Subtitle: mov_text", report), report
+    # river starts 4 s in, trimmed 0.25 s: its 3-4 s line plays 6.75-7.75; balcony starts at
+    # 4 + 3.75 + 4 - 0.5 + 4 = 15.25, its 2.5-4 s line 17.75-19.25 (then the crossfade out).
+    assert (out / "film.srt").read_text() == (
+        "1\n00:00:06,750 --> 00:00:07,750\nGo on. Find her.\n\n"
+        "2\n00:00:17,750 --> 00:00:19,250\nThere you are.\n"
+    )
+    assert "00:00:17.750 --> 00:00:19.250\n<v Nana>There you are." in (out / "film.vtt").read_text()
+    integrated, peak = ffmpeg.loudness(out / "film.mp4")
+    assert abs(integrated - -16) <= 1 and peak <= -1, (integrated, peak)
+    provenance = json.loads((out / "film.provenance.json").read_text())
+    stem = next(n for n in provenance["nodes"] if n["id"] == "audio.music")["output_sha256"]
+    blob = tmp_path / "cache" / "cas" / stem[:2] / stem
+    ducked = ebur128(blob, 6.95, 7.55)
+    around = min(ebur128(blob, 5.6, 6.4), ebur128(blob, 8.1, 8.9))
+    assert around - ducked >= 8 - 1, (around, ducked)
+    # A louder score re-mixes and re-muxes; no shot renders and the picture is not cut again.
+    manifest.write_text(manifest.read_text().replace("gain_db = -14", "gain_db = -10"))
+    plan = runner("plan", manifest, "--json", cache=tmp_path / "cache")
+    nodes = json.loads(plan.stdout)["nodes"]
+    assert {n["id"] for n in nodes if n["status"] != "cached"} == {
+        "audio.music",
+        "audio.mix",
+        "edit",
+    }
+
+
+def ebur128(path: Path, start: float, end: float) -> float:
+    """Integrated loudness (LUFS) of a file's audio between two times, by ffmpeg's ebur128."""
+    from runner.media import ffmpeg
+
+    argv = [ffmpeg.ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
+    argv += ["-af", f"atrim={start}:{end},ebur128", "-f", "null", "-"]
+    return float(re.findall(r"I:\s+(-?[\d.]+) LUFS", ffmpeg._capture(argv))[-1])

@@ -17,6 +17,7 @@ from typing import Any
 from runner.errors import shown
 from runner.film import shard
 from runner.film.explain import FIELD_CHANGED, describe_all, show
+from runner.film.graph import Node
 from runner.film.plan import CACHED, Decision, Plan
 from runner.run.project import Project
 
@@ -62,7 +63,7 @@ def text_plan(project: Project, plan: Plan) -> list[str]:
                 d.status,
                 d.id,
                 node.pool,
-                str(shot.get("model") or ""),
+                str(shot.get("model") or _what(node)),
                 f"{seconds:g}s" if seconds is not None else "",
                 f"${d.cost_usd:.2f}",
                 why,
@@ -94,6 +95,18 @@ def text_plan(project: Project, plan: Plan) -> list[str]:
             money += " (OVER BUDGET)"
     lines.append(money)
     return lines
+
+
+def _what(node: Node) -> str:
+    """What a layer over the cut does, in the plan's model column: a burn re-encodes the
+    picture, a mux copies it."""
+    kind = node.recipe.get("kind")
+    if kind == "mux":
+        burn = node.recipe.get("subtitles") == "burn"
+        return "mux, subtitles burned in: video re-encoded" if burn else "mux: video copied"
+    return {"music": "music stem", "mix": "audio mix", "subtitles": "cues", "picture": "cut"}.get(
+        str(kind), ""
+    )
 
 
 def shard_table(project: Project, shares: list[shard.Share], index: int) -> list[str]:

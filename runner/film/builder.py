@@ -133,7 +133,7 @@ def build(
         raise UserError("\n".join(dict.fromkeys(problems)))
 
     _check_cuts(manifest, source, profile)
-    nodes["edit"] = _edit_node(manifest, backends.media)
+    nodes.update(_edit_nodes(manifest, backends.media))
     for node in nodes.values():
         node.seal()
     width, height = parse_size(manifest.film.size)
@@ -297,3 +297,109 @@ def _edit_node(manifest: Manifest, media: str) -> Node:
         "media": media,
     }
     return Node("edit", "edit", "local", recipe, inputs=inputs)
+
+
+def _edit_nodes(manifest: Manifest, media: str) -> dict[str, Node]:
+    """The edit, and when the film has sound or words over the cut, its layers: `picture` (the
+    cut: video and the shots' audio), `audio.music` (the ducked bed), `audio.mix` (shots, music
+    and voice-overs at the film's loudness), `subtitles` (the cues) and `edit`, the mux of them.
+    Each is a node of its own, so changing the music re-mixes and re-muxes, never re-cuts."""
+    edit = _edit_node(manifest, media)
+    music = manifest.edit.music
+    mode = manifest.subtitle_mode()
+    clips = dict(edit.inputs)
+    cuts = edit.recipe["cuts"]
+    fps = manifest.film.fps
+    lines: list[dict[str, Any]] = []
+    voices: list[dict[str, Any]] = []
+    voice_inputs: dict[str, str] = {}
+    for i, cut in enumerate(manifest.cuts()):
+        shot = manifest.shots[cut.shot]
+        for line in shot.dialogue:
+            who = compose.speaker(manifest, line.who)
+            lines.append(
+                {"cut": i, "at": line.at, "until": line.until, "who": who, "text": line.line}
+            )
+        if shot.voiceover is not None:
+            role = f"vo{len(voices)}"
+            voice_inputs[role] = shot.voiceover.asset
+            vo = shot.voiceover
+            voices.append({"cut": i, "at": vo.at, "input": role, "duck_db": vo.duck_db})
+    subtitles = mode != "off" and bool(lines)
+    mixing = music is not None or bool(voices)
+    if not (subtitles or mixing):
+        return {"edit": edit}
+    base = {"v": RECIPE_VERSION, "media": media, "fps": fps, "cuts": cuts}
+    picture = Node(
+        "picture",
+        "picture",
+        "local",
+        {
+            **edit.recipe,
+            "kind": "picture",
+            "audio": "alac" if mixing else "aac",
+            "loudness_lufs": None if mixing else manifest.edit.loudness_lufs,
+        },
+        inputs=clips,
+    )
+    nodes = {"picture": picture}
+    final_inputs = {"picture": "picture"}
+    if mixing:
+        mix_inputs = {"picture": "picture", **clips, **voice_inputs}
+        if music is not None:
+            spoken = [{k: line[k] for k in ("cut", "at", "until")} for line in lines]
+            nodes["audio.music"] = Node(
+                "audio.music",
+                "audio",
+                "local",
+                {
+                    **base,
+                    "kind": "music",
+                    "start": music.start,
+                    "gain_db": music.gain_db,
+                    "duck_db": music.duck_db,
+                    "fade": music.fade,
+                    "spoken": spoken,
+                    "voiceovers": [{k: v[k] for k in ("cut", "at", "input")} for v in voices],
+                },
+                inputs={"music": music.asset, **clips, **voice_inputs},
+            )
+            mix_inputs["music"] = "audio.music"
+        nodes["audio.mix"] = Node(
+            "audio.mix",
+            "audio",
+            "local",
+            {
+                **base,
+                "kind": "mix",
+                "voiceovers": voices,
+                "loudness_lufs": manifest.edit.loudness_lufs,
+            },
+            inputs=mix_inputs,
+        )
+        final_inputs["audio"] = "audio.mix"
+    if subtitles:
+        nodes["subtitles"] = Node(
+            "subtitles",
+            "subtitles",
+            "local",
+            {**base, "kind": "subtitles", "lines": lines, "language": manifest.film.language},
+            inputs=clips,
+        )
+        final_inputs["subtitles"] = "subtitles"
+    nodes["edit"] = Node(
+        "edit",
+        "edit",
+        "local",
+        {
+            "kind": "mux",
+            "v": RECIPE_VERSION,
+            "media": media,
+            "fps": fps,
+            "height": edit.recipe["height"],
+            "subtitles": mode if subtitles else "off",
+            "language": manifest.film.language,
+        },
+        inputs=final_inputs,
+    )
+    return nodes

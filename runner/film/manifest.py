@@ -19,6 +19,7 @@ from runner.errors import TOO_DEEP, UserError
 
 ID_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+LANGUAGE_PATTERN = r"^(?:[a-z]{2,3}|und)$"  # ISO 639-1 or -2: "en", "eng", "fra"
 MAX_SECONDS = 86_400.0  # a day: bounds every length and time, so `inf` or 1e308 is an error
 
 
@@ -63,6 +64,8 @@ class FilmInfo(Strict):
     sign: bool = False
     """Sign the film with C2PA content credentials (written as out/<stem>.signed.mp4) when a
     signing key is set (RUNNER_SIGN_KEY / RUNNER_SIGN_CERT); without one, warn and skip."""
+    language: str = Field("und", pattern=LANGUAGE_PATTERN)
+    """The language of the film's words (ISO 639, e.g. "en"): the subtitle track's tag."""
 
     _size = field_validator("size")(_check_size)
 
@@ -152,12 +155,29 @@ class RemixRef(Strict):
 
 
 class Line(Strict):
-    """One line of dialogue: who speaks, and what."""
+    """A dialogue line; `at`/`until` (seconds into its shot) time its subtitle cue and the
+    music's ducking only: they are not part of the shot's request, so never re-render it."""
 
     who: str
     """The speaker: a character id from [characters]."""
     line: str
     """The words, as spoken (about 2.5 words a second fit)."""
+    at: float | None = Field(None, ge=0, le=MAX_SECONDS)
+    """When the line starts, in seconds into its shot (default: the shot's start)."""
+    until: float | None = Field(None, gt=0, le=MAX_SECONDS)
+    """When the line ends, in seconds into its shot (default: the shot's end)."""
+
+
+class Voiceover(Strict):
+    """`voiceover = { asset = "assets.vo", at = 0.5 }`: a recorded line over the shot, `at`
+    seconds into it (it may run past the cut); it ducks the music and the shot's own audio."""
+
+    asset: str
+    """The recorded line: "assets.NAME", an audio file in the film's folder."""
+    at: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    """Seconds into the shot where the line starts."""
+    duck_db: float = Field(8.0, ge=0, le=60, allow_inf_nan=False)
+    """How many dB the shot's own audio is lowered under the line."""
 
 
 class Shot(Settings):
@@ -199,6 +219,8 @@ class Shot(Settings):
     """How many variants to render (1 to 16), in parallel."""
     pick: int = Field(1, ge=1)
     """Which take goes into the film (1 to takes); changing it re-cuts, never re-renders."""
+    voiceover: Voiceover | None = None
+    """A recorded line over the shot, mixed in at assembly (not part of the request)."""
 
 
 class Transition(Strict):
@@ -223,6 +245,23 @@ class Cut(Strict):
     """How it joins the previous clip (default: [edit] transition)."""
 
 
+class Music(Strict):
+    """`[edit] music = { asset = "assets.score", ... }`: a bed under the whole film, from
+    `start` seconds into the cut to its end (looped or trimmed), faded in and out, ducked by
+    `duck_db` wherever someone speaks (dialogue lines, voice-overs)."""
+
+    asset: str
+    """The music: "assets.NAME", an audio file (WAV, FLAC, MP3, M4A) in the film's folder."""
+    start: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    """Seconds into the cut where the music enters."""
+    gain_db: float = Field(-14.0, ge=-60, le=20, allow_inf_nan=False)
+    """The music's level in dB before the mix is brought to the loudness target."""
+    duck_db: float = Field(8.0, ge=0, le=60, allow_inf_nan=False)
+    """How many dB the music is lowered while someone speaks."""
+    fade: float = Field(1.0, ge=0, le=MAX_SECONDS)
+    """Seconds of fade in and out."""
+
+
 class Edit(Strict):
     """[edit]: the cut: which shots in which order, trims and transitions."""
 
@@ -233,6 +272,11 @@ class Edit(Strict):
     """The default join between clips."""
     loudness_lufs: float | None = Field(-16.0, ge=-70, le=-5)
     """The film's EBU R128 loudness target in LUFS (-70 to -5)."""
+    music: Music | None = None
+    """A music bed under the whole film: { asset = "assets.score", gain_db = -14, ... }."""
+    subtitles: Literal["soft", "burn", "off"] | None = None
+    """The dialogue as subtitles: "soft" (a track; the default when a shot in the cut has
+    dialogue), "burn" (drawn into the picture: a re-encode) or "off"."""
 
 
 class Manifest(Strict):
@@ -261,6 +305,13 @@ class Manifest(Strict):
         """The edit's clips in order; every shot in manifest order when no sequence is given."""
         items: list[str | Cut] = list(self.edit.sequence) or list(self.shots)
         return [Cut(shot=item) if isinstance(item, str) else item for item in items]
+
+    def subtitle_mode(self) -> str:
+        """`[edit] subtitles`, defaulting to "soft" when a shot of the cut has dialogue."""
+        if self.edit.subtitles is not None:
+            return self.edit.subtitles
+        spoken = any(self.shots[cut.shot].dialogue for cut in self.cuts() if cut.shot in self.shots)
+        return "soft" if spoken else "off"
 
 
 def load(path: Path) -> Manifest:
@@ -330,6 +381,7 @@ _EXAMPLES = {
     "end_image": 'end_image = "assets.NAME" or end_image = { shot = "sky", frame = "first" }',
     "extend": 'extend = { shot = "river" }',
     "remix": 'remix = { shot = "sky", prompt = "Same shot, but every lantern glows blue." }',
+    "voiceover": 'voiceover = { asset = "assets.vo_river", at = 0.5 }',
 }
 
 
@@ -390,6 +442,7 @@ _SHOT_PART_MODELS: dict[str, type[BaseModel]] = {
     "extend": ExtendRef,
     "dialogue": Line,
     "remix": RemixRef,
+    "voiceover": Voiceover,
 }
 
 
@@ -408,6 +461,8 @@ def _allowed_keys(parent: list[str]) -> list[str]:
         model = Cut if len(parent) == 2 else Transition
     elif parent[:2] == ["edit", "transition"]:
         model = Transition
+    elif parent[:2] == ["edit", "music"]:
+        model = Music
     return list(model.model_fields) if model else []
 
 
@@ -487,6 +542,7 @@ def _check_references(path: Path, m: Manifest) -> None:
                     f"{path}: {where}.references[{i}]: `{ref}` is not a declared asset; write "
                     '"assets.NAME" for an [assets.NAME] table'
                 )
+    _check_sound(path, m, problems)
     for i, cut in enumerate(m.edit.sequence):
         name = cut if isinstance(cut, str) else cut.shot
         if name not in m.shots:
@@ -495,3 +551,27 @@ def _check_references(path: Path, m: Manifest) -> None:
             problems.append(f"{path}: edit.sequence[{i}].end: must be after start ({cut.start})")
     if problems:
         raise UserError("\n".join(problems))
+
+
+def _check_sound(path: Path, m: Manifest, problems: list[str]) -> None:
+    """The music and voice-over assets, and each dialogue line's timing."""
+
+    def asset(where: str, ref: str) -> None:
+        kind, _, name = ref.partition(".")
+        if kind != "assets" or name not in m.assets:
+            problems.append(
+                f'{path}: {where}: `{ref}` is not a declared asset; write "assets.NAME" for '
+                "an [assets.NAME] table holding an audio file (WAV, FLAC, MP3, M4A)"
+            )
+
+    if m.edit.music is not None:
+        asset("edit.music.asset", m.edit.music.asset)
+    for sid, shot in m.shots.items():
+        if shot.voiceover is not None:
+            asset(f"shots.{sid}.voiceover.asset", shot.voiceover.asset)
+        for i, line in enumerate(shot.dialogue):
+            if line.at is not None and line.until is not None and line.until <= line.at:
+                problems.append(
+                    f"{path}: shots.{sid}.dialogue[{i}].until: {line.until:g} s is not after "
+                    f"at = {line.at:g} s"
+                )

@@ -117,8 +117,10 @@ def assemble(
     dest: Path,
     cache: SegmentCache,
     workdir: Path,
+    lossless_audio: bool = False,
 ) -> Assembly:
-    """Assemble `clips` into one MP4 at `dest`; identical inputs give identical bytes."""
+    """Assemble `clips` into one MP4 at `dest`; identical inputs give identical bytes. With
+    `lossless_audio` (a mix follows), its audio is ALAC, unnormalised."""
     film = _Film(width, height, fps)
     _check_edit(clips, film)
     version = ffmpeg.ffmpeg_version()
@@ -145,7 +147,11 @@ def assemble(
         if loudness_lufs is not None:
             gain = loudness_gain(*ffmpeg.loudness(tmp / "audio.wav"), target=loudness_lufs)
         args = ffmpeg.join_args(
-            video_list="video.ffconcat", audio="audio.wav", gain_db=gain, out="film.mp4"
+            video_list="video.ffconcat",
+            audio="audio.wav",
+            gain_db=gain,
+            out="film.mp4",
+            codec=ffmpeg.ALAC if lossless_audio else ffmpeg.AAC,
         )
         ffmpeg.run(args, cwd=tmp)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +170,17 @@ def assemble(
     )
 
 
+def clip_ranges(clips: list[Clip], fps: int) -> list[tuple[int, int]]:
+    """Each clip's trimmed range of its source in film frames, `(first, last)`, by the same
+    probe and arithmetic the assembly cuts with: what the sound and the subtitles are timed by."""
+    film = _Film(2, 2, fps)
+    ranges = []
+    for i, clip in enumerate(clips):
+        src = _resolve(clip, i, film)
+        ranges.append((src.first, src.last))
+    return ranges
+
+
 def tag(src: Path, dest: Path, comment: str) -> None:
     """Copy src to dest with `comment` (the provenance digest) in its metadata, by remux."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +188,10 @@ def tag(src: Path, dest: Path, comment: str) -> None:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        ffmpeg.run(ffmpeg.tag_args(src=str(src), comment=comment, out=str(tmp)))
+        subtitles = ffmpeg.has_subtitles(src)
+        ffmpeg.run(
+            ffmpeg.tag_args(src=str(src), comment=comment, out=str(tmp), subtitles=subtitles)
+        )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

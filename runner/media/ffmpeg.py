@@ -462,7 +462,9 @@ def _segment_video_out(frames: int, fps: int) -> list[str]:
     ]
 
 
-def join_args(*, video_list: str, audio: str, gain_db: float | None, out: str) -> list[str]:
+def join_args(
+    *, video_list: str, audio: str, gain_db: float | None, out: str, codec: list[str] = AAC
+) -> list[str]:
     """The film: video segments joined by stream copy, the audio encoded once to AAC.
 
     `gain_db` is the loudness correction, a plain gain: it keeps the mix's dynamics and every
@@ -472,7 +474,7 @@ def join_args(*, video_list: str, audio: str, gain_db: float | None, out: str) -
     args += ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-bsf:v", RETIME]
     if gain_db:
         args += ["-af", f"volume={gain_db:.2f}dB"]
-    args += [*AAC, "-threads", "1", *BITEXACT, "-movflags", "+faststart", "-f", "mp4", out]
+    args += [*codec, "-threads", "1", *BITEXACT, "-movflags", "+faststart", "-f", "mp4", out]
     return args
 
 
@@ -643,10 +645,18 @@ def loudness(path: Path) -> tuple[float, float]:
     return float(integrated[-1]), float(peak[-1])
 
 
-def tag_args(*, src: str, comment: str, out: str) -> list[str]:
-    """Stream-copy remux that sets the file's comment (the provenance digest)."""
+def has_subtitles(path: Path) -> bool:
+    """Whether a file has a subtitle stream."""
+    out = _capture([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)])
+    return re.search(r"Stream #\d+:\d+\S*: Subtitle: ", out) is not None
+
+
+def tag_args(*, src: str, comment: str, out: str, subtitles: bool = False) -> list[str]:
+    """Stream-copy remux that sets the file's comment (the provenance digest); a subtitle
+    track keeps its language."""
+    keep = ["-map_metadata:s:s", "0:s:s"] if subtitles else []
     return [
-        *["-i", src, "-map", "0", "-c", "copy", *BITEXACT],
+        *["-i", src, "-map", "0", "-c", "copy", *BITEXACT, *keep],
         *["-metadata", f"comment={comment}", "-movflags", "+faststart", "-f", "mp4", out],
     ]
 
@@ -674,3 +684,179 @@ def make_posters(pairs: list[tuple[Path, Path]], width: int) -> None:
         for _, dest in batch:
             dest.parent.mkdir(parents=True, exist_ok=True)
         run(poster_args([(str(v), str(d)) for v, d in batch], width=width))
+
+
+# --- sound and words: the music bed, the mix, the subtitle track ----------------------------
+
+ALAC = ["-c:a", "alac", "-ar", str(SAMPLE_RATE), "-ac", "2"]
+"""The picture's audio when a mix follows: lossless in MP4, so the shots' sound is encoded
+lossily once, in the mix."""
+
+DUCK_RAMP = 0.15
+"""Seconds the music takes to duck before a line and to come back after it."""
+
+
+def duck_expr(gain_db: float, duck_db: float, spans: list[tuple[float, float]]) -> str:
+    """A volume expression of t: `gain_db`, lowered by `duck_db` over each span (seconds),
+    ramping linearly over DUCK_RAMP either side. Overlapping ramps add up, capped at one."""
+    ramps = [
+        f"clip(min(t-{a - DUCK_RAMP:.6f},{b + DUCK_RAMP:.6f}-t)/{DUCK_RAMP},0,1)" for a, b in spans
+    ]
+    duck = f"clip({'+'.join(ramps)},0,1)" if ramps else "0"
+    return f"pow(10,({gain_db:.4f}-{duck_db:.4f}*{duck})/20)"
+
+
+def _volume(expr: str) -> str:
+    # Small frames, so the gain steps every 10 ms (no zipper); evaluated per frame.
+    return f"asetnsamples=n=480:p=0,volume='{expr}':eval=frame"
+
+
+def music_args(
+    *,
+    music: str,
+    start_sample: int,
+    samples: int,
+    fade_samples: int,
+    gain_db: float,
+    duck_db: float,
+    spans: list[tuple[float, float]],
+    out: str,
+) -> list[str]:
+    """The music stem: the asset looped from its start, entering `start_sample` into the film,
+    cut to the film's `samples`, faded in and out, at its gain and ducked over `spans`."""
+    length = samples - start_sample
+    fade = min(fade_samples, length // 2)
+    chain = [
+        f"aresample={SAMPLE_RATE}",
+        "aformat=sample_fmts=flt:channel_layouts=stereo",
+        "asetpts=N/SR/TB",  # the loops' timestamps made contiguous
+        f"atrim=end_sample={length}",
+    ]
+    if fade:
+        chain += [
+            f"afade=t=in:ss=0:ns={fade}",
+            f"afade=t=out:ss={length - fade}:ns={fade}",
+        ]
+    chain += [f"adelay=delays={start_sample}S:all=1", "asetpts=N/SR/TB"]
+    chain += [f"apad=whole_len={samples}", f"atrim=end_sample={samples}"]
+    chain.append(_volume(duck_expr(gain_db, duck_db, spans)))
+    return [
+        *["-stream_loop", "-1", "-i", music],
+        *["-filter_complex", f"[0:a:0]{','.join(chain)}[a]", "-map", "[a]"],
+        *["-c:a", "pcm_f32le", "-ar", str(SAMPLE_RATE), "-ac", "2", *BITEXACT, "-f", "wav", out],
+    ]
+
+
+def silence_args(*, samples: int, out: str) -> list[str]:
+    """A silent stereo float WAV of exactly `samples`."""
+    return [
+        *silence_input(),
+        *["-af", f"atrim=end_sample={samples}", "-map", "0:a:0"],
+        *["-c:a", "pcm_f32le", "-ar", str(SAMPLE_RATE), "-ac", "2", *BITEXACT, "-f", "wav", out],
+    ]
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A voice-over placed in the film: its file and the sample it starts at."""
+
+    path: str
+    start_sample: int
+
+
+def mix_args(
+    *,
+    picture: str,
+    music: str | None,
+    voices: list[Voice],
+    shot_duck_db: list[tuple[float, float, float]],
+    samples: int,
+    out: str,
+) -> list[str]:
+    """The film's sound before loudness: the picture's own audio (lowered by each voice-over's
+    duck_db while it plays: `(from, to, dB)` spans), the music stem and the voice-overs, summed
+    as they are (no amix normalising), as 32-bit float WAV of exactly `samples`."""
+    args = ["-i", picture]
+    if music is not None:
+        args += ["-i", music]
+    for voice in voices:
+        args += ["-i", voice.path]
+    fmt = f"aresample={SAMPLE_RATE},aformat=sample_fmts=flt:channel_layouts=stereo"
+    shots = f"[0:a:0]{fmt},asetpts=N/SR/TB"
+    if shot_duck_db:
+        ramps = "+".join(
+            f"{db:.4f}*clip(min(t-{a - DUCK_RAMP:.6f},{b + DUCK_RAMP:.6f}-t)/{DUCK_RAMP},0,1)"
+            for a, b, db in shot_duck_db
+        )
+        shots += "," + _volume(f"pow(10,-({ramps})/20)")
+    graph = [f"{shots}[s]"]
+    labels = ["[s]"]
+    index = 1
+    if music is not None:
+        graph.append(f"[1:a:0]{fmt},asetpts=N/SR/TB[m]")
+        labels.append("[m]")
+        index = 2
+    for n, voice in enumerate(voices):
+        graph.append(
+            f"[{index + n}:a:0]{fmt},asetpts=N/SR/TB,"
+            f"adelay=delays={voice.start_sample}S:all=1[v{n}]"
+        )
+        labels.append(f"[v{n}]")
+    tail = f"apad=whole_len={samples},atrim=end_sample={samples}"
+    if len(labels) > 1:
+        graph.append(
+            f"{''.join(labels)}amix=inputs={len(labels)}:duration=longest:normalize=0,{tail}[a]"
+        )
+    else:
+        graph.append(f"[s]{tail}[a]")
+    return [
+        *args,
+        *["-filter_complex", ";".join(graph), "-map", "[a]"],
+        *["-c:a", "pcm_f32le", "-ar", str(SAMPLE_RATE), "-ac", "2", *BITEXACT, "-f", "wav", out],
+    ]
+
+
+def encode_mix_args(*, mix: str, gain_db: float | None, out: str) -> list[str]:
+    """The mix at its loudness gain, encoded once to the film's AAC (an MP4 audio file)."""
+    args = ["-i", mix, "-map", "0:a:0"]
+    if gain_db:
+        args += ["-af", f"volume={gain_db:.2f}dB"]
+    return [*args, *AAC, "-threads", "1", *BITEXACT, "-f", "mp4", out]
+
+
+def mux_args(
+    *,
+    picture: str,
+    audio: str | None,
+    subtitles: str | None,
+    language: str,
+    burn: str | None,
+    fps: int,
+    out: str,
+) -> list[str]:
+    """The film: the picture's video copied (or, with `burn` set to a subtitles filter, encoded
+    with the cues drawn in), the mix's audio (else the picture's) copied, and the cues as a
+    mov_text track."""
+    args = ["-i", picture]
+    if audio is not None:
+        args += ["-i", audio]
+    track = 2 if audio is not None else 1
+    if subtitles is not None:
+        args += ["-i", subtitles]
+    if burn is not None:
+        args += ["-filter_complex", f"[0:v:0]{burn}[v]", "-map", "[v]", *SEGMENT_VIDEO]
+        args += ["-r", str(fps), "-video_track_timescale", str(fps * FRAME_TICKS)]
+    else:
+        args += ["-map", "0:v:0", "-c:v", "copy"]
+    args += ["-map", "1:a:0" if audio is not None else "0:a:0", "-c:a", "copy"]
+    if subtitles is not None:
+        args += ["-map", f"{track}:s:0", "-c:s", "mov_text"]
+        args += ["-metadata:s:s:0", f"language={language}"]
+    return [*args, *BITEXACT, "-movflags", "+faststart", "-f", "mp4", out]
+
+
+def burn_filter(*, srt: str, fontsdir: str, font: str, size: int) -> str:
+    """libass drawing the cues of `srt` (a path relative to the working directory) with a
+    font of `fontsdir`, white on a translucent box, near the bottom of the picture."""
+    style = f"FontName={font},FontSize={size},BorderStyle=3,Outline=1,Shadow=0,MarginV=12"
+    return f"subtitles=filename={srt}:fontsdir={fontsdir}:force_style='{style}'"

@@ -344,8 +344,16 @@ class NodeJobs:
                 output = self._shot(node, key, work, record, on_job)
             elif node.kind == "frame":
                 output = self._frame(node, work)
-            elif node.kind == "edit":
+            elif node.kind == "edit" and node.recipe["kind"] == "mux":
+                output = self._mux(node, work, record)
+            elif node.kind in ("edit", "picture"):
                 output = self._edit(node, work, record)
+            elif node.kind == "audio" and node.recipe["kind"] == "music":
+                output = self._music(node, work, record)
+            elif node.kind == "audio":
+                output = self._mix(node, work, record)
+            elif node.kind == "subtitles":
+                output = self._subtitles(node, work, record)
             else:
                 raise NodeFailed(f"{node.id}: nothing to make for a {node.kind} node")
             digest = self.store.put(output)
@@ -542,11 +550,154 @@ class NodeJobs:
             dest=dest,
             cache=SegmentCache(self.store),
             workdir=work,
+            lossless_audio=node.recipe.get("audio") == "alac",
         )
         record.update(
             ffmpeg=result.ffmpeg_version,
             join_argv=result.join_argv,
             segments=result.segments,
             clips=result.clips,
+        )
+        return dest
+
+    # --- sound and words over the cut (runner/media/soundtrack.py) -------------------------
+
+    def _placed(self, node: Node) -> list[Any]:
+        """Where each cut of the film sits, from its clips as the assembly cuts them."""
+        from runner.media import assemble, soundtrack
+
+        fps = node.recipe["fps"]
+        clips = [
+            assemble.Clip(
+                path=self._input(node, cut["clip"]),
+                digest=self.digests[node.inputs[cut["clip"]]],
+                start=cut["start"],
+                end=cut["end"],
+                crossfade_in=cut["crossfade_in"],
+            )
+            for cut in node.recipe["cuts"]
+        ]
+        fades = [round(c.crossfade_in * fps) if i else 0 for i, c in enumerate(clips)]
+        return soundtrack.place(assemble.clip_ranges(clips, fps), fades)
+
+    def _voices(self, node: Node, placed: list[Any]) -> list[tuple[Path, int, float]]:
+        """Each voice-over: its file, the film frame it starts at, and how long it runs (s)."""
+        from runner.media import ffmpeg
+
+        fps = node.recipe["fps"]
+        out = []
+        for vo in node.recipe["voiceovers"]:
+            cut = placed[vo["cut"]]
+            frame = max(0, cut.film_first + round(vo["at"] * fps) - cut.source_first)
+            path = self._input(node, vo["input"])
+            info = ffmpeg.probe(path)
+            if not info.has_audio:
+                raise NodeFailed(f"{node.id}: {node.inputs[vo['input']]} has no audio stream")
+            out.append((path, frame, info.duration))
+        return out
+
+    def _music(self, node: Node, work: Path, record: dict[str, Any]) -> Path:
+        from runner.media import ffmpeg, soundtrack
+
+        recipe, fps = node.recipe, node.recipe["fps"]
+        placed = self._placed(node)
+        spans = []
+        for line in recipe["spoken"]:
+            frames = soundtrack.span(placed[line["cut"]], line["at"], line["until"], fps)
+            if frames is not None:
+                spans.append(soundtrack.seconds(frames, fps))
+        spans += [(f / fps, f / fps + length) for _, f, length in self._voices(node, placed)]
+        music = self._input(node, "music")
+        if not ffmpeg.probe(music).has_audio:
+            raise NodeFailed(f"{node.id}: {node.inputs['music']} has no audio stream")
+        dest = work / "music.wav"
+        record["argv"] = soundtrack.music_stem(
+            music,
+            fps=fps,
+            frames=soundtrack.film_frames(placed),
+            start=recipe["start"],
+            fade=recipe["fade"],
+            gain_db=recipe["gain_db"],
+            duck_db=recipe["duck_db"],
+            spans=sorted(spans),
+            dest=dest,
+        )
+        record["ducked"] = [[round(a, 4), round(b, 4)] for a, b in sorted(spans)]
+        return dest
+
+    def _mix(self, node: Node, work: Path, record: dict[str, Any]) -> Path:
+        from runner.media import ffmpeg, soundtrack
+
+        recipe, fps = node.recipe, node.recipe["fps"]
+        placed = self._placed(node)
+        voices, ducks = [], []
+        for vo, (path, frame, length) in zip(
+            recipe["voiceovers"], self._voices(node, placed), strict=True
+        ):
+            voices.append(ffmpeg.Voice(str(path), soundtrack.samples(frame, fps)))
+            ducks.append((frame / fps, frame / fps + length, float(vo["duck_db"])))
+        dest = work / "mix.m4a"
+        result = soundtrack.mix(
+            self._input(node, "picture"),
+            self._input(node, "music") if "music" in node.inputs else None,
+            voices,
+            ducks,
+            frames=soundtrack.film_frames(placed),
+            fps=fps,
+            loudness_lufs=recipe["loudness_lufs"],
+            dest=dest,
+            workdir=work,
+        )
+        record.update(
+            argv=result.argv,
+            measured={
+                "integrated_lufs": result.integrated_lufs,
+                "true_peak": result.true_peak_dbtp,
+            },
+            gain_db=result.gain_db,
+        )
+        return dest
+
+    def _subtitles(self, node: Node, work: Path, record: dict[str, Any]) -> Path:
+        import json
+
+        from runner.media import soundtrack
+
+        fps = node.recipe["fps"]
+        cues = soundtrack.cues(self._placed(node), node.recipe["lines"], fps)
+        dest = work / "cues.json"
+        data = {
+            "version": 1,
+            "fps": fps,
+            "language": node.recipe["language"],
+            "cues": [
+                {"first": c.first, "last": c.last, "text": c.text, "who": c.who} for c in cues
+            ],
+        }
+        dest.write_text(json.dumps(data, sort_keys=True, indent=1) + "\n", encoding="utf-8")
+        record["cues"] = len(cues)
+        return dest
+
+    def _mux(self, node: Node, work: Path, record: dict[str, Any]) -> Path:
+        from runner.media import soundtrack
+
+        recipe = node.recipe
+        srt = None
+        if "subtitles" in node.inputs:
+            srt = work / "cues.srt"
+            cues = soundtrack.read_cues(self._input(node, "subtitles"))
+            srt.write_text(soundtrack.srt(cues, recipe["fps"]), encoding="utf-8")
+        picture = self._input(node, "picture")
+        dest = work / "film.mp4"
+        record["argv"] = soundtrack.mux(
+            picture,
+            self._input(node, "audio") if "audio" in node.inputs else None,
+            srt,
+            language=recipe["language"],
+            burn=recipe["subtitles"] == "burn",
+            fps=recipe["fps"],
+            height=recipe["height"],
+            dest=dest,
+            workdir=work,
         )
         return dest

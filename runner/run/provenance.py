@@ -24,7 +24,7 @@ from runner.film.plan import full_recipe, node_key
 from runner.run.project import Project, find_root
 
 PROVENANCE_VERSION = 1
-TAG_VERSION = 1
+TAG_VERSION = 2  # 2: a subtitle track keeps its language
 
 
 def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None) -> dict[str, Any]:
@@ -66,7 +66,14 @@ def build(project: Project, digests: dict[str, str], git: dict[str, Any] | None)
             spend += float(entry["cost_usd"] or 0.0)
             if record.get("trimmed"):  # an extension: what of the provider's video was cut
                 entry["trimmed"] = record["trimmed"]
-        elif node.kind == "edit":
+        elif node.kind in ("audio", "subtitles") or node.recipe.get("kind") == "mux":
+            entry["parameters"] = {
+                k: v for k, v in node.recipe.items() if k not in ("cuts", "kind", "v")
+            }
+            for name in ("argv", "measured", "gain_db", "ducked", "cues"):
+                if name in record:
+                    entry[name] = record[name]
+        if node.kind in ("edit", "picture") and "cuts" in node.recipe:
             edit = {
                 "ffmpeg": record.get("ffmpeg"),
                 "argv": record.get("join_argv"),
@@ -112,6 +119,7 @@ def publish(project: Project, digests: dict[str, str]) -> tuple[Path, Path]:
     digest = str(tagged["output"]) if tagged is not None else None
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(prov, text)
+    _publish_subtitles(project, digests)
     if digest is not None and _published(film, digest):
         return film, prov  # a no-op render reads nothing more than this
     # About to copy it: a tagged film that does not hash to its name is quarantined, made again.
@@ -137,6 +145,28 @@ def publish(project: Project, digests: dict[str, str]) -> tuple[Path, Path]:
         Path(tmp).unlink(missing_ok=True)
         raise
     return film, prov
+
+
+def _publish_subtitles(project: Project, digests: dict[str, str]) -> None:
+    """out/<stem>.srt and .vtt from the subtitles node; gone when the film has none."""
+    from runner.media import soundtrack
+
+    out = project.out_dir
+    srt, vtt = out / f"{project.stem}.srt", out / f"{project.stem}.vtt"
+    if "subtitles" not in digests:
+        srt.unlink(missing_ok=True)
+        vtt.unlink(missing_ok=True)
+        return
+    node = project.graph.nodes["subtitles"]
+    if not project.outputs.have(digests["subtitles"], verify=True):
+        raise NodeFailed(
+            "subtitles: its output was corrupt and is moved to quarantine; run "
+            "`runner render` again to make it again"
+        )
+    cues = soundtrack.read_cues(project.store.blob(digests["subtitles"]))
+    fps = node.recipe["fps"]
+    write_atomic(srt, soundtrack.srt(cues, fps).encode())
+    write_atomic(vtt, soundtrack.vtt(cues, fps, node.recipe["language"]).encode())
 
 
 def _published(film: Path, digest: str) -> bool:

@@ -335,6 +335,8 @@ def _pull_needed(project: Project, plan: Plan, todo: set[str], publish: bool) ->
     read = set(wanted)  # inputs of local work: their bytes are hashed before use
     if publish:
         wanted.add("edit")  # a no-op render reads nothing: publishing checks what it copies
+        if "subtitles" in graph.nodes:
+            wanted.add("subtitles")  # published as out/<film>.srt and .vtt
     while wanted:
         nid = wanted.pop()
         d = plan.decisions[nid]
