@@ -670,7 +670,8 @@ def _retry_value(value: float | str) -> str:
 def main() -> None:
     """Serve from a process of its own, so a benchmark counts only the runner's CPU:
     `python -m tests.servers.openai_server --job-seconds 2 --clip-size 720x1280 --unique`
-    prints the base URL, makes the clip, then serves until its stdin closes."""
+    makes the clip, prints the base URL, serves until its stdin closes, then prints what it
+    saw as JSON (creates, first create's time, most jobs in flight)."""
     import argparse
 
     parser = argparse.ArgumentParser()
@@ -686,6 +687,9 @@ def main() -> None:
     with server:
         print(server.base_url, flush=True)
         sys.stdin.read()
+        times = server.create_times
+        seen = {"creates": len(times), "first_create": min(times, default=None)}
+        print(json.dumps({**seen, "in_flight_max": server.in_flight_max}), flush=True)
 
 
 if __name__ == "__main__":
