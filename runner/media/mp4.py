@@ -25,17 +25,12 @@ from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
-from runner.media import nal
+from runner.media import codec, nal
 
 _HEADER = struct.Struct(">I4s")
-_U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TOP = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"})
-_VIDEO = {b"avc1": "h264", b"avc3": "h264", b"hvc1": "hevc", b"hev1": "hevc"}
-_AUDIO = {b"mp4a": "aac", b"Opus": "opus", b".mp3": "mp3"}
-_MP4A = {0x40: "aac", 0x66: "aac", 0x67: "aac", 0x68: "aac", 0x69: "mp3", 0x6B: "mp3"}
-_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 
 
 class Unsupported(Exception):
@@ -221,10 +216,10 @@ def _boxes(buf: Any, start: int, end: int, where: str) -> Iterator[tuple[bytes, 
         if size < header:
             raise Damaged(f"the {_name(kind)} box at byte {pos} declares {size} bytes")
         if pos + size > end:
-            what = "the file" if where == "the file" else where
+            limit = f"{end} bytes" if where == "the file" else f"ending at byte {end}"
             raise Damaged(
                 f"cut short: the {_name(kind)} box at byte {pos} declares {size} bytes, "
-                f"{pos + size - end} past the end of {what} ({end} bytes)"
+                f"{pos + size - end} past the end of {where} ({limit})"
             )
         yield kind, pos + header, pos + size
         pos += size
@@ -304,9 +299,9 @@ def _track(buf: Any, start: int, end: int, n: int) -> Track:
     handler = bytes(_need(buf, pos, hdlr_end, 12)[pos + 8 : pos + 12]).decode("latin-1")
     stbl_at = _one(_children(buf, *_one(mdia, b"minf", where), where), b"stbl", where)
     stbl = _children(buf, *stbl_at, where)
-    fields: dict[str, Any] = {}
+    about = codec.Description()  # other tracks (timecode, text): no codec this walk knows
     if handler in ("vide", "soun"):
-        fields = _description(buf, *_one(stbl, b"stsd", where), handler, where)
+        about = _description(buf, *_one(stbl, b"stsd", where), handler, where)
     edits: tuple[tuple[int, int], ...] = ()
     if b"edts" in trak and b"elst" in (edts := _children(buf, *trak[b"edts"][0], where)):
         edits = _edits(buf, *edts[b"elst"][0])
@@ -323,8 +318,10 @@ def _track(buf: Any, start: int, end: int, n: int) -> Track:
         signed = buf[stbl[b"ctts"][0][0]] != 0
         ctts = _pairs(buf, *stbl[b"ctts"][0], 2, where, "i" if signed else "I")
     return Track(
-        handler, fields.pop("codec", None), timescale, duration, edits, **fields,
+        handler, about.codec, timescale, duration, edits,
         sizes=sizes, chunks=chunks, stsc=stsc, stts=stts, sync=sync, ctts=ctts,
+        width=about.width, height=about.height, pix_fmt=about.pix_fmt,
+        sample_rate=about.sample_rate, nal_length=about.nal_length,
     )  # fmt: skip
 
 
@@ -380,92 +377,17 @@ def _edits(buf: Any, start: int, end: int) -> tuple[tuple[int, int], ...]:
     return tuple(entry.unpack_from(buf, start + 8 + i * width) for i in range(count))
 
 
-def _description(buf: Any, start: int, end: int, handler: str, where: str) -> dict[str, Any]:
-    """Codec, frame size and pixel format, or sample rate, from the track's stsd box."""
+def _description(buf: Any, start: int, end: int, handler: str, where: str) -> codec.Description:
+    """What the track's single sample description (stsd) says about its codec."""
     _need(buf, start, end, 8)
     (count,) = _U32.unpack_from(buf, start + 4)
     if count != 1:
         raise Unsupported(f"{where}: {count} sample descriptions")
     kind, payload, entry_end = next(_boxes(buf, start + 8, end, where))
-    if handler == "vide":
-        codec = _VIDEO.get(kind)
-        if codec is None:
-            raise Unsupported(f"{where}: video in {_name(kind)}")
-        _need(buf, payload, entry_end, 78)
-        inner = _children(buf, payload + 78, entry_end, where)
-        config = b"avcC" if codec == "h264" else b"hvcC"
-        record = bytes(buf[slice(*_one(inner, config, where))])
-        try:
-            read = nal.avc_config if codec == "h264" else nal.hevc_config
-            length, sps_nal = read(record)
-            sps = (nal.avc_sps if codec == "h264" else nal.hevc_sps)(sps_nal)
-        except nal.Unreadable as err:
-            raise Unsupported(f"{where}: {err}") from None
-        return {
-            "codec": codec,
-            "width": sps.width,
-            "height": sps.height,
-            "pix_fmt": sps.pix_fmt,
-            "nal_length": length,
-        }
-    codec = _AUDIO.get(kind)
-    if codec is None:
-        raise Unsupported(f"{where}: audio in {_name(kind)}")
-    _need(buf, payload, entry_end, 28)
-    (version,) = _U16.unpack_from(buf, payload + 8)
-    (rate,) = _U32.unpack_from(buf, payload + 24)
-    rate >>= 16
-    skip = {0: 28, 1: 44, 2: 64}.get(version)
-    if skip is None:
-        raise Unsupported(f"{where}: a sound description of version {version}")
-    if kind == b"mp4a":
-        inner = _children(buf, payload + skip, entry_end, where)
-        if b"esds" not in inner and b"wave" in inner:  # QuickTime nests it in a wave box
-            inner = _children(buf, *inner[b"wave"][0], where)
-        codec, rate = _esds(buf, *_one(inner, b"esds", where), rate)
-    if codec == "opus":
-        rate = 48000  # Opus always decodes at 48 kHz
-    return {"codec": codec, "sample_rate": rate}
-
-
-def _esds(buf: Any, start: int, end: int, rate: int) -> tuple[str, int]:
-    """(codec, sample rate) from an esds box: its object type and AudioSpecificConfig."""
-    data = bytes(buf[start + 4 : end])  # after version and flags
-    found: dict[int, bytes] = {}
-
-    def descriptors(blob: bytes) -> None:
-        pos = 0
-        while pos + 2 <= len(blob):
-            tag, length, pos = blob[pos], 0, pos + 1
-            for _ in range(4):
-                if pos >= len(blob):
-                    return
-                length, pos = (length << 7) | (blob[pos] & 0x7F), pos + 1
-                if not blob[pos - 1] & 0x80:
-                    break
-            body = blob[pos : pos + length]
-            found.setdefault(tag, body)
-            if tag == 3 and len(body) >= 3:  # ES_Descriptor: ES_ID, flags, optional fields
-                flags, skip = body[2], 3
-                skip += 2 if flags & 0x80 else 0
-                skip += 1 + body[skip] if flags & 0x40 and skip < len(body) else 0
-                skip += 2 if flags & 0x20 else 0
-                descriptors(body[skip:])
-            elif tag == 4 and len(body) > 13:  # DecoderConfigDescriptor
-                descriptors(body[13:])
-            pos += length
-
-    descriptors(data)
-    config = found.get(4, b"")
-    codec = _MP4A.get(config[0]) if config else None
-    if codec is None:
-        raise Unsupported("mp4a audio of an unknown object type")
-    asc = found.get(5, b"")
-    if codec == "aac" and len(asc) >= 2:
-        index = ((asc[0] & 0x07) << 1) | (asc[1] >> 7)
-        if index < len(_RATES):
-            rate = _RATES[index]
-    return codec, rate
+    try:
+        return codec.describe(handler, kind, bytes(buf[payload:entry_end]))
+    except codec.Unknown as err:
+        raise Unsupported(f"{where}: {err}") from None
 
 
 def _check_track(buf: Any, movie: Movie, track: Track) -> None:

@@ -16,7 +16,6 @@ from typing import Any
 
 _FORBIDDEN = re.compile(rb"\x00\x00[\x00-\x02]")
 _ESCAPE = re.compile(rb"\x00\x00\x03")
-_U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 # H.264 profiles whose SPS carries chroma format, bit depths and scaling matrices.
 _AVC_HIGH = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
@@ -263,40 +262,3 @@ def _skip_short_term_ref_pic_sets(r: _Bits, count: int) -> None:
                 r.ue()
                 r.u(1)
             deltas.append(negative + positive)
-
-
-def avc_config(record: bytes) -> tuple[int, bytes]:
-    """(NAL length prefix size, first SPS) from an avcC box's payload."""
-    if len(record) < 7 or record[0] != 1:
-        raise Unreadable("not an avcC record of version 1")
-    if not record[5] & 0x1F:
-        raise Unreadable("an avcC record without an SPS")
-    (size,) = _U16.unpack_from(record, 6)
-    sps = record[8 : 8 + size]
-    if len(sps) != size:
-        raise Unreadable("the avcC record ends inside its SPS")
-    return (record[4] & 3) + 1, sps
-
-
-def hevc_config(record: bytes) -> tuple[int, bytes]:
-    """(NAL length prefix size, first SPS) from an hvcC box's payload."""
-    if len(record) < 23:
-        raise Unreadable("an hvcC record cut short")
-    pos = 23
-    for _ in range(record[22]):  # numOfArrays
-        if pos + 3 > len(record):
-            break
-        kind = record[pos] & 0x3F
-        (count,) = _U16.unpack_from(record, pos + 1)
-        pos += 3
-        for _ in range(count):
-            if pos + 2 > len(record):
-                break
-            (size,) = _U16.unpack_from(record, pos)
-            if kind == 33:
-                sps = record[pos + 2 : pos + 2 + size]
-                if len(sps) != size:
-                    break
-                return (record[21] & 3) + 1, sps
-            pos += 2 + size
-    raise Unreadable("an hvcC record without a whole SPS")
