@@ -134,6 +134,20 @@ def test_a_run_of_random_bytes_in_the_middle_is_rejected(
     assert "is garbled" in reject(broken)
 
 
+def test_bytes_no_encoder_writes_reject_a_clip_only_when_the_decoder_fails_on_them_too(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """Zeros inside the encoder's text note (an SEI unit a decoder reads past): the walk
+    flags them, the decoder takes them, so a paid render is not thrown away for them."""
+    raw = bytearray(clips["faststart"].read_bytes())
+    at = raw.index(b"x264 - core") + 20
+    raw[at : at + 4] = bytes(4)
+    (tmp_path / "sei.mp4").write_bytes(bytes(raw))
+    with pytest.raises(mp4.Garbled, match="sample 1 of 48 is garbled"):
+        mp4.check(tmp_path / "sei.mp4")
+    assert ffmpeg.verify_video(tmp_path / "sei.mp4", SECONDS).frames == 48
+
+
 def test_a_clip_of_the_wrong_length_is_rejected(clips: dict[str, Path]) -> None:
     assert "lasts 2.000 s, expected 4.000 s" in reject(clips["faststart"], 4.0)
 

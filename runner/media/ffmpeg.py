@@ -258,11 +258,18 @@ def verify_video(
     within `tolerance`; raises NodeFailed otherwise. An MP4 the box walk reads is checked
     cheaply: its structure, sample tables and NAL units (`mp4.check`), then the head of its
     first and last group of pictures decoded. Anything else, or `deep`, is decoded from start
-    to end, as `runner cache verify --deep` does.
+    to end, as `runner cache verify --deep` does; so is a clip whose NAL units look garbled,
+    which is rejected only if the decoder fails on it too.
     """
     if not deep:
         try:
             movie = mp4.check(path)
+        except mp4.Garbled as err:
+            # Rejecting a paid render is costly: only when the decoder fails on it too.
+            try:
+                return verify_video(path, seconds, tolerance, deep=True)
+            except NodeFailed:
+                raise NodeFailed(f"{path}: {err}") from None
         except mp4.Damaged as err:
             raise NodeFailed(f"{path}: {err}") from None
         except mp4.Unsupported:

@@ -41,6 +41,11 @@ class Damaged(Exception):
     """An MP4 whose own structure shows it is broken; the message says where and how."""
 
 
+class Garbled(Damaged):
+    """A video sample holds bytes no encoder writes (zeroed, random): broken for certain only
+    once a decoder says so too (a muxer may pad in ways a decoder skips)."""
+
+
 @dataclass(frozen=True)
 class Track:
     """One track's headers and sample tables, as read (`check` proves them consistent)."""
@@ -436,7 +441,7 @@ def _check_track(buf: Any, movie: Movie, track: Track) -> None:
             problem = "it is empty" if size == 0 else None
             problem = problem or nal.sample_problem(buf, offset, offset + size, nals, hevc)
             if problem is not None:
-                raise Damaged(f"{where}: sample {index + 1} of {count} is garbled: {problem}")
+                raise Garbled(f"{where}: sample {index + 1} of {count} is garbled: {problem}")
             offset += size
 
 
