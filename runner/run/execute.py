@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import queue
 import sys
 import threading
@@ -40,7 +41,8 @@ from runner.run.ratelimit import SendWindow
 from runner.run.scheduler import RELEASED, Released, Retry
 
 REFETCH_ATTEMPTS = 4  # downloads of a recorded job before giving up for this run (all free)
-MAX_THREADS = 16  # threads running nodes' work (downloads, verification, local renders)
+# Threads running nodes' work: downloads and verification, and local renders (one a core).
+MAX_THREADS = max(16, os.cpu_count() or 1)
 
 
 def _now() -> str:
