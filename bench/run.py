@@ -1,15 +1,19 @@
-"""`make bench`: start-up, no-op plan and render of big cached films, assembly of 100 clips.
-
-`python bench/run.py assembly [CLIPS]` runs the assembly benchmark alone (bench/assembly.py).
+"""`make bench`: start-up, no-op plans of big films, assembly, hosted shots' CPU and makespan.
 
 Writes BENCHMARKS.md with the figures and the commands that produced them. Wall-clock
 figures are the best of several runs on this machine; they are not asserted by the test suite.
+`python bench/run.py SECTION ...` measures some sections alone and keeps the other rows;
+`--small` checks that they run, at a small scale, and writes nothing.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -93,14 +97,47 @@ def seed_cache(manifest: Path, cache: Path) -> None:
     sh(*RUNNER, "render", manifest, env=env)  # renders what is left for real, then assembles
 
 
-def main() -> None:
+Row = tuple[str, str, str, str]  # what, best, median, target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "sections",
+        nargs="*",
+        metavar="SECTION",
+        help=f"what to measure (default: all): {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="a small scale run that checks the benchmarks work; prints, writes nothing",
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.sections if name not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section {', '.join(unknown)} (sections: {', '.join(SECTIONS)})")
+    chosen = args.sections or list(SECTIONS)
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[Row] = []
+    for name in chosen:
+        measure = SECTIONS[name]
+        rows += measure(small=True) if args.small and name in SCALED else measure()
+    if args.small:
+        print("\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows))
+        return
+    write_report(rows, None if not args.sections else chosen)
 
+
+def start_up() -> list[Row]:
     best, median = best_of(10, lambda: sh(*RUNNER, "--help"))
-    rows.append(("`runner --help` start-up", f"{best:.3f} s", f"{median:.3f} s", "<= 0.15 s"))
+    return [("`runner --help` start-up", f"{best:.3f} s", f"{median:.3f} s", "<= 0.15 s")]
 
+
+def no_op_plans() -> list[Row]:
+    """No-op `plan` and `render` of films of 1,000 and 10,000 cached shots."""
+    rows = []
     for shots, target in ((1000, "0.25"), (10000, "1.5")):
         folder = WORK / f"film{shots}"
         manifest = make_film(folder, shots)
@@ -122,16 +159,10 @@ def main() -> None:
         rows.append(
             (f"no-op `runner render`, {shots:,} shots", f"{best:.3f} s", f"{median:.3f} s", "")
         )
-
-    rows += previz_clip()
-    rows += previz_cards_of_hostile_text()
-    rows += assembly_of_100_clips()
-    rows += makespan_100_hosted_shots()
-    rows += pull_100_shots_from_the_remote()
-    write_report(rows)
+    return rows
 
 
-def previz_clip() -> list[tuple[str, str, str, str]]:
+def previz_clip() -> list[Row]:
     """One previz clip (2 s, 320x180) rendered in this process, after a warm-up clip."""
     sys.path.insert(0, str(ROOT))
     from runner.backends.base import ShotRequest
@@ -162,7 +193,7 @@ def previz_clip() -> list[tuple[str, str, str, str]]:
     return [("previz clip, 2 s at 320x180", f"{best:.3f} s", f"{median:.3f} s", "< 1.0 s")]
 
 
-def previz_cards_of_hostile_text() -> list[tuple[str, str, str, str]]:
+def previz_cards_of_hostile_text() -> list[Row]:
     """One previz card (1280x720) drawn in this process for text that used to take minutes:
     one long word, a long shot id, a 5 MB one-word prompt, mixed scripts."""
     sys.path.insert(0, str(ROOT))
@@ -200,7 +231,7 @@ def previz_cards_of_hostile_text() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def assembly_of_100_clips(clips: int = 100) -> list[tuple[str, str, str, str]]:
+def assembly_of_100_clips(clips: int = 100) -> list[Row]:
     """Clips at the film's format (copied) and at another size (conformed), cold and warm,
     against the floor of a stream copy and one audio encode: bench/assembly.py."""
     sys.path.insert(0, str(ROOT))
@@ -209,7 +240,7 @@ def assembly_of_100_clips(clips: int = 100) -> list[tuple[str, str, str, str]]:
     return assembly.rows(WORK / "assembly", clips)
 
 
-def makespan_100_hosted_shots() -> list[tuple[str, str, str, str]]:
+def makespan_100_hosted_shots() -> list[Row]:
     """The scheduler's makespan on 100 shots against the loopback OpenAI server (real SDK,
     real HTTP, jobs of 5 s standing in for minutes), against the lower bound
     max(critical path, total latency / concurrency, N / rpm)."""
@@ -270,7 +301,121 @@ def makespan_100_hosted_shots() -> list[tuple[str, str, str, str]]:
     ]
 
 
-def pull_100_shots_from_the_remote() -> list[tuple[str, str, str, str]]:
+def verify_a_downloaded_clip() -> list[Row]:
+    """CPU of checking one downloaded 4 s 720x1280 H.264/AAC clip (the loopback server's):
+    the cheap check every download gets, and the full decode of `cache verify --deep`."""
+    sys.path.insert(0, str(ROOT))
+    from runner.media import ffmpeg
+    from tests.servers.clips import mp4_bytes
+
+    clip = WORK / "verify" / "clip.mp4"
+    clip.parent.mkdir(parents=True)
+    clip.write_bytes(mp4_bytes(4.0, "720x1280"))
+    rows = []
+    for deep, runs, what in ((False, 20, "cheap check"), (True, 5, "`--deep`: every frame")):
+        ffmpeg.verify_video(clip, 4.0, deep=deep)  # warm-up: the page cache, ffmpeg's start
+        spent = []
+        for _ in range(runs):
+            before = cpu_seconds()
+            ffmpeg.verify_video(clip, 4.0, deep=deep)
+            spent.append(cpu_seconds() - before)
+        rows.append(
+            (
+                f"CPU to verify a downloaded 4 s 720x1280 clip, {what} (runner and ffmpeg)",
+                f"{min(spent):.3f} s",
+                f"{statistics.median(spent):.3f} s",
+                "",
+            )
+        )
+    return rows
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user and system) of this process and the children it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def hosted_shots(small: bool = False) -> list[Row]:
+    """150 hosted shots (4 s of 720x1280 each, distinct bytes) at concurrency 30 against the
+    loopback OpenAI server, jobs of 2 s polled once a second as the server asks: the runner's
+    CPU per shot (its own and its ffmpeg's: create, polls, download, verify, store, record),
+    and the makespan from the first create to the last shot stored against the lower bound
+    shots x job / concurrency. The server runs in a process of its own, so its CPU is not
+    counted; the runner runs in this one (Python and SDK start-up are not counted: they are
+    paid once a run, not once a shot). Shots only (`--shard 1/1`): no edit is assembled."""
+    sys.path.insert(0, str(ROOT))
+    import openai  # noqa: F401  (imports happen before the measure)
+
+    from runner.media import ffmpeg
+    from runner.run.project import Project
+    from runner.run.render import Options, render
+
+    shots, concurrency, job_seconds, poll_ms = (
+        (30, 10, 2.0, 1000) if small else (150, 30, 2.0, 1000)
+    )
+    folder = WORK / f"hosted{shots}"
+    lines = ["[film]", 'title = "Hosted"', 'size = "720x1280"', "fps = 24", "[defaults]"]
+    lines += ['backend = "openai"', 'model = "sora-2"', 'size = "720x1280"', "seconds = 4"]
+    lines += ["[limits.openai]", f"concurrency = {concurrency}"]
+    for i in range(shots):
+        lines += [f"[shots.s{i}]", f'scene = "Hosted shot {i}: a lantern on the river."']
+    folder.mkdir(parents=True)
+    manifest = folder / "film.toml"
+    manifest.write_text("\n".join(lines) + "\n")
+    serve = [sys.executable, "-m", "tests.servers.openai_server", "--unique"]
+    serve += ["--job-seconds", str(job_seconds), "--poll-after-ms", str(poll_ms)]
+    server = subprocess.Popen(
+        [*serve, "--clip-size", "720x1280"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    done: list[float] = []
+    try:
+        os.environ["OPENAI_BASE_URL"] = server.stdout.readline().strip()
+        os.environ["OPENAI_API_KEY"] = "sk-bench"
+        ffmpeg.ffmpeg_version()  # found and run once before the measure
+        project = Project.open(manifest, folder / "cache", None)
+
+        def report(event: str, node: str, detail: str) -> None:
+            if event == "done":
+                done.append(time.time())
+
+        before = cpu_seconds()
+        result = render(project, Options(shard=(1, 1)), report)
+        spent = cpu_seconds() - before
+    finally:
+        server.stdin.close()
+        seen = json.loads(server.stdout.readline() or "{}")
+        server.wait()
+    assert result.outcome.ok, result.outcome.failed
+    makespan = max(done) - seen["first_create"]
+    bound = max(job_seconds, shots * job_seconds / concurrency)
+    per_shot = spent / shots
+    return [
+        (
+            f"runner CPU per hosted 4 s 720x1280 shot ({shots} shots, {seen['creates']} "
+            f"creates, concurrency {concurrency}, {job_seconds:g} s jobs polled every "
+            f"{poll_ms} ms): {spent:.1f} s of CPU in all",
+            f"{per_shot:.3f} s",
+            f"{per_shot:.3f} s (one run)",
+            f"<= 0.05 s: {per_shot / 0.05:.2f}x",
+        ),
+        (
+            f"makespan of the same run, first create to last shot stored (most in flight: "
+            f"{seen['in_flight_max']}): lower bound {bound:.1f} s",
+            f"{makespan:.1f} s",
+            f"{makespan:.1f} s (one run)",
+            f"<= 1.5x the bound: {makespan / bound:.3f}x",
+        ),
+    ]
+
+
+def pull_100_shots_from_the_remote() -> list[Row]:
     """Pull a 100-shot film (2 MiB a shot) from a loopback S3 server into an empty cache,
     streaming, verifying each digest and installing atomically, against a raw read of the
     same bytes."""
@@ -289,8 +434,49 @@ def pull_100_shots_from_the_remote() -> list[tuple[str, str, str, str]]:
     ]
 
 
-def write_report(rows: list[tuple[str, str, str, str]]) -> None:
+SECTIONS: dict[str, Callable[..., list[Row]]] = {
+    "startup": start_up,
+    "plans": no_op_plans,
+    "previz": previz_clip,
+    "cards": previz_cards_of_hostile_text,
+    "assembly": assembly_of_100_clips,
+    "makespan": makespan_100_hosted_shots,
+    "pull": pull_100_shots_from_the_remote,
+    "verify": verify_a_downloaded_clip,
+    "hosted": hosted_shots,
+}
+"""Each part of the benchmark, runnable alone: `python bench/run.py verify hosted`."""
+SCALED = frozenset({"hosted"})  # sections that take `small=True` (`--small`)
+OWN_ROWS = {
+    "startup": ("`runner --help`",),
+    "plans": ("no-op `runner",),
+    "previz": ("previz clip",),
+    "cards": ("previz card",),
+    "assembly": ("assembly of 100 clips",),
+    "makespan": ("makespan, 100 hosted",),
+    "pull": ("pull of a 100-shot film",),
+    "verify": ("CPU to verify a downloaded",),
+    "hosted": ("runner CPU per hosted", "makespan of the same run"),
+}
+"""How each section's rows begin: a run of some sections replaces only their rows."""
+
+
+def write_report(rows: list[Row], sections: list[str] | None = None) -> None:
+    """BENCHMARKS.md with `rows`; when only some `sections` ran, the other sections' rows
+    (and every hand-measured section below the table) are kept as they were."""
     cpu = os.cpu_count()
+    report = ROOT / "BENCHMARKS.md"
+    old = report.read_text() if report.exists() else ""
+    machine = (
+        f"Machine: {platform.machine()}, {cpu} cores, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}."
+    )
+    if sections is not None:
+        rows = _merged(old, rows, sections)
+        found = re.search(r"^Machine: .*$", old, flags=re.MULTILINE)
+        if found is not None:  # the other rows were measured then; say when these were
+            earlier = found.group().split("; ")[0].rstrip(".")
+            machine = f"{earlier}; {', '.join(sections)} {time.strftime('%Y-%m-%d')}."
     lines = [
         "# Benchmarks",
         "",
@@ -299,43 +485,40 @@ def write_report(rows: list[tuple[str, str, str, str]]) -> None:
         "and median of several runs. Big films are made by `bench/run.py`: tiny previz shots in",
         "chains of ten; the shots the edit uses are rendered for real, the rest of the cache is",
         "seeded with records and small blobs (a cached node is a record plus a blob).",
+        "`python bench/run.py SECTION ...` measures some parts alone",
+        f"({', '.join(SECTIONS)}) and keeps the other rows.",
         "",
-        f"Machine: {platform.machine()}, {cpu} cores, Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d')}.",
+        machine,
         "",
         "| what | best | median | target |",
         "|---|---|---|---|",
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
         "",
     ]
-    report = ROOT / "BENCHMARKS.md"
     # The "## Test suite" section is measured by hand (`make test`'s time): keep it.
-    old = report.read_text() if report.exists() else ""
     kept = old[old.index("## Test suite") :] if "## Test suite" in old else ""
     report.write_text("\n".join(lines) + ("\n" + kept if kept else ""))
     print("\n".join(lines))
 
 
-def assembly_alone(clips: int) -> None:
-    """`python bench/run.py assembly [CLIPS]`: the assembly rows only. At 100 clips they
-    replace the assembly rows of BENCHMARKS.md; fewer clips only print (a quick check)."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    rows = assembly_of_100_clips(clips)
-    for row in rows:
-        print(" | ".join(row))
-    if clips != 100:
-        return
-    report = ROOT / "BENCHMARKS.md"
-    lines = report.read_text().split("\n")
-    old = [i for i, line in enumerate(lines) if line.startswith("| assembly of")]
-    at = old[0] if old else 1 + next(i for i, ln in enumerate(lines) if ln.startswith("|---"))
-    kept = [line for i, line in enumerate(lines) if i not in old]
-    kept[at:at] = [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    report.write_text("\n".join(kept))
+def _merged(old: str, rows: list[Row], sections: list[str]) -> list[Row]:
+    """The table's rows as they were, with the rows of `sections` replaced by `rows` (at the
+    place of the first one they replace, else at the end)."""
+    mine = tuple(prefix for name in sections for prefix in OWN_ROWS[name])
+    merged: list[Row] = []
+    placed = False
+    for line in old.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or len(cells) != 4 or cells[0] in ("what", "---"):
+            continue
+        if cells[0].startswith(mine):
+            if not placed:
+                merged += rows
+                placed = True
+            continue
+        merged.append((cells[0], cells[1], cells[2], cells[3]))
+    return merged if placed else merged + rows
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["assembly"]:
-        assembly_alone(int(sys.argv[2]) if len(sys.argv) > 2 else 100)
-    else:
-        main()
+    main()

@@ -97,7 +97,7 @@ def audio_samples(video: Path, tmp: Path) -> int:
 
 def video_frames(video: Path) -> int:
     """Decoded video frame count."""
-    return ffmpeg.verify_video(video, None).frames or 0
+    return ffmpeg.verify_video(video, None, deep=True).frames or 0
 
 
 def flash_onsets(video: Path) -> list[float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -78,6 +79,41 @@ def test_n_shots_make_exactly_n_creates_within_the_concurrency_limit(
     assert (p.manifest.parent / "out" / "film.mp4").is_file()
     again = p.run("render")
     assert again.returncode == 0 and len(server.creates) == 6
+
+
+def test_jobs_waiting_on_their_provider_hold_no_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More jobs in flight than the runner has threads: each waits parked, not in a thread."""
+    from runner.run import execute
+    from runner.run.project import Project as Opened
+    from runner.run.render import Options, render
+
+    shots = execute.MAX_THREADS + 8
+    manifest = gen(tmp_path / "film", {"film.toml": film(shots, limits=f"concurrency = {shots}")})
+    most = 0
+    done = threading.Event()
+
+    def count() -> None:
+        nonlocal most
+        while not done.wait(0.01):
+            names = [t.name for t in threading.enumerate()]
+            most = max(most, sum(n.startswith("node") for n in names))
+
+    with OpenAIServer(job_seconds=1.5, poll_after_ms=100) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        counter = threading.Thread(target=count)
+        counter.start()
+        try:
+            project = Opened.open(manifest / "film.toml", tmp_path / "cache", None)
+            result = render(project, Options(shard=(1, 1)), lambda *_: None)
+        finally:
+            done.set()
+            counter.join()
+    assert result.outcome.ok, result.outcome.failed
+    assert server.in_flight_max == shots  # every job in flight at once ...
+    assert 0 < most <= execute.MAX_THREADS  # ... on no more threads than the cap
 
 
 def test_plan_estimates_cost_from_the_price_table(tmp_path: Path, server: OpenAIServer) -> None:

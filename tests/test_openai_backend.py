@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import socket
 import subprocess
 import sys
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from runner.backends import policy
 from runner.backends.base import Expired, RateLimited, Refused, ShotRequest, Transient
 from runner.backends.openai import OpenAIBackend, fit_image
+from runner.digest import Hashed, file_digest
 from runner.errors import NodeFailed, UserError
 from runner.media import ffmpeg
 from tests.servers.clips import mp4_bytes
@@ -247,10 +250,53 @@ def test_a_download_cut_short_resumes_with_a_range_and_fetches_only_the_rest(
     size = len(mp4_bytes(4.0))
     half = (dest.parent / "river.mp4.part").stat().st_size
     assert half == size // 2  # kept for the next attempt
-    backend.download(job_id, dest)
+    received = backend.download(job_id, dest)
     assert server.downloads == [(job_id, 0, half), (job_id, half, size - half)]
     assert dest.read_bytes() == mp4_bytes(4.0)
     assert not list(tmp_path.glob("*.part"))
+    # Hashed as it arrived, the kept half included: the store need not read it again.
+    assert received == Hashed(hashlib.sha256(mp4_bytes(4.0)).hexdigest(), size)
+
+
+def test_a_download_is_hashed_as_it_arrives(
+    backend: OpenAIBackend, server: OpenAIServer, tmp_path: Path
+) -> None:
+    job_id = backend.submit(shot())
+    wait_done(backend, job_id)
+    received = backend.download(job_id, tmp_path / "river.mp4")
+    assert received == Hashed(file_digest(tmp_path / "river.mp4"), len(mp4_bytes(4.0)))
+
+
+def test_a_body_shorter_than_the_length_announced_is_a_transfer_cut_short(tmp_path: Path) -> None:
+    dest = tmp_path / "river.mp4"
+    cut = pytest.raises(Transient, match="stopped at 5 of the 10 bytes")
+    with cut, policy.part_file(dest, resumable=True) as part:
+        part.announce(10)
+        with part.open() as out:
+            out.write(b"12345")
+        part.finish()
+    assert (tmp_path / "river.mp4.part").read_bytes() == b"12345"  # kept: the rest follows
+    with policy.part_file(dest, resumable=True) as part:
+        part.announce(10)
+        with part.open(offset=5) as out:
+            out.write(b"67890")
+        received = part.finish()
+    assert received == Hashed(hashlib.sha256(b"1234567890").hexdigest(), 10)
+    assert dest.read_bytes() == b"1234567890"
+
+
+@pytest.mark.parametrize(
+    ("headers", "length"),
+    [
+        ({"content-length": "100"}, 100),
+        ({"content-range": "bytes 40-99/100", "content-length": "60"}, 100),
+        ({"content-range": "bytes 40-99/*", "content-length": "60"}, None),
+        ({"content-length": "100", "content-encoding": "gzip"}, None),
+        ({}, None),
+    ],
+)
+def test_the_length_a_server_announces(headers: dict[str, str], length: int | None) -> None:
+    assert policy.content_length(headers) == length
 
 
 def test_a_resumed_range_cut_short_again_resumes_from_further_on(

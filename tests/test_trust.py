@@ -4,6 +4,7 @@ URLs and control characters in user text never reach a message or a file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -15,10 +16,11 @@ import pytest
 
 from runner.backends.base import Transient
 from runner.backends.openai import OpenAIBackend
+from runner.cache import store as store_module
 from runner.cache.lock import Lock
 from runner.cache.store import Store
 from runner.cli.main import main
-from runner.digest import file_digest
+from runner.digest import Hashed, file_digest
 from runner.errors import UserError, printable, scrub_urls
 from tests.films import MINIMAL, gen, lock_nodes
 from tests.servers.openai_server import OpenAIServer
@@ -143,6 +145,29 @@ def test_store_put_replaces_a_blob_that_does_not_hash_to_its_name(tmp_path: Path
     assert again.put(again.own_tmp() / "b") == digest
     assert file_digest(again.blob(digest)) == digest
     assert len(again.quarantined()) == 1
+
+
+def test_store_put_names_a_download_by_the_digest_taken_as_it_arrived(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "cache")
+    src = store.own_tmp() / "a"
+    src.write_bytes(b"the downloaded clip")
+    received = Hashed(file_digest(src), src.stat().st_size)
+    monkeypatch.setattr(store_module, "stream_digest", lambda _f: pytest.fail("read again"))
+    assert store.put(src, received) == received.digest
+    assert not src.exists() and file_digest(store.blob(received.digest)) == received.digest
+
+
+def test_store_put_hashes_again_a_file_whose_length_changed_since_it_was_hashed(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "cache")
+    src = store.own_tmp() / "a"
+    src.write_bytes(b"the downloaded clip, and bytes written after it was hashed")
+    stale = Hashed(hashlib.sha256(b"the downloaded clip").hexdigest(), 19)
+    digest = store.put(src, stale)
+    assert digest != stale.digest and file_digest(store.blob(digest)) == digest
 
 
 # -- no code runs from the cache ------------------------------------------------------------

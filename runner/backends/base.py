@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from runner.film.request import ShotRequest
 
 if TYPE_CHECKING:
+    from runner.digest import Hashed
     from runner.film.request import Capabilities
 
 __all__ = ["Backend", "Capabilities", "JobStatus", "ShotRequest"]
@@ -124,6 +125,7 @@ class Backend(Protocol):
 
     def poll(self, job_id: str) -> JobStatus: ...
 
-    def download(self, job_id: str, dest: Path) -> None:
-        """Write the finished video to dest (the caller verifies and stores it)."""
+    def download(self, job_id: str, dest: Path) -> Hashed | None:
+        """Write the finished video to dest (the caller verifies and stores it); its digest and
+        length when they were taken as it was written (None: the store hashes it)."""
         ...

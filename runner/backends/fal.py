@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runner import faults
 from runner.backends import policy
 from runner.backends.base import (
     BackendError,
@@ -41,6 +40,7 @@ from runner.backends.base import (
     Untrusted,
 )
 from runner.backends.fal_models import BUILTIN, FIXED, NEW_ROW, SIZES, FalRow, arguments, problem
+from runner.digest import Hashed
 from runner.film import model_table
 
 if TYPE_CHECKING:
@@ -219,27 +219,22 @@ class FalBackend:
             return JobStatus("failed", error=refusal)
         return JobStatus("done")
 
-    def download(self, job_id: str, dest: Path) -> None:
-        """Stream the result's video to dest through a `.part` file beside it."""
+    def download(self, job_id: str, dest: Path) -> Hashed | None:
+        """Stream the result's video to dest through a `.part` file beside it, hashing it as
+        it arrives; returns its digest and length."""
         url = self._video_url(job_id)
         media = self._connect().media
 
-        def fetch(part: Path) -> None:
+        def fetch(part: policy.Part) -> None:
             with media.stream("GET", url) as response:
-                expected = response.headers.get("content-length")
-                written = 0
-                with part.open("wb") as f:
-                    for n, chunk in enumerate(response.iter_raw()):
-                        f.write(chunk)
-                        written += len(chunk)
-                        if n == 0:
-                            f.flush()  # a kill here leaves the first bytes in the part
-                            faults.point("mid-download")
-            if expected is not None and written != int(expected):
-                raise Transient(f"fal job {job_id}: download cut short at {written} of {expected}")
+                policy.stream_into(part, response.iter_raw(), response.headers)
 
         with policy.part_file(dest) as part:
             self._call(lambda: fetch(part), stage="download", job=job_id)
+            try:
+                return part.finish()
+            except Transient as err:
+                raise Transient(f"fal job {job_id}: {err}") from None
 
     def cancel(self, job_id: str) -> None:
         """Cancel a request (fal refunds it only while it is still IN_QUEUE)."""

@@ -26,7 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runner import faults
 from runner.backends import policy
 from runner.backends.base import (
     BackendError,
@@ -38,6 +37,7 @@ from runner.backends.base import (
     Transient,
 )
 from runner.backends.luma_models import BUILTIN, FIXED, NEW_ROW, SIZES, LumaRow, arguments, problem
+from runner.digest import Hashed
 from runner.errors import UserError
 from runner.film import model_table
 
@@ -248,8 +248,9 @@ class LumaBackend:
         state = "running" if g.state == "dreaming" else "queued"
         return JobStatus(state, poll_after=self.poll_seconds, extra=extra)
 
-    def download(self, job_id: str, dest: Path) -> None:
-        """Stream the generation's video (a CDN URL, fetched without the key) to dest."""
+    def download(self, job_id: str, dest: Path) -> Hashed | None:
+        """Stream the generation's video (a CDN URL, fetched without the key) to dest, hashed
+        as it arrives; returns its digest and length."""
         client = self._get_client()
         g = self._call(lambda: client.generations.get(job_id), stage="download", job=job_id)
         url = g.assets.video if g.assets is not None else None
@@ -257,25 +258,19 @@ class LumaBackend:
             raise Expired(f"Luma's generation {job_id} has no video ({g.state})")
         media = self._get_media()
 
-        def fetch(part: Path) -> None:
+        def fetch(part: policy.Part) -> None:
             with media.stream("GET", url) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _CdnError(response.status_code, response.text[:300])
-                expected = response.headers.get("content-length")
-                written = 0
-                with part.open("wb") as f:
-                    for n, chunk in enumerate(response.iter_raw()):
-                        f.write(chunk)
-                        written += len(chunk)
-                        if n == 0:
-                            f.flush()  # a kill here leaves the first bytes in the part
-                            faults.point("mid-download")
-            if expected is not None and written != int(expected):
-                raise Transient(f"luma job {job_id}: download cut short at {written} of {expected}")
+                policy.stream_into(part, response.iter_raw(), response.headers)
 
         with policy.part_file(dest) as part:
             self._call(lambda: fetch(part), stage="download", job=job_id)
+            try:
+                return part.finish()
+            except Transient as err:
+                raise Transient(f"luma job {job_id}: {err}") from None
 
     def claim(self, job_id: str) -> None:
         """Mark a generation as owned, so `find` never hands it to another take."""

@@ -28,6 +28,7 @@ from runner.backends.base import (
     ShotRequest,
     Transient,
 )
+from runner.digest import Hashed
 from runner.film import model_table
 from runner.film.model_table import ModelRow
 
@@ -242,35 +243,37 @@ class OpenAIBackend:
         progress = video.progress / 100 if isinstance(video.progress, int | float) else None
         return JobStatus(state, poll_after=poll_after, extra=extra, progress=progress)
 
-    def download(self, job_id: str, dest: Path) -> None:
-        """Stream the video to dest through a `.part` file beside it (never whole in memory).
+    def download(self, job_id: str, dest: Path) -> Hashed | None:
+        """Stream the video to dest through a `.part` file beside it (never whole in memory),
+        hashing it as it arrives; returns its digest and length.
 
         A transfer cut short keeps its `.part`: the next call asks for the rest with a Range
-        request and appends it on 206; a 200 or a 416 starts the file over.
+        request and appends it on 206; a 200 or a 416 starts the file over. Fewer bytes than
+        the server announced (Content-Length, or a range's total) is a transfer cut short.
         """
         import openai
 
         client = self._get_client()
 
-        def fetch(part: Path, offset: int) -> bool:
+        def fetch(part: policy.Part, offset: int) -> bool:
             """Write the body to part from offset; False when the server did not resume there."""
             headers = {"Range": f"bytes={offset}-"} if offset else None
             try:
                 with client.videos.with_streaming_response.download_content(
                     job_id, extra_headers=headers
                 ) as response:
+                    start = 0  # a 200 is the whole file, Range or not
                     if response.status_code == 206:
                         if _range_start(response.headers.get("content-range")) != offset:
                             return False
-                        mode = "ab"
-                    else:
-                        mode = "wb"  # a 200 is the whole file, Range or not
-                    with part.open(mode) as f:
+                        start = offset
+                    part.announce(policy.content_length(response.headers))
+                    with part.open(start) as f:
                         # As received: a fixed-size chunker drops the tail of a cut transfer.
                         for n, chunk in enumerate(response.iter_bytes()):
                             f.write(chunk)
                             if n == 0:
-                                f.flush()  # a kill here leaves the first bytes in the part
+                                f.out.flush()  # a kill here leaves the first bytes in the part
                                 faults.point("mid-download")
             except openai.APIStatusError as exc:
                 if offset and exc.status_code == 416:
@@ -278,16 +281,20 @@ class OpenAIBackend:
                 raise
             return True
 
-        def fetch_rest(part: Path) -> None:
-            offset = part.stat().st_size if part.is_file() else 0
+        def fetch_rest(part: policy.Part) -> None:
+            offset = part.path.stat().st_size if part.path.is_file() else 0
             if fetch(part, offset):
                 return
-            part.unlink(missing_ok=True)
+            part.path.unlink(missing_ok=True)
             if not fetch(part, 0):
                 raise Transient(f"job {job_id}: the server sent a range that was not asked for")
 
         with policy.part_file(dest, resumable=True) as part:
             self._call(lambda: fetch_rest(part), job=job_id, stage="download")
+            try:
+                return part.finish()
+            except Transient as err:
+                raise Transient(f"job {job_id}: {err}") from None
 
     def _official_endpoint(self) -> bool:
         """Whether requests would go to OpenAI's own API, whose Videos endpoints are gone."""

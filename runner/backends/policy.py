@@ -1,8 +1,8 @@
 """What every hosted backend decides the same way, whatever its protocol: which provider
 answers are refusals, pauses, retries or expiries; whether a create that failed may have
 reached the provider; a certificate or CA bundle this machine cannot trust; how long a 429
-asks us to wait; keys kept out of messages; and a download written beside its destination
-until it is whole.
+asks us to wait; keys kept out of messages; and a download written beside its destination,
+hashed as it arrives, until it is whole.
 
 A backend turns its SDK's errors into a status, a code and a message and asks here.
 """
@@ -14,12 +14,14 @@ import importlib
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from runner import faults
 from runner.backends.base import BackendError, Expired, RateLimited, Refused, Transient
+from runner.digest import Hashed, HashingWriter
 from runner.errors import scrub_urls
 
 Stage = Literal["create", "job", "download", "list"]
@@ -173,20 +175,86 @@ def scrub(text: str, *secrets: str | None) -> str:
     return text
 
 
+class Part:
+    """A download being written beside its destination: hashed and counted as it is written
+    (the store then names it without reading it again), and held to the length the server
+    announced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.announced: int | None = None  # the whole file's length, when the server said
+        self._writer: HashingWriter | None = None
+
+    @contextmanager
+    def open(self, offset: int = 0) -> Iterator[HashingWriter]:
+        """Write from `offset`: 0 starts the file over; otherwise the bytes already there are
+        kept (hashed first) and what is written is appended."""
+        resume = offset > 0
+        with self.path.open("ab" if resume else "wb") as out:
+            self._writer = HashingWriter(out, prefix=self.path if resume else None)
+            yield self._writer
+
+    def write_bytes(self, data: bytes) -> None:
+        with self.open() as out:
+            out.write(data)
+
+    def announce(self, length: int | None) -> None:
+        """The length of the whole file, as the server announced it (None: it did not)."""
+        self.announced = length
+
+    def finish(self) -> Hashed | None:
+        """The digest and length of what was written, when it is all there: a transfer that
+        stopped short of (or ran past) the announced length is Transient, and retried."""
+        if self._writer is None:
+            return None
+        if self.announced is not None and self._writer.size != self.announced:
+            raise Transient(
+                f"the download stopped at {self._writer.size} of the {self.announced} bytes "
+                "the server announced"
+            )
+        return self._writer.hashed()
+
+
 @contextmanager
-def part_file(dest: Path, *, resumable: bool = False) -> Iterator[Path]:
+def part_file(dest: Path, *, resumable: bool = False) -> Iterator[Part]:
     """The `.part` file beside `dest` to write the video into; renamed onto `dest` when the
     block ends. A failure removes it, except a transfer cut short (Transient, RateLimited) of
     a `resumable` download: its next call asks for the rest."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = Part(dest.with_name(dest.name + ".part"))
     try:
         yield part
-        os.replace(part, dest)
+        os.replace(part.path, dest)
     except (Transient, RateLimited):
         if not resumable:
-            part.unlink(missing_ok=True)
+            part.path.unlink(missing_ok=True)
         raise
     except BaseException:
-        part.unlink(missing_ok=True)
+        part.path.unlink(missing_ok=True)
         raise
+
+
+def stream_into(part: Part, chunks: Iterable[bytes], headers: Any) -> None:
+    """Write a whole response body into `part` as it arrives (a fixed-size chunker would drop
+    the tail of a cut transfer), held to the length its `headers` announce."""
+    part.announce(content_length(headers))
+    with part.open() as f:
+        for n, chunk in enumerate(chunks):
+            f.write(chunk)
+            if n == 0:
+                f.out.flush()  # a kill here leaves the first bytes in the part
+                faults.point("mid-download")
+
+
+def content_length(headers: Any) -> int | None:
+    """The whole file's length an answer announces: a 206's Content-Range total, else its
+    Content-Length; None when it announces none (a close-delimited body) or sends the body
+    compressed (its decoded length is not announced)."""
+    if str(headers.get("content-encoding") or "identity").lower() != "identity":
+        return None
+    content_range = headers.get("content-range")
+    if content_range:
+        _, _, total = str(content_range).rpartition("/")
+        return int(total) if total.strip().isdigit() else None
+    length = headers.get("content-length")
+    return int(length) if length is not None and str(length).strip().isdigit() else None

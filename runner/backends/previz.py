@@ -155,7 +155,7 @@ class PrevizBackend:
         return JobStatus(state="failed", error=f"no previz job {job_id}")
 
     def download(self, job_id: str, dest: Path) -> None:
-        """Move the rendered clip to dest."""
+        """Move the rendered clip to dest (ffmpeg wrote it: the store hashes it)."""
         src = self._job_path(job_id)
         if not src.is_file():
             raise NodeFailed(f"no previz job {job_id} to download")

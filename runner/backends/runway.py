@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runner import faults
 from runner.backends import policy
 from runner.backends.base import (
     BackendError,
@@ -44,6 +43,7 @@ from runner.backends.runway_models import (
     endpoint,
     problem,
 )
+from runner.digest import Hashed
 from runner.film import model_table
 
 if TYPE_CHECKING:
@@ -201,9 +201,10 @@ class RunwayBackend:
             return JobStatus("failed", error=f"runway task {job_id} was cancelled or deleted")
         return JobStatus("running", poll_after=after, extra={"status": status})
 
-    def download(self, job_id: str, dest: Path) -> None:
-        """Stream the task's output to dest through a `.part` file. A signed URL that has
-        expired (or any URL the CDN refuses) is replaced by retrieving the task again."""
+    def download(self, job_id: str, dest: Path) -> Hashed | None:
+        """Stream the task's output to dest through a `.part` file, hashed as it arrives
+        (returns its digest and length). A signed URL that has expired (or any URL the CDN
+        refuses) is replaced by retrieving the task again."""
         with self._lock:
             url = self._outputs.get(job_id)
         if url is None:
@@ -211,6 +212,10 @@ class RunwayBackend:
         with policy.part_file(dest) as part:
             if not self._fetch(url, part, job_id):
                 self._fetch(self._fresh_url(job_id), part, job_id, last=True)
+            try:
+                return part.finish()
+            except Transient as err:
+                raise Transient(f"runway output of task {job_id}: {err}") from None
 
     def cancel(self, job_id: str) -> None:
         """Delete a task (Runway cancels it; a task not yet running is not charged)."""
@@ -240,7 +245,7 @@ class RunwayBackend:
         with self._lock:
             return self._outputs[job_id]
 
-    def _fetch(self, url: str, part: Path, job_id: str, *, last: bool = False) -> bool:
+    def _fetch(self, url: str, part: policy.Part, job_id: str, *, last: bool = False) -> bool:
         """Write the URL's body to part; False when the URL was refused (signed URLs expire)
         and this is not the `last` try."""
         import httpx
@@ -264,19 +269,9 @@ class RunwayBackend:
                         retry_after=policy.retry_after(response.headers),
                         job=job_id,
                     )
-                expected = response.headers.get("content-length")
-                written = 0
-                with part.open("wb") as f:
-                    for n, chunk in enumerate(response.iter_raw()):
-                        f.write(chunk)
-                        written += len(chunk)
-                        if n == 0:
-                            f.flush()  # a kill here leaves the first bytes in the part
-                            faults.point("mid-download")
+                policy.stream_into(part, response.iter_raw(), response.headers)
         except httpx.TransportError as exc:
             raise Transient(self._scrub(f"runway output download failed: {exc}")) from None
-        if expected is not None and written != int(expected):
-            raise Transient(f"runway task {job_id}: download cut short at {written} of {expected}")
         return True
 
     # -- the client and errors --

@@ -18,20 +18,27 @@ from __future__ import annotations
 import os
 import re
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
-from http.client import HTTPException
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.backends import policy
-from runner.backends.base import Capabilities, Expired, JobStatus, Refused, ShotRequest, Transient
+from runner.backends.base import (
+    BackendError,
+    Capabilities,
+    Expired,
+    JobStatus,
+    Refused,
+    ShotRequest,
+    Transient,
+)
+from runner.digest import Hashed
 from runner.film import model_table
 from runner.film.model_table import ModelRow
 
 if TYPE_CHECKING:
+    import httpx2
     from google.auth.credentials import Credentials
     from google.genai import Client
 
@@ -125,6 +132,7 @@ class VeoBackend:
         self.timeout = float(cfg.get("timeout", 120.0))
         self._lock = threading.Lock()
         self._client: Client | None = None
+        self._http: httpx2.Client | None = None  # video downloads by URI
         self._secret: str | None = None  # the API key in use, scrubbed from every message
 
     # -- capabilities and prices -------------------------------------------------------
@@ -247,8 +255,9 @@ class VeoBackend:
             return JobStatus(state="failed", error=self._scrub(_filtered_reason(result)))
         return JobStatus(state="done")
 
-    def download(self, job_id: str, dest: Path) -> None:
-        """Write the operation's video to dest: inline bytes, or its URI streamed."""
+    def download(self, job_id: str, dest: Path) -> Hashed | None:
+        """Write the operation's video to dest: inline bytes, or its URI streamed; returns
+        its digest and length, taken as it was written."""
         operation = self._operation(job_id)
         if not operation.done:
             raise Transient(f"veo job {job_id} has not finished")
@@ -264,6 +273,7 @@ class VeoBackend:
                 self._fetch(video.uri, part, job_id)
             else:
                 raise Expired(f"veo job {job_id}: the video has neither bytes nor a URI")
+            return part.finish()
 
     # -- the client ---------------------------------------------------------------------
 
@@ -350,8 +360,8 @@ class VeoBackend:
         key = self._config.get("api_key")
         return policy.scrub(text, self._secret, str(key or ""), *map(os.environ.get, KEY_VARS))
 
-    def _fetch(self, uri: str, dest: Path, job_id: str) -> None:
-        """Stream a video URI (gs:// through the Cloud Storage JSON API) into dest."""
+    def _fetch(self, uri: str, part: policy.Part, job_id: str) -> None:
+        """Stream a video URI (gs:// through the Cloud Storage JSON API) into the part."""
         url = uri
         headers: dict[str, str] = {}
         if uri.startswith("gs://"):
@@ -364,25 +374,41 @@ class VeoBackend:
             token = self._bearer_token()
             if token:
                 headers["Authorization"] = f"Bearer {token}"
-        req = urllib.request.Request(url, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp, dest.open("wb") as f:
-                expected = resp.headers.get("Content-Length")
-                written = 0
-                while chunk := resp.read(1 << 20):
-                    f.write(chunk)
-                    written += len(chunk)
-            if expected is not None and written != int(expected):
-                raise Transient(f"veo video download cut short: {written} of {expected} bytes")
-        except urllib.error.HTTPError as exc:
-            message = self._scrub(f"veo video {uri}: {exc.code} {exc.reason}")
-            wait = policy.retry_after(exc.headers)
-            error = policy.from_status(
-                exc.code, message, stage="download", retry_after=wait, job=job_id
-            )
-            raise error from None
-        except (urllib.error.URLError, HTTPException, OSError) as exc:
+            with self._downloads().stream("GET", url, headers=headers) as resp:
+                if resp.status_code >= 400:
+                    message = self._scrub(
+                        f"veo video {uri}: {resp.status_code} {resp.reason_phrase}"
+                    )
+                    wait = policy.retry_after(resp.headers)
+                    raise policy.from_status(
+                        resp.status_code, message, stage="download", retry_after=wait, job=job_id
+                    )
+                part.announce(policy.content_length(resp.headers))
+                with part.open() as f:
+                    for chunk in resp.iter_bytes():
+                        f.write(chunk)
+            part.finish()  # Transient when cut short of the announced length
+        except BackendError:
+            raise
+        except OSError as exc:
             raise Transient(self._scrub(f"veo video download failed: {exc}")) from None
+        except Exception as exc:
+            sent = policy.transport_sent(exc)
+            if sent is None:
+                raise
+            raise Transient(self._scrub(f"veo video download failed: {exc}"), sent=sent) from None
+
+    def _downloads(self) -> httpx2.Client:
+        """One HTTP client for every video download, made on first use: its connections are
+        pooled and shared by all jobs (the SDK's client serves the API calls)."""
+        with self._lock:
+            if self._http is None:
+                import httpx2
+
+                timeout = httpx2.Timeout(self.timeout, connect=min(15.0, self.timeout))
+                self._http = httpx2.Client(timeout=timeout, follow_redirects=True)
+            return self._http
 
     def _bearer_token(self) -> str | None:
         """An OAuth token for Cloud Storage, from the client's credentials, if it has any."""

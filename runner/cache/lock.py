@@ -17,6 +17,7 @@ version 3 by the next render.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -69,6 +70,7 @@ class Lock:
         self.profiles[profile] = entries
         self.entries = entries
         self.version = version  # as read: an older one is rewritten by the next render
+        self._tables: dict[str, tuple[Entry, str]] = {}  # table -> (entry, its TOML)
 
     @property
     def outdated(self) -> bool:
@@ -236,19 +238,29 @@ class Lock:
             entries = self.profiles[name]
             for node in sorted(entries):
                 table = f"profiles.{_key(name)}.nodes.{_quote(node)}"
-                lines.append(f"\n[{table}]\n")
-                entry = asdict(entries[node])
-                fields = entry.pop("fields")
-                for field, value in entry.items():
-                    if value is not None:
-                        lines.append(f"{field} = {_value(value)}\n")
-                if fields:  # None values are left out: a missing field reads as None
-                    lines.append(f"\n[{table}.fields]\n")
-                    for field in sorted(fields):
-                        if fields[field] is not None:
-                            lines.append(f"{_key(field)} = {_value(fields[field])}\n")
+                # A render writes the lock after each paid node: each entry is formatted once
+                # (entries are replaced, never changed), not once per write.
+                done = self._tables.get(table)
+                if done is None or done[0] is not entries[node]:
+                    done = self._tables[table] = (entries[node], _table(table, entries[node]))
+                lines.append(done[1])
         write_atomic(self.path, "".join(lines).encode())
         self.version = LOCK_VERSION
+
+
+def _table(table: str, entry: Entry) -> str:
+    """One node's entry as TOML tables."""
+    lines = [f"\n[{table}]\n"]
+    for field in dataclasses.fields(entry):
+        value = getattr(entry, field.name)
+        if field.name != "fields" and value is not None:
+            lines.append(f"{field.name} = {_value(value)}\n")
+    if entry.fields:  # None values are left out: a missing field reads as None
+        lines.append(f"\n[{table}.fields]\n")
+        for name in sorted(entry.fields):
+            if entry.fields[name] is not None:
+                lines.append(f"{_key(name)} = {_value(entry.fields[name])}\n")
+    return "".join(lines)
 
 
 def _quote(text: str) -> str:

@@ -30,7 +30,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from runner.digest import file_digest, is_sha256
+from runner.digest import Hashed, file_digest, is_sha256, stream_digest
 from runner.errors import DiskFull, UserError
 
 RECORD_VERSION = 1
@@ -132,23 +132,29 @@ class Store:
             return False
         return os.path.isfile(os.path.join(self._cas, digest[:2], digest))
 
-    def put(self, src: Path) -> str:
-        """Move a finished file into the store; returns its digest. src must be under tmp/.
+    def put(self, src: Path, hashed: Hashed | None = None) -> str:
+        """Move a finished file into the store (a rename, never a copy); returns its digest.
+        src must be under tmp/. `hashed`: its digest and length, taken as its bytes were
+        written (a download), so it is not read again; used only while its length still holds.
 
         A blob already there is kept only if it hashes to its name: a corrupt one is moved to
         quarantine/ and replaced, so making a node again heals it."""
-        digest = file_digest(src)
-        dest = self.blob(digest)
-        if dest.is_file() and self.verify_blob(digest):
-            src.unlink()
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(src, "rb") as f:
-                os.fsync(f.fileno())
-            src.chmod(0o444)  # blobs are immutable: a stray write must not corrupt the cache
-            os.replace(src, dest)
-            with self._guard:
-                self._verified.add(digest)
+        with open(src, "rb") as f:
+            if hashed is not None and is_sha256(hashed.digest):
+                same = os.fstat(f.fileno()).st_size == hashed.size
+                digest = hashed.digest if same else stream_digest(f)
+            else:
+                digest = stream_digest(f)
+            dest = self.blob(digest)
+            if dest.is_file() and self.verify_blob(digest):
+                src.unlink()
+                return digest
+            os.fsync(f.fileno())  # its bytes reach the disk before its name does
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src.chmod(0o444)  # blobs are immutable: a stray write must not corrupt the cache
+        os.replace(src, dest)
+        with self._guard:
+            self._verified.add(digest)
         return digest
 
     def verify_blob(self, digest: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from runner.cache.remote import Remote
 from runner.cli.gc import Doomed
@@ -70,22 +71,31 @@ class Finding:
     """Something in a cache that is not what its name says, and what --repair did about it."""
 
     where: str  # "local" or "remote"
-    what: str  # "blob" or "record"
+    what: str  # "blob", "record", or "video" (hashes to its name, does not decode: --deep)
     name: str  # the digest or the node key
     fate: str = ""
+    why: str = ""  # what is wrong, when the kind of finding does not say it all
 
 
-def verify(project: Project, *, repair: bool = False) -> list[Finding]:
+def verify(project: Project, *, repair: bool = False, deep: bool = False) -> list[Finding]:
     """Every blob, here and on the remote, that does not hash to its name, and every action
-    record here that cannot be read. With repair: a corrupt blob is moved to quarantine/ and
-    fetched again (the team's remote, else its provider by job id, at no cost) or left for
-    the next render to make again; a damaged record is rebuilt from what is known."""
+    record here that cannot be read; with deep, every video here that does not decode from
+    start to end. With repair: a corrupt blob is moved to quarantine/ and fetched again (the
+    team's remote, else its provider by job id, at no cost) or left for the next render to
+    make again; a damaged record is rebuilt from what is known."""
     store = project.store
     found = [
         Finding("local", "blob", d)
         for d in store.blob_digests()
         if file_digest(store.blob(d)) != d  # not verify_blob: that quarantines unasked
     ]
+    if deep:
+        corrupt = {f.name for f in found}
+        found += [
+            Finding("local", "video", d, why=why)
+            for d in store.blob_digests()
+            if d not in corrupt and (why := _undecodable(store.blob(d)))
+        ]
     found += [Finding("local", "record", k) for k in store.record_keys() if store.record_damaged(k)]
     if project.remote is not None:
         found += [Finding("remote", "blob", d) for d in project.remote.verify()]
@@ -100,8 +110,25 @@ def verify(project: Project, *, repair: bool = False) -> list[Finding]:
     return found
 
 
+def _undecodable(blob: Path) -> str:
+    """Why a blob that is a video does not decode from start to end ("" when it does, or is
+    no video: frames, provenance, audio)."""
+    from runner.errors import NodeFailed
+    from runner.media import ffmpeg, mp4
+
+    if not mp4.is_mp4(blob):
+        return ""
+    try:
+        ffmpeg.verify_video(blob, None, deep=True)
+    except NodeFailed as err:
+        return str(err).removeprefix(f"{blob}: ")
+    return ""
+
+
 def _repair(project: Project, finding: Finding, nodes: dict[str, str]) -> str:
     store, outputs = project.store, project.outputs
+    if finding.what == "video":  # its bytes are the recorded ones: fetching them again is no cure
+        return "left as it is; render its shot again on purpose (--rerender) if it is unusable"
     if finding.where == "remote":
         assert project.remote is not None
         if not store.verify_blob(finding.name):
@@ -146,10 +173,10 @@ def _refetch(project: Project, digest: str, job_id: str, backend_name: str) -> b
     with project.store.workdir() as work:
         dest = work / "video.mp4"
         try:
-            backend.download(job_id, dest)
+            received = backend.download(job_id, dest)
         except BackendError:
             return False
-        return project.store.put(dest) == digest
+        return project.store.put(dest, received) == digest
 
 
 def _repair_record(project: Project, key: str, node: str | None) -> str:

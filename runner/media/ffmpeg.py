@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from runner.errors import NodeFailed
+from runner.media import mp4
 
 SAMPLE_RATE = 48_000
 """Audio sample rate of every clip and film the runner writes."""
@@ -156,7 +157,8 @@ def _tail(stderr: str, lines: int = 12) -> str:
 
 @dataclass(frozen=True)
 class MediaInfo:
-    """What `ffmpeg -i` reports about a media file (the pinned build ships no ffprobe)."""
+    """What `ffmpeg -i` reports about a media file (the pinned build ships no ffprobe), or
+    the MP4 box walk reads in its place."""
 
     duration: float  # container duration in seconds (10 ms resolution)
     width: int  # 0 when there is no video stream
@@ -167,7 +169,7 @@ class MediaInfo:
     audio_codec: str | None
     pix_fmt: str | None = None
     sample_rate: int | None = None
-    frames: int | None = None  # decoded video frames; only verify_video counts them
+    frames: int | None = None  # video frames; only verify_video counts them
 
     @property
     def has_video(self) -> bool:
@@ -189,11 +191,32 @@ _RATE = re.compile(r", (\d+) Hz")
 
 
 def probe(path: Path) -> MediaInfo:
-    """Read a file's duration, size, frame rate and codecs by parsing `ffmpeg -i` output."""
+    """A file's duration, size, frame rate and codecs: read from its boxes when it is an MP4
+    the box walk reads (no process), else by parsing `ffmpeg -i` output."""
+    try:
+        return media_info(mp4.inspect(path))
+    except (mp4.Unsupported, mp4.Damaged):
+        pass  # ffmpeg reads more than the box walk does, and says what it cannot read
     if not path.is_file():
         raise NodeFailed(f"{path}: file not found")
     out = _capture([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)])
     return parse_probe(out, path)
+
+
+def media_info(movie: mp4.Movie) -> MediaInfo:
+    """What `ffmpeg -i` would report about an MP4, from its box walk."""
+    video, audio = movie.first("vide"), movie.first("soun")
+    return MediaInfo(
+        duration=movie.seconds,
+        width=video.width if video else 0,
+        height=video.height if video else 0,
+        fps=video.fps if video else 0.0,
+        has_audio=audio is not None,
+        video_codec=video.codec if video else None,
+        audio_codec=audio.codec if audio else None,
+        pix_fmt=video.pix_fmt if video else None,
+        sample_rate=audio.sample_rate if audio else None,
+    )
 
 
 def parse_probe(out: str, path: Path) -> MediaInfo:
@@ -232,17 +255,88 @@ def parse_probe(out: str, path: Path) -> MediaInfo:
     )
 
 
-def verify_video(path: Path, seconds: float | None, tolerance: float = 0.1) -> MediaInfo:
+def verify_video(
+    path: Path, seconds: float | None, tolerance: float = 0.1, *, deep: bool = False
+) -> MediaInfo:
     """Check a rendered or downloaded video before it is recorded as a success.
 
-    It must exist, have a video stream, decode from start to end without errors, and (when
-    `seconds` is given) last `seconds` within `tolerance`. Raises NodeFailed otherwise.
+    It must exist, have a video stream, be whole and (when `seconds` is given) last `seconds`
+    within `tolerance`; raises NodeFailed otherwise. An MP4 the box walk reads is checked
+    cheaply: its structure, sample tables and NAL units (`mp4.check`), then the head of its
+    first and last group of pictures decoded. Anything else, or `deep`, is decoded from start
+    to end, as `runner cache verify --deep` does; so is a clip whose NAL units look garbled,
+    which is rejected only if the decoder fails on it too.
     """
+    if not deep:
+        try:
+            movie = mp4.check(path)
+        except mp4.Garbled as err:
+            # Rejecting a paid render is costly: only when the decoder fails on it too.
+            try:
+                return verify_video(path, seconds, tolerance, deep=True)
+            except NodeFailed:
+                raise NodeFailed(f"{path}: {err}") from None
+        except mp4.Damaged as err:
+            raise NodeFailed(f"{path}: {err}") from None
+        except mp4.Unsupported:
+            return verify_video(path, seconds, tolerance, deep=True)
+        info = media_info(movie)
+        video = movie.first("vide")
+        if video is None:
+            raise NodeFailed(f"{path}: has no video stream")
+        if not video.sizes:
+            raise NodeFailed(f"{path}: the video stream has no frames")
+        _check_length(path, info, seconds, tolerance)
+        _decode_ends(path, video)
+        return dataclasses.replace(info, frames=video.shown(movie.timescale))
     info = probe(path)
     if not info.has_video:
         raise NodeFailed(f"{path}: has no video stream")
     argv = [ffmpeg_exe(), *GLOBAL_ARGS, "-xerror", "-i", str(path)]
     argv += ["-map", "0:v:0", "-f", "null", "-progress", "pipe:1", "-"]
+    proc = _decode(path, argv)
+    counts = re.findall(r"^frame=(\d+)", proc.stdout, flags=re.MULTILINE)
+    frames = int(counts[-1]) if counts else 0
+    if frames == 0:
+        raise NodeFailed(f"{path}: the video stream has no frames")
+    _check_length(path, info, seconds, tolerance)
+    return dataclasses.replace(info, frames=frames)
+
+
+DECODE_PIXELS = 1280 * 720
+"""Pixels decoded from each end of a clip by the cheap check: the keyframe of a 720p or
+larger clip (its decoder's start-up and that frame are most of the cost), or the whole of each
+group of pictures of a small one."""
+
+
+def _decode_ends(path: Path, video: mp4.Track) -> None:
+    """Decode the first frames of the clip, and of its last group of pictures.
+
+    One ffmpeg for both (each start costs more than a few frames' decoding): the head from
+    the start, and from a seek to the last keyframe. Frames past the budget are not decoded:
+    when a clip is one long group of pictures, its middle and end were checked by the box
+    walk only.
+    """
+    frames = len(video.sizes)
+    per_end = max(1, DECODE_PIXELS // max(1, video.width * video.height))
+    keys = video.keyframes() or [0]
+    head = min(per_end, keys[1] if len(keys) > 1 else frames)
+    reader = ["-threads", "1", "-nofind_stream_info"]  # the box walk read what it finds
+    argv = [ffmpeg_exe(), *GLOBAL_ARGS, "-xerror", *reader, "-i", str(path)]
+    outputs = ["-map", "0:v:0", "-frames:v", str(head), "-f", "null", "-"]
+    last = keys[-1]
+    if last >= head:  # the last group's head is not decoded yet
+        # Half a frame past the time it is shown, so the seek lands on it, not before it.
+        frame = video.stts[0][1] if video.stts else 0
+        at = max(0.0, (video.shown_at(last) + frame // 2) / video.timescale)
+        argv += [*reader, "-ss", f"{at:.6f}", "-noaccurate_seek", "-i", str(path)]
+        tail = min(per_end, frames - last)
+        outputs += ["-map", "1:v:0", "-frames:v", str(tail), "-f", "null", "-"]
+    _decode(path, [*argv, *outputs])
+
+
+def _decode(path: Path, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a decoding ffmpeg; any error it prints fails the file."""
     try:
         proc = _spawn(argv)
     except OSError as exc:
@@ -251,15 +345,14 @@ def verify_video(path: Path, seconds: float | None, tolerance: float = 0.1) -> M
     # exits 0, reporting only "partial file".
     if proc.returncode != 0 or proc.stderr.strip():
         raise NodeFailed(f"{path}: does not decode cleanly: {_tail(proc.stderr, 4)}")
-    counts = re.findall(r"^frame=(\d+)", proc.stdout, flags=re.MULTILINE)
-    frames = int(counts[-1]) if counts else 0
-    if frames == 0:
-        raise NodeFailed(f"{path}: the video stream has no frames")
+    return proc
+
+
+def _check_length(path: Path, info: MediaInfo, seconds: float | None, tolerance: float) -> None:
     if seconds is not None and abs(info.duration - seconds) > tolerance:
         raise NodeFailed(
             f"{path}: lasts {info.duration:.3f} s, expected {seconds:.3f} s (±{tolerance} s)"
         )
-    return dataclasses.replace(info, frames=frames)
 
 
 def extract_first_frame(video: Path, dest_png: Path) -> None:

@@ -1,12 +1,16 @@
 """Making nodes: render shots on their backends, extract frames, assemble the edit.
 
-`NodeJobs` is the scheduler's Jobs for real work: each job runs in a worker thread and reports
-back through a queue. A node's key is computed when its inputs are known; its success is
-recorded only after its output is verified and stored (doit's rule).
+`NodeJobs` is the scheduler's Jobs for real work: each job runs on a bounded pool of worker
+threads and reports back through a queue; a job waiting on its provider is parked, holding no
+thread. A node's key is computed when its inputs are known; its success is recorded only after
+its output is verified and stored (doit's rule).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import os
 import queue
 import sys
 import threading
@@ -14,6 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,17 +29,20 @@ from runner.backends.registry import Backends
 from runner.cache.outputs import Outputs
 from runner.cache.remote import Remote, RemoteError
 from runner.cache.store import RECORD_VERSION, SegmentCache, Store
+from runner.digest import Hashed
 from runner.errors import DiskFull, NodeFailed, UserError
 from runner.film.graph import Graph, Node, shot_name
 from runner.film.plan import Plan, full_recipe, node_key
 from runner.run.claim import Claims, Taken
-from runner.run.job import PoolPause, SendAgain, ShotJob
+from runner.run.job import PoolPause, SendAgain, ShotJob, Steps
 from runner.run.journal import Journal, JournalError
 from runner.run.project import asset_path
 from runner.run.ratelimit import SendWindow
 from runner.run.scheduler import RELEASED, Released, Retry
 
 REFETCH_ATTEMPTS = 4  # downloads of a recorded job before giving up for this run (all free)
+# Threads running nodes' work: downloads and verification, and local renders (one a core).
+MAX_THREADS = max(16, os.cpu_count() or 1)
 
 
 def _now() -> str:
@@ -88,9 +96,14 @@ class NodeJobs:
         self.stopping = threading.Event()  # set: no job sends another create
         # Completions; None only wakes the scheduler (see stop_sending).
         self._done: queue.Queue[tuple[str, str | Retry | Released | None] | None] = queue.Queue()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="node")
+        # Threads run nodes' work; a job waiting on its provider is parked and holds none, so
+        # their number stays bounded whatever the pools' concurrency.
+        threads = max(1, min(workers, MAX_THREADS))
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="node")
+        self._parked = Parked()
 
     def close(self) -> None:
+        self._parked.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self.claims is not None:
             self.claims.close()
@@ -177,7 +190,7 @@ class NodeJobs:
         return node_id in self.digests and self.outputs.have(self.digests[node_id])
 
     def start(self, node_id: str) -> None:
-        self._pool.submit(self._run, node_id)
+        self._pool.submit(self._step, node_id, self._steps(node_id))
 
     def wait(self, timeout: float | None) -> tuple[str, str | Retry | Released | None] | None:
         try:
@@ -185,10 +198,20 @@ class NodeJobs:
         except queue.Empty:
             return None
 
-    def _run(self, node_id: str) -> None:
+    def _step(self, node_id: str, steps: Steps[str | Retry | None]) -> None:
+        """Run a node until it waits (it is parked, its thread freed) or ends (reported)."""
+        try:
+            wait = next(steps)
+        except StopIteration as end:
+            self._done.put((node_id, end.value))
+            return
+        self._parked.after(wait, lambda: self._pool.submit(self._step, node_id, steps))
+
+    def _steps(self, node_id: str) -> Steps[str | Retry | None]:
+        """Make a node; returns None on success, else what went wrong, for the scheduler."""
         result: str | Retry | None = None
         try:
-            self._make(self.graph.nodes[node_id])
+            yield from self._make(self.graph.nodes[node_id])
         except (NodeFailed, UserError, RemoteError) as err:  # e.g. a trim past a clip's end
             result = str(err)
         except PoolPause as err:
@@ -203,9 +226,9 @@ class NodeJobs:
                 result = f"internal error: {traceback.format_exception_only(err)[-1].strip()}"
         with self._spent_lock:
             self._in_flight.discard(node_id)
-        self._done.put((node_id, result))
+        return result
 
-    def _make(self, node: Node) -> None:
+    def _make(self, node: Node) -> Steps[None]:
         key, recipe = self.recipe(node.id)
         with self.store.node_lock(key):  # another runner on this cache may be making it
             if node.id not in self.force:
@@ -218,14 +241,16 @@ class NodeJobs:
                 if not node.reproducible:
                     known = self.outputs.known(node.id, key)
                     if known is not None:
-                        self._refetch(node, key, known.output, known.job_id)
+                        yield from self._refetch(node, key, known.output, known.job_id)
                         return
                     if self.claims is not None and node.kind == "shot":
-                        self._make_claimed(node, key, recipe, self.claims)
+                        yield from self._make_claimed(node, key, recipe, self.claims)
                         return
-            self._make_locked(node, key, recipe)
+            yield from self._make_locked(node, key, recipe)
 
-    def _make_claimed(self, node: Node, key: str, recipe: dict[str, Any], claims: Claims) -> None:
+    def _make_claimed(
+        self, node: Node, key: str, recipe: dict[str, Any], claims: Claims
+    ) -> Steps[None]:
         """A paid render with a team cache: claimed on the remote first, so that a runner on
         another machine waits for this one's output instead of paying for the node too."""
         try:
@@ -234,7 +259,7 @@ class NodeJobs:
             )
         except RemoteError as err:  # the remote is down: work as without one, and say so
             print(f"runner: warning: {node.id} rendered unclaimed: {err}", file=sys.stderr)
-            self._make_locked(node, key, recipe)
+            yield from self._make_locked(node, key, recipe)
             return
         if taken is None:  # another runner made it and pushed it: adopted
             self.journal.clear(key)
@@ -242,7 +267,9 @@ class NodeJobs:
         pushed = False
         try:
             self._resume_claimed(node, key, taken)
-            pushed = self._make_locked(node, key, recipe, lambda job: claims.note_job(key, job))
+            pushed = yield from self._make_locked(
+                node, key, recipe, lambda job: claims.note_job(key, job)
+            )
         finally:
             if pushed or not self._paid_here(key):
                 claims.release(key)
@@ -270,7 +297,7 @@ class NodeJobs:
         except JournalError:
             return True
 
-    def _refetch(self, node: Node, key: str, output: str, job_id: str | None) -> None:
+    def _refetch(self, node: Node, key: str, output: str, job_id: str | None) -> Steps[None]:
         """Download a paid render again by its job id; its bytes must be the recorded ones."""
         from runner.media import ffmpeg
 
@@ -284,9 +311,10 @@ class NodeJobs:
         problem = ""
         with self.store.workdir() as work:
             dest = work / "video.mp4"
+            received: Hashed | None = None
             for attempt in range(REFETCH_ATTEMPTS):
                 try:
-                    backend.download(job_id, dest)
+                    received = backend.download(job_id, dest)
                     ffmpeg.verify_video(dest, None)  # whole, not cut short
                     break
                 except Expired as err:
@@ -297,15 +325,18 @@ class NodeJobs:
                 except (BackendError, NodeFailed) as err:
                     problem = str(err)
                     dest.unlink(missing_ok=True)
-                    time.sleep(min(4.0, 0.5 * 2**attempt))
+                    yield min(4.0, 0.5 * 2**attempt)
             else:
                 raise NodeFailed(
                     f"{node.id}: fetching job {job_id} again from {backend.name} failed "
                     f"({problem}); run again to retry (free)"
                 )
             if "extend" in node.inputs:  # cut as when it was made: the same bytes
-                dest = self._cut_repeat(node, dest, self._input(node, "extend"), work, {})
-            digest = self.store.put(dest)  # kept whatever it is: a paid render is never lost
+                cut = self._cut_repeat(node, dest, self._input(node, "extend"), work, {})
+                received = received if cut == dest else None  # a cut is other bytes
+                dest = cut
+            # Kept whatever it is: a paid render is never lost.
+            digest = self.store.put(dest, received)
         if digest != output:
             raise NodeFailed(
                 f"{node.id}: {backend.name} served job {job_id} with other bytes than the "
@@ -335,13 +366,14 @@ class NodeJobs:
         key: str,
         recipe: dict[str, Any],
         on_job: Callable[[str], None] = lambda _job_id: None,
-    ) -> bool:
+    ) -> Steps[bool]:
         """Make, store and record the node; True when it is on the team's remote too."""
         started = time.monotonic()
         record: dict[str, Any] = {"node": node.id, "kind": node.kind, "started": _now()}
+        hashed: Hashed | None = None  # a download's digest, taken as it arrived
         with self.store.workdir() as work:
             if node.kind == "shot":
-                output = self._shot(node, key, work, record, on_job)
+                output, hashed = yield from self._shot(node, key, work, record, on_job)
             elif node.kind == "frame":
                 output = self._frame(node, work)
             elif node.kind == "edit" and node.recipe["kind"] == "mux":
@@ -356,7 +388,7 @@ class NodeJobs:
                 output = self._subtitles(node, work, record)
             else:
                 raise NodeFailed(f"{node.id}: nothing to make for a {node.kind} node")
-            digest = self.store.put(output)
+            digest = self.store.put(output, hashed)
             faults.point("stored")
         record.update(
             output=digest,
@@ -417,7 +449,7 @@ class NodeJobs:
         work: Path,
         record: dict[str, Any],
         on_job: Callable[[str], None],
-    ) -> Path:
+    ) -> Steps[tuple[Path, Hashed | None]]:
         from runner.media import ffmpeg
 
         backend = self.backends.get(node.pool)
@@ -473,11 +505,13 @@ class NodeJobs:
             with self._spent_lock:  # a killed run's job, resumed: paid, in flight
                 self._in_flight.add(node.id)
             on_job(str(resumed))
-        record["job_id"] = job.run(dest)
+        record["job_id"] = yield from job.steps(dest)
         record["cost_usd"] = node.cost_usd
         if request.extend_video is not None:
-            dest = self._cut_repeat(node, dest, request.extend_video, work, record)
-        return dest
+            cut = self._cut_repeat(node, dest, request.extend_video, work, record)
+            if cut != dest:
+                return cut, None  # other bytes than the download: hashed when stored
+        return dest, job.received
 
     def _cut_repeat(
         self, node: Node, video: Path, source: Path, work: Path, record: dict[str, Any]
@@ -701,3 +735,43 @@ class NodeJobs:
             workdir=work,
         )
         return dest
+
+
+class Parked:
+    """Nodes waiting (on a provider, or to retry), each handed back to the thread pool when
+    its wait is over: one thread for all of them, however many there are."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Callable[[], object]]] = []
+        self._order = itertools.count()  # equal times keep their order; fns never compare
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def after(self, seconds: float, resume: Callable[[], object]) -> None:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="parked", daemon=True)
+                self._thread.start()
+            due = time.monotonic() + max(0.0, seconds)
+            heapq.heappush(self._due, (due, next(self._order), resume))
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Stop waking nodes (the run is over: nothing is parked, or it is being dropped)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (not self._due or self._due[0][0] > time.monotonic()):
+                    self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                if self._closed:
+                    return
+                _, _, resume = heapq.heappop(self._due)
+            with suppress(RuntimeError):  # the pool shut down: the run is over
+                resume()

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar, cast
 
 from runner import faults
 from runner.backends.base import (
@@ -25,6 +26,7 @@ from runner.backends.base import (
     Transient,
     Untrusted,
 )
+from runner.digest import Hashed
 from runner.errors import NodeFailed
 from runner.run.journal import Journal
 from runner.run.ratelimit import SendWindow
@@ -36,6 +38,7 @@ DOWNLOAD_BACKOFF_CAP = 30.0  # seconds: the longest wait between two download at
 POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
 RECONCILE_SLACK = 5.0  # seconds: clocks of runner and provider differ
 REFUNDED_RESENDS = 2  # a job the provider failed and refunded is sent again this many times
+T = TypeVar("T")
 
 
 class SendAgain(Exception):
@@ -53,6 +56,20 @@ class PoolPause(Exception):
     def __init__(self, message: str, after: float | None) -> None:
         super().__init__(message)
         self.after = after
+
+
+Steps = Generator[float, None, T]
+"""Work that yields each wait (seconds) instead of sleeping through it, then returns a T."""
+
+
+def drive(steps: Steps[T], sleep: Callable[[float], None]) -> T:
+    """Run steps to the end in this thread, sleeping through their waits."""
+    while True:
+        try:
+            wait = next(steps)
+        except StopIteration as end:
+            return cast(T, end.value)
+        sleep(wait)
 
 
 def backoff(attempt: int, cap: float = 60.0) -> float:
@@ -80,17 +97,25 @@ class ShotJob:
     may_send: Callable[[], bool] = lambda: True  # False once the run is stopping (Ctrl-C)
     remix_source: str | None = None  # the provider's job id of the video a remix edits
     on_status: Callable[[JobStatus], None] = lambda status: None  # each poll's answer
+    # The downloaded video's digest and length, taken as it arrived (None: not taken).
+    received: Hashed | None = field(default=None, init=False)
 
     def run(self, dest: Path) -> str:
-        """Make the shot's video at dest; returns the provider's job id.
+        """Make the shot's video at dest, sleeping through its waits; returns the provider's
+        job id.
 
         The journal entry outlives this call: the caller clears it only once the output is
         stored and recorded (see runner/journal.py)."""
-        job_id = self._resume() or self._submit()
+        return drive(self.steps(dest), self.sleep)
+
+    def steps(self, dest: Path) -> Steps[str]:
+        """`run`, yielding each wait (in seconds) instead of sleeping through it: a job
+        waiting on its provider then holds no thread (runner/run/execute.py parks it)."""
+        job_id = self._resume() or (yield from self._submit())
         try:
-            job_id = self._settle(job_id)
+            job_id = yield from self._settle(job_id)
             self.on_provider_done()
-            self._download(job_id, dest)
+            yield from self._download(job_id, dest)
         except Expired as err:
             if not self.rerender_expired:
                 raise NodeFailed(
@@ -138,7 +163,7 @@ class ShotJob:
             self.journal.submitted(self.key, found)
         return found
 
-    def _submit(self) -> str:
+    def _submit(self) -> Steps[str]:
         for attempt in range(SUBMIT_ATTEMPTS):
             if not self.may_send():
                 raise NodeFailed(f"{self.node}: not sent: the run is stopping")
@@ -168,7 +193,7 @@ class ShotJob:
                     raise NodeFailed(
                         f"{self.node}: {self.backend.name} failed {SUBMIT_ATTEMPTS} times: {err}"
                     ) from None
-                self.sleep(backoff(attempt))
+                yield backoff(attempt)
                 continue
             faults.point("create-answered")
             self.on_paid(job_id)
@@ -177,13 +202,13 @@ class ShotJob:
             return job_id
         raise AssertionError("unreachable")
 
-    def _settle(self, job_id: str) -> str:
+    def _settle(self, job_id: str) -> Steps[str]:
         """Wait for the job; a failure the provider refunded is sent again (a new create, in
         this job's pool slot and through its rpm gate), at most REFUNDED_RESENDS times.
         Returns the id of the job that finished."""
         for resend in range(REFUNDED_RESENDS + 1):
             try:
-                self._wait(job_id)
+                yield from self._wait(job_id)
                 return job_id
             except Refunded as err:
                 if resend == REFUNDED_RESENDS:
@@ -193,16 +218,16 @@ class ShotJob:
                         f"(refunded each time): {err}"
                     ) from None
                 self.on_refunded()
-                job_id = self._submit()
+                job_id = yield from self._submit()
         raise AssertionError("unreachable")
 
-    def _wait(self, job_id: str) -> None:
+    def _wait(self, job_id: str) -> Steps[None]:
         errors = 0
         while True:
             try:
                 status = self.backend.poll(job_id)
             except RateLimited as err:
-                self.sleep(err.retry_after or backoff(errors))
+                yield err.retry_after or backoff(errors)
                 continue
             except Transient as err:
                 errors += 1
@@ -211,7 +236,7 @@ class ShotJob:
                         f"{self.node}: cannot poll {self.backend.name} job {job_id} ({err}); "
                         "the job is journaled: run again to resume it without paying again"
                     ) from None
-                self.sleep(backoff(errors))
+                yield backoff(errors)
                 continue
             except Refused as err:  # e.g. credentials gone on a resumed run: keep the journal
                 raise NodeFailed(
@@ -227,9 +252,9 @@ class ShotJob:
             if status.state == "failed":
                 self.journal.clear(self.key)
                 raise NodeFailed(f"{self.node}: {self.backend.name} refused: {status.error}")
-            self.sleep(status.poll_after if status.poll_after is not None else POLL_DEFAULT)
+            yield status.poll_after if status.poll_after is not None else POLL_DEFAULT
 
-    def _download(self, job_id: str, dest: Path) -> None:
+    def _download(self, job_id: str, dest: Path) -> Steps[None]:
         """Download until the video verifies. Downloading a finished job is free, so it is
         retried until the provider says the content is gone (`Expired`, raised to `run`) or
         `download_deadline` passes; a truncated file is fetched again, never bought again."""
@@ -239,7 +264,7 @@ class ShotJob:
             attempts += 1
             wait = backoff(min(attempts - 1, 8), cap=DOWNLOAD_BACKOFF_CAP)  # 2**8 is past the cap
             try:
-                self.backend.download(job_id, dest)
+                received = self.backend.download(job_id, dest)
             except Refused as err:
                 raise NodeFailed(
                     f"{self.node}: {self.backend.name} refused the download of job {job_id}: "
@@ -253,9 +278,10 @@ class ShotJob:
             else:
                 try:
                     self.verify(dest)
+                    self.received = received
                     return
                 except NodeFailed as err:
-                    # A close-delimited truncation looks complete: only decoding finds it.
+                    # A close-delimited truncation looks complete: only the box walk finds it.
                     problem = str(err)
                     dest.unlink(missing_ok=True)
             left = deadline - self.clock()
@@ -265,4 +291,4 @@ class ShotJob:
                     f"after {self.download_deadline:g} s and {attempts} attempts ({problem}); "
                     "the job is journaled: run again to retry the download without paying again"
                 )
-            self.sleep(min(wait, left))  # one last attempt at the deadline
+            yield min(wait, left)  # one last attempt at the deadline

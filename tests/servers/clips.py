@@ -5,6 +5,7 @@ and 24 fps copies them into its cut the way a 1280x720 film copies a provider's 
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import tempfile
 import threading
@@ -14,23 +15,31 @@ from runner.media import ffmpeg
 
 CLIP_SIZE = "160x90"  # served clips are small whatever was asked: only the length matters
 
-_clips: dict[str, bytes] = {}
+_clips: dict[tuple[str, str], bytes] = {}
 _clips_lock = threading.Lock()
 
 
-def mp4_bytes(seconds: float) -> bytes:
-    """A real H.264/AAC MP4 of `seconds` at 160x90, made once per length (moov first)."""
+def mp4_bytes(seconds: float, size: str = CLIP_SIZE) -> bytes:
+    """A real H.264/AAC MP4 of `seconds` at `size` (160x90), made once per length and size
+    (moov first)."""
     key = f"{seconds:g}"
     with _clips_lock:
-        if key not in _clips:
+        if (key, size) not in _clips:
             with tempfile.TemporaryDirectory(prefix="loopback-clip-") as tmp:
                 out = Path(tmp) / "clip.mp4"
                 argv = [ffmpeg.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error"]
-                argv += ["-y", "-f", "lavfi", "-i", f"testsrc2=s={CLIP_SIZE}:r=24:d={key}"]
+                argv += ["-y", "-f", "lavfi", "-i", f"testsrc2=s={size}:r=24:d={key}"]
                 argv += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:d={key}"]
                 argv += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
                 argv += ["-threads", "1", "-c:a", "aac", "-ac", "2", "-t", key]
                 argv += ["-movflags", "+faststart", str(out)]
                 subprocess.run(argv, check=True, capture_output=True)
-                _clips[key] = out.read_bytes()
-        return _clips[key]
+                _clips[key, size] = out.read_bytes()
+        return _clips[key, size]
+
+
+def labelled(data: bytes, label: str) -> bytes:
+    """The clip with a `free` box naming `label` after its last box: other bytes, the same
+    video (players skip free boxes), as a hosted model's renders differ from job to job."""
+    payload = label.encode()
+    return data + struct.pack(">I4s", 8 + len(payload), b"free") + payload

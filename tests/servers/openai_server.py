@@ -16,21 +16,17 @@ import email.parser
 import email.policy
 import io
 import json
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from runner.media import ffmpeg
-from tests.servers.clips import mp4_bytes
+from tests.servers.clips import CLIP_SIZE, labelled, mp4_bytes
 
 SORA_SIZES = {
     "sora-2": ("720x1280", "1280x720"),
@@ -42,17 +38,10 @@ REFUSAL_MESSAGE = "Your request was rejected by our safety system."
 EXPIRED_MESSAGE = "The video content has expired and is no longer available."
 
 
-def unique_mp4_bytes(seconds: float, label: str) -> bytes:
-    """The clip of `seconds`, remuxed with `label` in its metadata: different bytes per job, as
-    a hosted model gives (its renders are not reproducible)."""
-    with tempfile.TemporaryDirectory(prefix="openai-server-") as tmp:
-        src, out = Path(tmp) / "src.mp4", Path(tmp) / "out.mp4"
-        src.write_bytes(mp4_bytes(seconds))
-        argv = [ffmpeg.ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
-        argv += ["-i", str(src), "-c", "copy", "-metadata", f"title={label}"]
-        argv += ["-movflags", "+faststart", str(out)]
-        subprocess.run(argv, check=True, capture_output=True)
-        return out.read_bytes()
+def unique_mp4_bytes(seconds: float, label: str, size: str = CLIP_SIZE) -> bytes:
+    """The clip of `seconds`, labelled: different bytes per job, as a hosted model gives (its
+    renders are not reproducible)."""
+    return labelled(mp4_bytes(seconds, size), label)
 
 
 @dataclass
@@ -127,6 +116,7 @@ class OpenAIServer:
     ) -> None:
         self.job_seconds = job_seconds
         self.unique_videos = False  # True: every job's video has its own bytes
+        self.clip_size = CLIP_SIZE  # the frame size of every video served
         self.poll_after_ms = poll_after_ms  # None: no header
         self.api_key = api_key  # None: any non-empty bearer key is accepted
         self.missing_models: set[str] = set(missing_models or ())  # answer 404 model_not_found
@@ -449,9 +439,9 @@ class OpenAIServer:
             h.send_error_json(400, message, None, "invalid_request_error")
             return
         if self.unique_videos:
-            data = unique_mp4_bytes(float(job.seconds), job.id)
+            data = unique_mp4_bytes(float(job.seconds), job.id, self.clip_size)
         else:
-            data = mp4_bytes(float(job.seconds))
+            data = mp4_bytes(float(job.seconds), self.clip_size)
         start = _range_start(h.headers.get("Range")) if self.honour_ranges else None
         if start is not None and start >= len(data):
             headers = {"Content-Range": f"bytes */{len(data)}"}
@@ -472,6 +462,7 @@ class OpenAIServer:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not block stop()
+    request_queue_size = 128  # many clients connect at once: 5 drops SYNs, a 1 s retry each
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that gave up (timeout, test over) is no error of the server's."""
@@ -674,3 +665,32 @@ def _range_start(header: str | None) -> int | None:
 
 def _retry_value(value: float | str) -> str:
     return value if isinstance(value, str) else f"{value:g}"
+
+
+def main() -> None:
+    """Serve from a process of its own, so a benchmark counts only the runner's CPU:
+    `python -m tests.servers.openai_server --job-seconds 2 --clip-size 720x1280 --unique`
+    makes the clip, prints the base URL, serves until its stdin closes, then prints what it
+    saw as JSON (creates, first create's time, most jobs in flight)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--job-seconds", type=float, default=0.3)
+    parser.add_argument("--poll-after-ms", type=int, default=50)
+    parser.add_argument("--clip-size", default=CLIP_SIZE)
+    parser.add_argument("--clip-seconds", type=float, default=4.0)
+    parser.add_argument("--unique", action="store_true", help="every job its own bytes")
+    args = parser.parse_args()
+    server = OpenAIServer(job_seconds=args.job_seconds, poll_after_ms=args.poll_after_ms)
+    server.clip_size, server.unique_videos = args.clip_size, args.unique
+    mp4_bytes(args.clip_seconds, args.clip_size)  # made before the first job needs it
+    with server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()
+        times = server.create_times
+        seen = {"creates": len(times), "first_create": min(times, default=None)}
+        print(json.dumps({**seen, "in_flight_max": server.in_flight_max}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
