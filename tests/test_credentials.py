@@ -36,11 +36,15 @@ sign = true
 [defaults]
 seconds = 1
 
+[characters.mara]
+description = "a girl"
+
 [shots.a]
 prompt = "a lantern"
 
 [shots.b]
 prompt = "a river"
+dialogue = [{ who = "mara", line = "Look." }]  # subtitles: the cut is under the sound layers
 """
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from runner.cli.main import main
 from tests.conftest_media import video_frames
-from tests.films import gen
+from tests.films import gen, runner
 
 # 1 s shots at 24 fps: river trimmed in by 6 frames; sky's take 2, trimmed out at frame 21,
 # dissolving in over 6 frames; town cut in whole.
@@ -25,8 +25,13 @@ fps = 24
 [defaults]
 seconds = 1
 
+[characters.mara]
+description = "a girl of ten in a blue raincoat"
+
 [shots.river]
 scene = "Riverbank at dusk."
+cast = ["mara"]
+dialogue = [{ who = "mara", line = "Go on." }]
 
 [shots.sky]
 scene = "The lantern rises."
@@ -54,7 +59,12 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("export")
     manifest = gen(root / "film", {"film.toml": FILM}) / "film.toml"
     cache = root / "cache"
-    assert main(["render", str(manifest), "--cache-dir", str(cache)]) == 0
+    result = runner("render", manifest, cache=cache)
+    assert result.returncode == 0, result.stderr
+    # The dialogue puts the sound layers over the cut ("picture", then the mux "edit"); the
+    # review page, like the export, reads the cut from the node that holds it.
+    assert "warning" not in result.stderr, result.stderr
+    assert (manifest.parent / "out" / "review" / "index.html").is_file()
     return manifest, cache
 
 

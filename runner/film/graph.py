@@ -81,6 +81,17 @@ class Graph:
         nodes = {n["id"]: Node(**n) for n in data["nodes"]}
         return cls(**{**data, "nodes": nodes})
 
+    @property
+    def cut(self) -> Node:
+        """The node that cuts the clips together: "edit", or "picture" under the sound layers
+        (then "edit" is the mux of picture, mix and subtitles)."""
+        return self.nodes["picture"] if "picture" in self.nodes else self.nodes["edit"]
+
+    def cut_clips(self) -> list[str]:
+        """The node ids of the cut's clips, in film order (a clip cut in twice is twice)."""
+        cut = self.cut
+        return [cut.inputs[c["clip"]] for c in cut.recipe["cuts"]]
+
     def dependents(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {nid: [] for nid in self.nodes}
         for node in self.nodes.values():

@@ -25,7 +25,7 @@ from runner.run.project import Project
 def export(project: Project, fmt: str) -> Path:
     """Write out/<stem><suffix> for `fmt` (a timeline.FORMATS key); returns its path."""
     graph = project.graph
-    edit = graph.nodes["edit"]
+    edit = graph.cut  # the node holding the cuts (under the sound layers: "picture")
     plan = project.plan()
     cuts = edit.recipe["cuts"]
     missing = []

@@ -217,7 +217,7 @@ def _signed(
         return None
     graph = project.graph
     clips: dict[str, credentials.Clip] = {}
-    for dep in graph.nodes["edit"].inputs.values():  # the cut's clips, in order, once each
+    for dep in graph.cut_clips():  # the cut's clips, in order, once each
         if dep in clips:
             continue
         if not project.outputs.have(digests[dep], verify=True):  # pulled from the remote

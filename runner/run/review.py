@@ -58,8 +58,7 @@ def collect(project: Project, plan: Plan, folder: Path, placed: set[Path]) -> pa
     for node in graph.nodes.values():
         if node.kind == "shot" and node.shot is not None:
             takes.setdefault(node.shot["shot"], []).append(node.id)
-    edit = graph.nodes["edit"]
-    cut = [edit.inputs[c["clip"]] for c in edit.recipe["cuts"]]
+    cut = graph.cut_clips()
     cut_shots = list(dict.fromkeys(graph.nodes[nid].shot["shot"] for nid in cut))  # type: ignore[index]
     order = cut_shots + [name for name in loaded.shots if name not in cut_shots]
 
