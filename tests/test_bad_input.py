@@ -322,3 +322,77 @@ def test_problems_in_several_shots_are_reported_together(check: Check) -> None:
     bad = MINIMAL.replace('scene = "Riverbank at dusk."', 'scene = "Dusk."\nseconds = 90')
     bad = bad.replace('scene = "The lantern rises."', 'scene = "Rises."\nseconds = 120')
     check(bad, "shots.river.seconds: 90 is longer than previz", "shots.sky.seconds: 120")
+
+
+RIVER = 'cast = ["mara"]'
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "why"),
+    [
+        (
+            "[style]",
+            '[edit]\nmusic = { asset = "assets.score" }\n\n[style]',
+            "edit.music.asset",
+            "`assets.score` is not a declared asset",
+        ),
+        (
+            "[style]",
+            '[assets.score]\npath = "score.wav"\n\n[edit]\nmusic = { asset = "score" }\n\n[style]',
+            "edit.music.asset",
+            'write "assets.NAME" for an [assets.NAME] table holding an audio file',
+        ),
+        (
+            RIVER,
+            RIVER + '\nvoiceover = { asset = "assets.vo_river", at = 0.5 }',
+            "shots.river.voiceover.asset",
+            "`assets.vo_river` is not a declared asset",
+        ),
+        (
+            RIVER,
+            RIVER + '\ndialogue = [{ who = "mara", line = "Go on.", at = 0.75, until = 0.5 }]',
+            "shots.river.dialogue[0].until",
+            "0.5 s is not after at = 0.75 s",
+        ),
+        (
+            RIVER,
+            RIVER + '\ndialogue = [{ who = "mara", line = "Go on.", at = 0.5, until = 0.5 }]',
+            "shots.river.dialogue[0].until",
+            "0.5 s is not after at = 0.5 s",
+        ),
+        (
+            "[style]",
+            '[edit]\nsubtitles = "hard"\n\n[style]',
+            "edit.subtitles",
+            "'soft', 'burn' or 'off' (got 'hard')",
+        ),
+        (
+            "[style]",
+            "[edit]\nsubtitles = true\n\n[style]",
+            "edit.subtitles",
+            "'soft', 'burn' or 'off' (got True)",
+        ),
+        (
+            "fps = 24",
+            'fps = 24\nlanguage = "English"',
+            "film.language",
+            "'English' is not a language code: ISO 639 in lower case, e.g. \"en\"",
+        ),
+    ],
+    ids=[
+        "music-unknown-asset",
+        "music-not-an-asset-reference",
+        "voiceover-unknown-asset",
+        "until-before-at",
+        "until-at-at",
+        "subtitles-unknown-mode",
+        "subtitles-not-a-string",
+        "language-not-a-code",
+    ],
+)
+def test_a_bad_sound_or_subtitle_setting_is_one_line_at_its_key(
+    check: Check, old: str, new: str, where: str, why: str
+) -> None:
+    assert old in MINIMAL
+    err = check(MINIMAL.replace(old, new, 1), f"film.toml: {where}: ", why)
+    assert err.count("\n") == 1, err  # one problem, one line

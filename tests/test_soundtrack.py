@@ -104,6 +104,18 @@ def test_cues_land_where_their_shots_play_trims_and_crossfades_included() -> Non
     assert "00:00:00.500 --> 00:00:01.500\n<v Nana>Two &amp;\n&lt;three&gt;\n" in vtt
 
 
+def test_music_passes_and_voice_overs_are_placed_from_exact_samples() -> None:
+    # 0.7 s is 16.8 frames at 24 fps: each pass starts on its own rounded sample, no drift.
+    passes = soundtrack.music_passes(fps=24, frames=57, start=0.5, length=0.7)
+    assert passes == [(12, 29), (29, 46), (46, 57)]
+    assert soundtrack.music_passes(fps=24, frames=57, start=3.0, length=0.7) == []  # after the end
+    assert soundtrack.music_passes(fps=24, frames=48, start=0.0, length=5.0) == [(0, 48)]
+    placed = soundtrack.place([(6, 24), (0, 24)], [0, 6])
+    assert soundtrack.voice_frame(placed[1], 0.5, 24) == 12 + 12
+    assert soundtrack.voice_frame(placed[0], 0.5, 24) == 6  # the shot was trimmed in by 6
+    assert soundtrack.voice_frame(placed[0], 0.0, 24) == 0  # never before the film
+
+
 def loudness_of(path: Path, start: float, end: float) -> float:
     """Integrated loudness (LUFS) of path's audio between two times, by ffmpeg's ebur128."""
     err = ff("-i", str(path), "-af", f"atrim={start}:{end},ebur128", "-f", "null", "-")

@@ -356,6 +356,8 @@ def _explain(path: Path, err: ValidationError, data: dict[str, Any]) -> str:
             )
         elif item["type"] in ("model_type", "dict_type") and _example(loc):
             message = f"expected a table, got {item.get('input')!r}; write {_example(loc)}"
+        elif item["type"] == "string_pattern_mismatch" and item["ctx"]["pattern"] in _PATTERNS:
+            message = f"{item['input']!r} is not {_PATTERNS[item['ctx']['pattern']]}"
         else:
             message = item["msg"]
             if "input" in item and not isinstance(item["input"], dict | list):
@@ -370,6 +372,10 @@ def _explain(path: Path, err: ValidationError, data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_PATTERNS = {  # what a pattern asks for, in words
+    LANGUAGE_PATTERN: 'a language code: ISO 639 in lower case, e.g. "en" or "eng" ("und" when '
+    "it is not known)",
+}
 _TYPE_WORDS = {
     "int_type": "a whole number",
     "float_type": "a number",

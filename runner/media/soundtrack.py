@@ -18,7 +18,7 @@ from typing import Any
 
 from runner.errors import NodeFailed
 from runner.media import ffmpeg
-from runner.media.assemble import loudness_gain
+from runner.media.assemble import Clip, clip_ranges, loudness_gain
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,43 @@ def place(ranges: list[tuple[int, int]], fades: list[int]) -> list[Placed]:
     return placed
 
 
+def placement(clips: list[Clip], fps: int) -> list[Placed]:
+    """Each clip's place in the film, by the assembly's own probe and frame arithmetic: what
+    the mix, the subtitles and the exported timeline are all timed by."""
+    fades = [round(c.crossfade_in * fps) if i else 0 for i, c in enumerate(clips)]
+    return place(clip_ranges(clips, fps), fades)
+
+
 def film_frames(placed: list[Placed]) -> int:
     return placed[-1].film_last if placed else 0
+
+
+def voice_frame(cut: Placed, at: float, fps: int) -> int:
+    """The film frame a voice-over `at` seconds into its cut's shot starts at (before the cut
+    shows when the shot is trimmed in, never before the film)."""
+    return max(0, cut.film_first + round(at * fps) - cut.source_first)
+
+
+def music_entry(start: float, total: int) -> int:
+    """The sample of a film of `total` samples where music entering at `start` s begins."""
+    return min(round(start * ffmpeg.SAMPLE_RATE), total)
+
+
+def music_passes(*, fps: int, frames: int, start: float, length: float) -> list[tuple[int, int]]:
+    """Each pass of the looped music (`length` s long) in the stem, in film frames [first,
+    last): from its entry to the film's end, the last pass cut short, as `music_stem` plays
+    it. Each pass is placed from its exact sample, so rounding never drifts."""
+    total = samples(frames, fps)
+    loop = round(length * ffmpeg.SAMPLE_RATE)
+    out: list[tuple[int, int]] = []
+    at = music_entry(start, total)
+    while loop > 0 and at < total:
+        first = round(at * fps / ffmpeg.SAMPLE_RATE)
+        last = round(min(at + loop, total) * fps / ffmpeg.SAMPLE_RATE)
+        if last > first:
+            out.append((first, last))
+        at += loop
+    return out
 
 
 def span(cut: Placed, at: float | None, until: float | None, fps: int) -> tuple[int, int] | None:
@@ -150,7 +185,7 @@ def music_stem(
 ) -> list[str]:
     """Write the music stem (float WAV of the film's length) to `dest`; returns the argv."""
     total = samples(frames, fps)
-    entry = min(round(start * ffmpeg.SAMPLE_RATE), total)
+    entry = music_entry(start, total)
     args = ffmpeg.music_args(
         music=str(music),
         start_sample=entry,

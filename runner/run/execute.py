@@ -600,7 +600,6 @@ class NodeJobs:
         """Where each cut of the film sits, from its clips as the assembly cuts them."""
         from runner.media import assemble, soundtrack
 
-        fps = node.recipe["fps"]
         clips = [
             assemble.Clip(
                 path=self._input(node, cut["clip"]),
@@ -611,18 +610,16 @@ class NodeJobs:
             )
             for cut in node.recipe["cuts"]
         ]
-        fades = [round(c.crossfade_in * fps) if i else 0 for i, c in enumerate(clips)]
-        return soundtrack.place(assemble.clip_ranges(clips, fps), fades)
+        return soundtrack.placement(clips, node.recipe["fps"])
 
     def _voices(self, node: Node, placed: list[Any]) -> list[tuple[Path, int, float]]:
         """Each voice-over: its file, the film frame it starts at, and how long it runs (s)."""
-        from runner.media import ffmpeg
+        from runner.media import ffmpeg, soundtrack
 
         fps = node.recipe["fps"]
         out = []
         for vo in node.recipe["voiceovers"]:
-            cut = placed[vo["cut"]]
-            frame = max(0, cut.film_first + round(vo["at"] * fps) - cut.source_first)
+            frame = soundtrack.voice_frame(placed[vo["cut"]], vo["at"], fps)
             path = self._input(node, vo["input"])
             info = ffmpeg.probe(path)
             if not info.has_audio:

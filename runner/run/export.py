@@ -4,7 +4,9 @@ The cut is the edit node's recipe (the builder's one reading of [edit], picks in
 out by assembly's own frame arithmetic (`assemble.spans`), so the timeline and the film cannot
 disagree. Each clip's media is a hard link (else a copy) of its cached output, under
 out/media/ named by shot and take: the names stay put while the bytes behind them change only
-when a take does.
+when a take does. Under the sound layers the music and voice-over assets are placed, and the
+subtitle cues marked, by the same functions the mix and the subtitles node time them with
+(`soundtrack.placement`, `music_passes`, `voice_frame`, `cues`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from pathlib import Path
 
 from runner.digest import file_digest
 from runner.errors import UserError
-from runner.film.graph import shot_name
+from runner.film.graph import Graph, shot_name
 from runner.film.plan import CACHED
-from runner.media import assemble, timeline
+from runner.media import assemble, ffmpeg, soundtrack, timeline
 from runner.run.project import Project
 
 
@@ -72,20 +74,118 @@ def export(project: Project, fmt: str) -> Path:
         "size": f"{graph.width}x{graph.height}",
         "fps": graph.fps,
     }
-    made = timeline.build(graph.title, graph.fps, timed, film_meta)
+    sound, markers = _sound_layers(graph, clips)
+    made = timeline.build(graph.title, graph.fps, timed, film_meta, sound, markers)
     if timeline.CUTS_ONLY[fmt]:
         dropped = timeline.cuts_only(made)
         if dropped:
             s = "s" if dropped != 1 else ""
-            print(
-                f"runner: warning: {fmt} holds cuts only: {dropped} crossfade{s} became a cut "
-                "at the middle of the dissolve (the film's length is kept); export otio or "
-                "fcp7xml to keep them",
-                file=sys.stderr,
+            _warn(
+                f"{fmt} holds cuts only: {dropped} crossfade{s} became a cut at the middle of "
+                "the dissolve (the film's length is kept); export otio or fcp7xml to keep them"
+            )
+    if not timeline.SOUND_TRACKS[fmt] and timeline.drop_sound(made, set(sound)):
+        tracks = f"{' and '.join(sound).lower()} track{'s are' if len(sound) > 1 else ' is'}"
+        _warn(
+            f"{fmt} holds the picture track only: the {tracks} left out (the film's mix has "
+            "them); export otio, fcp7xml or fcpxml to keep them"
+        )
+    if markers and timeline.MARKERS_ON[fmt] == "clips":
+        timeline.markers_on_clips(made)
+        if fmt == "edl":
+            s = "s" if len(markers) != 1 else ""
+            _warn(
+                f"edl keeps {len(markers)} subtitle cue{s} as LOC comments on the clips they "
+                "start in, in capitals, with their first frame but not their last (out/"
+                f"{project.stem}.srt has them whole); export otio, fcp7xml or fcpxml to keep "
+                "their ranges"
             )
     dest = project.out_dir / f"{project.stem}{timeline.FORMATS[fmt][1]}"
     timeline.write(made, fmt, dest)
     return dest
+
+
+MUSIC, VOICE_OVER = "Music", "Voice-over"
+
+
+def _sound_layers(
+    graph: Graph, clips: list[assemble.Clip]
+) -> tuple[dict[str, list[timeline.Sound]], list[timeline.Marker]]:
+    """The music and voice-over tracks and the cue markers, where the mix and the subtitles
+    put them (none for a film without the sound layers)."""
+    if graph.cut.id != "picture":
+        return {}, []
+    fps = graph.fps
+    placed = soundtrack.placement(clips, fps)
+    frames = soundtrack.film_frames(placed)
+    sound: dict[str, list[timeline.Sound]] = {}
+    music = graph.nodes.get("audio.music")
+    if music is not None:
+        asset = graph.nodes[music.inputs["music"]]
+        assert asset.path is not None
+        length = ffmpeg.probe(Path(asset.path)).duration
+        recipe = music.recipe
+        passes = soundtrack.music_passes(
+            fps=fps, frames=frames, start=recipe["start"], length=length
+        )
+        meta = {k: recipe[k] for k in ("start", "gain_db", "duck_db", "fade")}
+        sound[MUSIC] = [
+            timeline.Sound(
+                asset.id.removeprefix("assets."),
+                Path(asset.path),
+                first,
+                last - first,
+                round(length * fps),
+                metadata={"node": music.id, "asset": asset.id, "pass": n, **meta},
+            )
+            for n, (first, last) in enumerate(passes, start=1)
+        ]
+    mix = graph.nodes.get("audio.mix")
+    voices: list[timeline.Sound] = []
+    if mix is not None:
+        cut_shots = graph.cut_clips()
+        for vo in mix.recipe["voiceovers"]:
+            asset = graph.nodes[mix.inputs[vo["input"]]]
+            assert asset.path is not None
+            length = round(ffmpeg.probe(Path(asset.path)).duration * fps)
+            first = soundtrack.voice_frame(placed[vo["cut"]], vo["at"], fps)
+            if min(first + length, frames) > first:  # the mix ends with the film
+                voices.append(
+                    timeline.Sound(
+                        asset.id.removeprefix("assets."),
+                        Path(asset.path),
+                        first,
+                        min(first + length, frames) - first,
+                        length,
+                        metadata={
+                            "node": mix.id,
+                            "asset": asset.id,
+                            "shot": shot_name(cut_shots[vo["cut"]]),
+                            "at": vo["at"],
+                            "duck_db": vo["duck_db"],
+                        },
+                    )
+                )
+    if voices:
+        sound[VOICE_OVER] = voices
+    markers = []
+    subtitles = graph.nodes.get("subtitles")
+    if subtitles is not None:
+        for n, cue in enumerate(soundtrack.cues(placed, subtitles.recipe["lines"], fps), 1):
+            text = " ".join(cue.text.split())
+            markers.append(
+                timeline.Marker(
+                    f"{cue.who}: {text}" if cue.who else text,
+                    cue.first,
+                    cue.last,
+                    {"node": subtitles.id, "cue": n, "who": cue.who, "text": cue.text},
+                )
+            )
+    return sound, markers
+
+
+def _warn(message: str) -> None:
+    print(f"runner: warning: {message}", file=sys.stderr)
 
 
 def _place(blob: Path, digest: str, dest: Path) -> None:
