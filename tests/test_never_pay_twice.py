@@ -246,6 +246,38 @@ def test_first_ctrl_c_stops_new_creates_and_stores_the_paid_jobs(
     assert {"shots.s0", "shots.s1"} <= set(lock)
 
 
+def test_the_first_ctrl_c_takes_no_lock_the_thread_it_interrupts_may_hold(tmp_path: Path) -> None:
+    """The handler runs on the main thread between any two bytecodes, also while that thread
+    holds the run's spent lock or sits inside the completion queue's get. Reproduced: a first
+    Ctrl-C now and then hung the run forever (the handler waited on a lock its own thread
+    held). Here another thread holds every lock the main thread can hold there."""
+    import threading
+
+    from runner.run.execute import NodeJobs
+    from runner.run.interrupt import Interrupts
+    from runner.run.project import Project as RunnerProject
+    from tests.films import MINIMAL
+
+    manifest = gen(tmp_path / "film", {"film.toml": MINIMAL}) / "film.toml"
+    project = RunnerProject.open(manifest, tmp_path / "cache", None)
+    jobs = NodeJobs(project.graph, project.plan(), project.store, 2, outputs=project.outputs)
+    held = [jobs._spent_lock, *([jobs._done.mutex] if hasattr(jobs._done, "mutex") else [])]
+    handler = Interrupts(jobs.stop_sending, jobs.paid_in_flight)
+    for lock in held:
+        lock.acquire()
+    try:
+        ran = threading.Thread(target=handler._handle, args=(signal.SIGINT, None), daemon=True)
+        ran.start()
+        ran.join(timeout=5)
+        assert not ran.is_alive(), "the Ctrl-C handler waits on a lock the main thread holds"
+    finally:
+        for lock in held:
+            lock.release()
+        jobs.close()
+    assert jobs.stopping.is_set()
+    assert jobs._done.get(timeout=1) is None  # the scheduler's wait is woken (Empty if not)
+
+
 def test_second_ctrl_c_exits_at_once_leaving_the_jobs_journaled(
     tmp_path: Path, server: OpenAIServer
 ) -> None:

@@ -94,8 +94,13 @@ class NodeJobs:
         self._spent_lock = threading.Lock()
         self._in_flight: set[str] = set()  # nodes with a paid job not yet stored
         self.stopping = threading.Event()  # set: no job sends another create
-        # Completions; None only wakes the scheduler (see stop_sending).
-        self._done: queue.Queue[tuple[str, str | Retry | Released | None] | None] = queue.Queue()
+        # Completions; None only wakes the scheduler (see stop_sending). A SimpleQueue: its put
+        # is reentrant, safe from the Ctrl-C handler, which runs on the main thread between
+        # any two bytecodes, also while that thread is inside a get holding a Queue's mutex
+        # (a Queue's put there waits on that mutex forever: a first Ctrl-C hung the run).
+        self._done: queue.SimpleQueue[tuple[str, str | Retry | Released | None] | None] = (
+            queue.SimpleQueue()
+        )
         # Threads run nodes' work; a job waiting on its provider is parked and holds none, so
         # their number stays bounded whatever the pools' concurrency.
         threads = max(1, min(workers, MAX_THREADS))
@@ -110,14 +115,17 @@ class NodeJobs:
 
     def stop_sending(self) -> None:
         """No new creates from now on; jobs already sent are polled, downloaded and stored.
-        Wakes the scheduler's wait so it stops starting nodes too."""
+        Wakes the scheduler's wait so it stops starting nodes too. Called from the Ctrl-C
+        handler: it takes no lock the interrupted main thread may hold (nothing waits on
+        `stopping`, so its set never waits; the queue's put is reentrant)."""
         self.stopping.set()
         self._done.put(None)
 
     def paid_in_flight(self) -> int:
-        """Jobs a provider has accepted (this run or a killed one) that are not stored yet."""
-        with self._spent_lock:
-            return len(self._in_flight)
+        """Jobs a provider has accepted (this run or a killed one) that are not stored yet.
+        Read without the lock (len of a set is one step under the GIL): the Ctrl-C handler
+        asks, and the main thread it interrupts may hold that lock."""
+        return len(self._in_flight)
 
     def _paid(self, node: Node) -> None:
         with self._spent_lock:
