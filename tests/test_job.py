@@ -17,7 +17,7 @@ from runner.backends.base import (
     Untrusted,
 )
 from runner.errors import NodeFailed
-from runner.run.job import PoolPause, SendAgain, ShotJob
+from runner.run.job import ARRIVAL_SETTLE, PoolPause, SendAgain, ShotJob
 from runner.run.journal import Journal
 
 REQUEST = ShotRequest("F", "river", 1, "m", "a river", (), 4.0, 64, 64, 24, None)
@@ -133,6 +133,46 @@ def test_a_create_sent_without_an_answer_is_reconciled_before_resending(tmp_path
     j.journal.sending("k1", "shots.river", "scripted")  # killed before the answer came
     assert j.run(tmp_path / "out.mp4") == "job-created-before-the-crash"
     assert backend.creates == 0
+
+
+class LandsLate(Scripted):
+    """A provider that processes a create only after the first list that could show it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.finds = 0
+
+    def find(self, shot: ShotRequest, since: float, exclude: frozenset[str]) -> str | None:
+        self.finds += 1
+        return "job-that-landed-late" if self.finds > 1 else None
+
+
+def test_a_create_still_on_its_way_when_the_rerun_looks_is_adopted_not_bought_again(
+    tmp_path: Path,
+) -> None:
+    """Reproduced (kill -9 at job-journaled, rerun at once, 7 creates for 6 shots): a create
+    the killed run had finished sending was processed by the provider after the rerun listed
+    its jobs, and the rerun sent it again."""
+    clock = Clock()
+    clock.now = 1000.0
+    backend = LandsLate()
+    j = job(backend, tmp_path, wall=clock, sleep=clock.sleep)
+    j.journal.sending("k1", "shots.river", "scripted", sent_at=999.0)  # sent 1 s ago, then killed
+    assert j.run(tmp_path / "out.mp4") == "job-that-landed-late"
+    assert backend.creates == 0 and backend.finds == 2
+    assert clock.sleeps[0] == pytest.approx(ARRIVAL_SETTLE - 1.0)  # until it would have landed
+
+
+def test_a_create_sent_long_ago_and_not_listed_is_sent_again_without_waiting(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    clock.now = 1000.0
+    backend = LandsLate()
+    j = job(backend, tmp_path, wall=clock, sleep=clock.sleep)
+    j.journal.sending("k1", "shots.river", "scripted", sent_at=1000.0 - 2 * ARRIVAL_SETTLE)
+    assert j.run(tmp_path / "out.mp4") == "job1"
+    assert backend.creates == 1 and backend.finds == 1 and clock.sleeps == []
 
 
 def test_a_5xx_after_the_create_reached_the_provider_does_not_create_twice(

@@ -37,6 +37,10 @@ DOWNLOAD_DEADLINE = 1800.0  # seconds a finished job's (free) download is retrie
 DOWNLOAD_BACKOFF_CAP = 30.0  # seconds: the longest wait between two download attempts
 POLL_DEFAULT = 1.0  # seconds between polls when the provider does not say
 RECONCILE_SLACK = 5.0  # seconds: clocks of runner and provider differ
+# Seconds after a send during which its create may still land at the provider: a request its
+# sender finished writing before it died (or lost the answer) is processed whenever the
+# provider reads it, which under load can be after a quick rerun has listed the jobs.
+ARRIVAL_SETTLE = 10.0
 REFUNDED_RESENDS = 2  # a job the provider failed and refunded is sent again this many times
 T = TypeVar("T")
 
@@ -89,6 +93,7 @@ class ShotJob:
     resend_unconfirmed: bool = False
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic  # measures download_deadline
+    wall: Callable[[], float] = time.time  # the journal's clock: when a create was sent
     download_deadline: float = DOWNLOAD_DEADLINE
     gate: SendWindow = field(default_factory=lambda: SendWindow(None))  # the pool's rpm
     on_provider_done: Callable[[], None] = lambda: None  # frees the pool slot before download
@@ -111,7 +116,7 @@ class ShotJob:
     def steps(self, dest: Path) -> Steps[str]:
         """`run`, yielding each wait (in seconds) instead of sleeping through it: a job
         waiting on its provider then holds no thread (runner/run/execute.py parks it)."""
-        job_id = self._resume() or (yield from self._submit())
+        job_id = (yield from self._resume()) or (yield from self._submit())
         try:
             job_id = yield from self._settle(job_id)
             self.on_provider_done()
@@ -132,16 +137,29 @@ class ShotJob:
         faults.point("downloaded")
         return job_id
 
-    def _resume(self) -> str | None:
+    def _resume(self) -> Steps[str | None]:
         """A job a killed run already sent for this key, if any."""
         entry = self.journal.get(self.key)
         if entry is None:
             return None
         if entry.get("job_id"):
             return str(entry["job_id"])
-        return self._reconcile(float(entry.get("sent_at", 0.0)))
+        return (yield from self._reconcile(float(entry.get("sent_at", 0.0))))
 
-    def _reconcile(self, sent_at: float) -> str | None:
+    def _reconcile(self, sent_at: float) -> Steps[str | None]:
+        """The job a create sent at `sent_at` made, found in the provider's list; None when
+        it made none. Not found while it could still be on its way: look again once it
+        would have landed (ARRIVAL_SETTLE), so a late create is adopted, never bought again."""
+        found = self._find(sent_at)
+        left = sent_at + ARRIVAL_SETTLE - self.wall()
+        if found is None and left > 0 and self.backend.reconciles:
+            yield left
+            found = self._find(sent_at)
+        if found:
+            self.journal.submitted(self.key, found)
+        return found
+
+    def _find(self, sent_at: float) -> str | None:
         if not self.backend.reconciles:
             if self.resend_unconfirmed:
                 return None
@@ -159,8 +177,6 @@ class ShotJob:
                 f"{self.node}: cannot check whether an earlier create reached "
                 f"{self.backend.name} ({err}); run again to retry"
             ) from None
-        if found:
-            self.journal.submitted(self.key, found)
         return found
 
     def _submit(self) -> Steps[str]:
@@ -184,7 +200,7 @@ class ShotJob:
                 raise NodeFailed(f"{self.node}: {who.format(self.backend.name)}: {err}") from None
             except Transient as err:
                 if err.sent:
-                    found = self._reconcile(sent_at)
+                    found = yield from self._reconcile(sent_at)
                     if found:
                         self.on_paid(found)  # this run's create, answered or not
                         return found
