@@ -410,6 +410,7 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_create
         del film.env["RUNNER_KILL_AT"], film.env["RUNNER_RATE_WINDOW_SECONDS"]
         assert server.create_posts() == len(server.billable()) == 1
         film = runway_film(tmp_path, server, 12, "concurrency = 4")
+        film.env["RUNNER_RATE_WINDOW_SECONDS"] = "2"  # 429s paced over seconds, not a minute
         server.rate_limit_next(2, retry_after=0.2)
         server.fail_next_creates(2, status=503)
         server.fail_next_tasks(2, "INTERNAL.BAD_OUTPUT.CODE01", "The output was rejected.")
