@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,21 +247,44 @@ def test_first_ctrl_c_stops_new_creates_and_stores_the_paid_jobs(
     assert {"shots.s0", "shots.s1"} <= set(lock)
 
 
-def test_the_first_ctrl_c_takes_no_lock_the_thread_it_interrupts_may_hold(tmp_path: Path) -> None:
-    """The handler runs on the main thread between any two bytecodes, also while that thread
-    holds the run's spent lock or sits inside the completion queue's get. Reproduced: a first
-    Ctrl-C now and then hung the run forever (the handler waited on a lock its own thread
-    held). Here another thread holds every lock the main thread can hold there."""
-    import threading
-
+def node_jobs(tmp_path: Path) -> Any:
+    """The run's NodeJobs for a small previz film, as render makes it."""
     from runner.run.execute import NodeJobs
-    from runner.run.interrupt import Interrupts
     from runner.run.project import Project as RunnerProject
     from tests.films import MINIMAL
 
     manifest = gen(tmp_path / "film", {"film.toml": MINIMAL}) / "film.toml"
     project = RunnerProject.open(manifest, tmp_path / "cache", None)
-    jobs = NodeJobs(project.graph, project.plan(), project.store, 2, outputs=project.outputs)
+    return NodeJobs(project.graph, project.plan(), project.store, 2, outputs=project.outputs)
+
+
+def test_the_schedulers_wait_never_blocks_the_main_thread_for_good(tmp_path: Path) -> None:
+    """Python runs a signal's handler on the main thread, and a Ctrl-C the kernel hands to
+    another thread wakes the main thread's wait only when that wait ends. Reproduced: with
+    60 s jobs in flight, a first Ctrl-C now and then went unheard until they finished
+    (test_first_ctrl_c_stops_new_creates_and_stores_the_paid_jobs hit its hang guard)."""
+    import threading
+
+    jobs = node_jobs(tmp_path)
+    try:
+        waited = threading.Thread(target=jobs.wait, args=(None,), daemon=True)
+        waited.start()  # nothing will complete: only the wait's own bound can end it
+        waited.join(timeout=10)
+        assert not waited.is_alive(), "the scheduler's wait blocks with no bound"
+    finally:
+        jobs.close()
+
+
+def test_the_first_ctrl_c_takes_no_lock_the_thread_it_interrupts_may_hold(tmp_path: Path) -> None:
+    """The handler runs on the main thread between any two bytecodes, also while that thread
+    holds the run's spent lock or sits inside the completion queue's get: a handler that
+    waits on such a lock hangs the run for good. Here another thread holds every lock the
+    main thread can hold there."""
+    import threading
+
+    from runner.run.interrupt import Interrupts
+
+    jobs = node_jobs(tmp_path)
     held = [jobs._spent_lock, *([jobs._done.mutex] if hasattr(jobs._done, "mutex") else [])]
     handler = Interrupts(jobs.stop_sending, jobs.paid_in_flight)
     for lock in held:

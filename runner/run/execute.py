@@ -49,6 +49,9 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+WAKE_EVERY = 0.25  # seconds: the longest the scheduler's wait blocks the main thread
+
+
 class NodeJobs:
     """Runs graph nodes in threads; completions come back through wait()."""
 
@@ -201,6 +204,11 @@ class NodeJobs:
         self._pool.submit(self._step, node_id, self._steps(node_id))
 
     def wait(self, timeout: float | None) -> tuple[str, str | Retry | Released | None] | None:
+        """The next completion, or None after `timeout` (or sooner: a wake-up). The main
+        thread never blocks longer than WAKE_EVERY: a Ctrl-C the kernel delivers to another
+        thread only interrupts the main thread's wait when the wait ends, and the handler
+        must run at once (reproduced: a first Ctrl-C with 60 s jobs in flight was not heard)."""
+        timeout = WAKE_EVERY if timeout is None else min(timeout, WAKE_EVERY)
         try:
             return self._done.get(timeout=timeout)
         except queue.Empty:
