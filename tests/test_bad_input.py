@@ -6,13 +6,14 @@ Python start-up each); a few run the real command line for its exit code and std
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from runner import cli
-from tests.films import MINIMAL, gen, runner
+from tests.films import MINIMAL, gen, run_cli, runner
 
 Check = Callable[..., str]
 
@@ -396,3 +397,16 @@ def test_a_bad_sound_or_subtitle_setting_is_one_line_at_its_key(
     assert old in MINIMAL
     err = check(MINIMAL.replace(old, new, 1), f"film.toml: {where}: ", why)
     assert err.count("\n") == 1, err  # one problem, one line
+
+
+def test_a_relative_cache_dir_renders_like_an_absolute_one(tmp_path: Path) -> None:
+    """Reproduced: `--cache-dir c` failed the edit ("Error opening input file c/cas/..."):
+    ffmpeg runs in a scratch folder, where the relative path names nothing."""
+    gen(tmp_path / "film", {"film.toml": MINIMAL})
+    result = run_cli(
+        ["render", "film/film.toml", "--cache-dir", "c"],
+        {k: v for k, v in os.environ.items() if k != "RUNNER_CACHE_DIR"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "film" / "out" / "film.mp4").is_file() and (tmp_path / "c" / "cas").is_dir()

@@ -113,7 +113,8 @@ class Project:
             env = os.environ.get("RUNNER_CACHE_DIR")
             given = "RUNNER_CACHE_DIR" if env else "the default cache folder"
             cache_dir = Path(env) if env else find_root(film_dir.resolve()) / ".cache"
-        store = Store(cache_dir)
+        # Absolute: ffmpeg runs in scratch folders, where a relative cache path names nothing.
+        store = Store(cache_dir.absolute())
         try:
             store.check_format()
         except (NotADirectoryError, FileExistsError):
