@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from runner.backends import policy
 from runner.backends.base import (
     BackendError,
-    Capabilities,
     Expired,
     JobStatus,
     Refused,
@@ -40,6 +39,7 @@ from runner.backends.base import (
     Untrusted,
 )
 from runner.backends.fal_models import BUILTIN, FIXED, NEW_ROW, SIZES, FalRow, arguments, problem
+from runner.backends.table import TableAnswers
 from runner.digest import Hashed
 from runner.film import model_table
 
@@ -68,12 +68,16 @@ NO_KEY = (
 _T = TypeVar("_T")
 
 
-class FalBackend:
+class FalBackend(TableAnswers):
     """Renders on fal's queue; safe to share across threads."""
 
     name = "fal"
     default_model = "fal-ai/veo3/fast"
     reconciles = True  # the request history lists recent requests with their input
+
+    _table = TABLE
+    _new_row = NEW_ROW
+    _models: Mapping[str, FalRow]
 
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir
@@ -95,25 +99,8 @@ class FalBackend:
 
     # -- capability and price tables (pure: planning never touches the network) --
 
-    def rows(self) -> Mapping[str, Capabilities]:
-        """The backend's model table, by model name."""
-        return dict(self._models)
-
-    def capabilities(self, model: str) -> Capabilities:
-        """The endpoint's row; permissive for an unknown one (`check` then says what to add)."""
-        return self._models.get(model, NEW_ROW)
-
-    def price_per_second(self, model: str, width: int, height: int) -> float:
-        row = self._models.get(model)
-        return (row.price(width, height) if row else None) or 0.0
-
-    def check(self, shot: ShotRequest) -> str | None:
-        """What fal cannot render about this shot, in words; None when it can."""
-        missing = model_table.missing(self.name, shot.model, self._models, TABLE)
-        if missing:
-            return missing
-        row = self._models[shot.model]
-        return model_table.words(shot, row, self.name) or problem(shot, row)
+    def _problem(self, shot: ShotRequest, row: Any) -> str | None:
+        return problem(shot, row)
 
     def credentials_problem(self) -> str | None:
         """No key, or a CA bundle that cannot be read (checked before the first create)."""

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from runner.backends import policy
 from runner.backends.base import (
     BackendError,
-    Capabilities,
     Expired,
     JobStatus,
     Refused,
@@ -37,6 +36,7 @@ from runner.backends.base import (
     Transient,
 )
 from runner.backends.luma_models import BUILTIN, FIXED, NEW_ROW, SIZES, LumaRow, arguments, problem
+from runner.backends.table import TableAnswers
 from runner.digest import Hashed
 from runner.errors import UserError
 from runner.film import model_table
@@ -79,12 +79,16 @@ REFUSALS = ("moderation", "blacklisted", "failed to read user input frames")
 _T = TypeVar("_T")
 
 
-class LumaBackend:
+class LumaBackend(TableAnswers):
     """Renders on Luma's Dream Machine API; safe to share across threads."""
 
     name = "luma"
     default_model = "ray-flash-2"
     reconciles = True  # GET /generations lists recent generations with their request
+
+    _table = TABLE
+    _new_row = NEW_ROW
+    _models: Mapping[str, LumaRow]
 
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir
@@ -119,13 +123,6 @@ class LumaBackend:
 
     # -- capability and price tables (pure: planning never touches the network) --
 
-    def rows(self) -> Mapping[str, Capabilities]:
-        """The backend's model table, by model name."""
-        return dict(self._models)
-
-    def capabilities(self, model: str) -> Capabilities:
-        return self._models.get(model, NEW_ROW)
-
     def price_per_second(self, model: str, width: int, height: int) -> float:
         """USD per second: Luma's price per million pixels at 24 fps, for this frame."""
         row = self._models.get(model)
@@ -133,15 +130,14 @@ class LumaBackend:
 
     def check(self, shot: ShotRequest) -> str | None:
         """What Luma cannot render about this shot, in words; None when it can."""
-        missing = model_table.missing(self.name, shot.model, self._models, TABLE)
-        if missing:
-            return missing
-        row = self._models[shot.model]
-        found = model_table.words(shot, row, self.name) or problem(shot, row)
+        found = super().check(shot)
         images = shot.image is not None or shot.end_image is not None
         if found is None and images and not self._image_store:
             return NO_IMAGE_STORE
         return found
+
+    def _problem(self, shot: ShotRequest, row: Any) -> str | None:
+        return problem(shot, row)
 
     def credentials_problem(self) -> str | None:
         return None if self._key() else NO_KEY

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from runner.backends import policy
 from runner.backends.base import (
     BackendError,
-    Capabilities,
     Expired,
     JobStatus,
     Refused,
@@ -43,6 +42,7 @@ from runner.backends.runway_models import (
     endpoint,
     problem,
 )
+from runner.backends.table import TableAnswers
 from runner.digest import Hashed
 from runner.film import model_table
 
@@ -70,12 +70,16 @@ NO_KEY = (
 _T = TypeVar("_T")
 
 
-class RunwayBackend:
+class RunwayBackend(TableAnswers):
     """Renders on Runway's API; safe to share across threads."""
 
     name = "runway"
     default_model = "gen4.5"
     reconciles = False  # Runway can retrieve or delete a task, never list them
+
+    _table = TABLE
+    _new_row = NEW_ROW
+    _models: Mapping[str, RunwayRow]
 
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir
@@ -97,25 +101,8 @@ class RunwayBackend:
 
     # -- capability and price tables (pure: planning never touches the network) --
 
-    def rows(self) -> Mapping[str, Capabilities]:
-        """The backend's model table, by model name."""
-        return dict(self._models)
-
-    def capabilities(self, model: str) -> Capabilities:
-        """The model's row; permissive for an unknown one (`check` then says what to add)."""
-        return self._models.get(model, NEW_ROW)
-
-    def price_per_second(self, model: str, width: int, height: int) -> float:
-        row = self._models.get(model)
-        return (row.price(width, height) if row else None) or 0.0
-
-    def check(self, shot: ShotRequest) -> str | None:
-        """What Runway cannot render about this shot, in words; None when it can."""
-        missing = model_table.missing(self.name, shot.model, self._models, TABLE)
-        if missing:
-            return missing
-        row = self._models[shot.model]
-        return model_table.words(shot, row, self.name) or problem(shot, row)
+    def _problem(self, shot: ShotRequest, row: Any) -> str | None:
+        return problem(shot, row)
 
     def credentials_problem(self) -> str | None:
         return None if self._key() else NO_KEY
