@@ -123,10 +123,11 @@ def test_a_second_assembly_reuses_every_segment(sources: list[Path], tmp_path: P
     cache = DirCache(tmp_path / "cache")
     clips = [clip(sources[0]), clip(sources[1], fade=0.5)]
     first, result = build(clips, tmp_path, cache, "one.mp4")
-    # body, crossfade, body: video + audio each, and each body's copy-or-conform decision
-    assert len(cache.saved) == len(result.segments) == 8
+    # body, crossfade, body: video, audio and its true peak each, and each body's
+    # copy-or-conform decision
+    assert len(cache.saved) == len(result.segments) == 11
     second, again = build(clips, tmp_path, cache, "two.mp4")
-    assert len(cache.saved) == 8 and again.rendered == []
+    assert len(cache.saved) == 11 and again.rendered == []
     assert sha256(first) == sha256(second)
 
 
@@ -139,8 +140,9 @@ def test_changing_one_clip_reencodes_only_its_segments(sources: list[Path], tmp_
     changed = make_clip(tmp_path / "b2.mp4", seconds=2.0, beep_hz=770)
     _, after = build([clip(a), clip(changed), clip(c, fade=0.5), clip(d)], tmp_path, cache)
 
-    # b's body (video, audio, decision) and the crossfade b -> c (video, audio); the rest reused.
-    assert len(cache.saved) == 5
+    # b's body (video, audio, peak, decision) and the crossfade b -> c (video, audio, peak);
+    # the rest reused.
+    assert len(cache.saved) == 7
     assert sorted(cache.saved) == sorted(set(after.segments) - set(before.segments))
 
 
@@ -258,6 +260,63 @@ def test_loudness_normalisation_reaches_the_target(tmp_path: Path) -> None:
     assert abs(integrated - -20) < 2
     assert any(arg.startswith("volume=") for arg in result.join_argv)
     assert abs(audio_samples(film, tmp_path) / 48000 - video_frames(film) / FPS) < FRAME
+
+
+def pcm_clip(dest: Path, sound: str, seconds: float = 1.0) -> Path:
+    """A clip whose sound is `sound` (an aevalsrc expression) as exact PCM samples."""
+    ff(
+        *["-loglevel", "error", "-f", "lavfi", "-i", f"color=gray:s=160x90:r=24:d={seconds}"],
+        *["-f", "lavfi", "-i", f"aevalsrc={sound}|{sound}:s=48000:d={seconds}"],
+        *["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "pcm_s16le", str(dest)],
+    )
+    return dest
+
+
+def gain_of(result: Assembly) -> float:
+    (volume,) = [a for a in result.join_argv if a.startswith("volume=")]
+    return float(volume.removeprefix("volume=").removesuffix("dB"))
+
+
+def test_a_cut_that_peaks_between_samples_caps_the_films_gain(tmp_path: Path) -> None:
+    # Each side is a 100 Hz wave at 0.9 (-0.9 dBTP); the cut goes from +0.9 to -0.9 in one
+    # sample, and the wave between those samples overshoots to +1.1 dBTP. The pieces' own peaks
+    # are measured as they are made; the cut's is measured around the join, as it must be: the
+    # gain it allows is 2 dB lower than the pieces' peaks would.
+    up = pcm_clip(tmp_path / "up.mov", "0.9*cos(2*PI*100*t)")
+    down = pcm_clip(tmp_path / "down.mov", "-0.9*cos(2*PI*100*t)")
+    _, result = build([clip(up), clip(down)], tmp_path, DirCache(tmp_path / "c"), loudness_lufs=-1)
+
+    wavs = []
+    for src in (up, down):
+        wavs.append(tmp_path / f"{src.stem}.wav")
+        ff("-loglevel", "error", "-i", str(src), "-map", "0:a", "-c:a", "pcm_s16le", str(wavs[-1]))
+    joined = tmp_path / "joined.wav"
+    ff("-loglevel", "error", "-i", str(wavs[0]), "-i", str(wavs[1]), "-filter_complex",
+       "[0:a][1:a]concat=n=2:v=0:a=1", "-c:a", "pcm_s16le", str(joined))  # fmt: skip
+    integrated, peak = ffmpeg.loudness(joined)
+    pieces_peak = max(ffmpeg.true_peak(w) for w in wavs)
+    assert peak > pieces_peak + 1.5
+    whole, pieces_only = (loudness_gain(integrated, p, target=-1) for p in (peak, pieces_peak))
+    assert whole is not None and pieces_only is not None
+    assert gain_of(result) == pytest.approx(whole, abs=0.11)
+    assert gain_of(result) < pieces_only - 1.5
+
+
+def test_a_corrupt_cached_peak_is_measured_again(tmp_path: Path) -> None:
+    tone = make_clip(tmp_path / "tone.mp4", seconds=2.0, beep_hz=440, beep_seconds=2.0)
+    quiet = pcm_clip(tmp_path / "quiet.mov", "0.05*sin(2*PI*300*t)", seconds=2.0)
+    cache = DirCache(tmp_path / "c")
+    clips = [clip(tone), clip(quiet, fade=0.5)]
+    first, result = build(clips, tmp_path, cache, "one.mp4", loudness_lufs=-16)
+    peaks = [k for k in result.segments if (cache.root / k).read_bytes().startswith(b'{"true_')]
+    assert len(peaks) == 3  # two bodies and the crossfade
+    garbage = [b"{}", b'{"true_peak_dbtp": "loud"}', b"\xff\x00"]
+    for key, bad in zip(peaks, garbage, strict=True):
+        (cache.root / key).write_bytes(bad)
+    cache.saved.clear()
+    second, _ = build(clips, tmp_path, cache, "two.mp4", loudness_lufs=-16)
+    assert sorted(cache.saved) == sorted(peaks)  # each made again with its piece; nothing else
+    assert sha256(first) == sha256(second)
 
 
 @pytest.mark.parametrize(

@@ -146,6 +146,7 @@ def test_loudness_measures_integrated_level_and_true_peak(tmp_path: Path) -> Non
     integrated, peak = ffmpeg.loudness(tone)
     assert integrated == pytest.approx(-27.1, abs=1.0)  # 1/8 full scale sine, then -6 dB
     assert peak == pytest.approx(-24.1, abs=0.5)
+    assert (ffmpeg.integrated_loudness(tone), ffmpeg.true_peak(tone)) == (integrated, peak)
 
 
 def test_last_frame_of_a_video_that_ends_before_its_audio(tmp_path: Path) -> None:

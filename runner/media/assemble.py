@@ -11,14 +11,20 @@ SEGMENT_VERSION, ffmpeg version), so changing one clip remakes only its pieces; 
 copy-or-conform decision is cached beside it, for provenance. The join copies the video and
 encodes the audio once: PCM joins add no AAC priming, so the audio cannot drift from the video
 however many clips the film has. Loudness is matched with one measured gain (EBU R128
-integrated loudness, capped by the true peak).
+integrated loudness, capped by the true peak). The integrated loudness is measured on the joined
+audio; the true peak, the costlier half, is each piece's (measured as the piece is made, cached
+beside it) or a join's (measured on the few samples around each join).
 """
 
 from __future__ import annotations
 
+import array
+import itertools
 import json
+import math
 import os
 import shutil
+import sys
 import tempfile
 import wave
 from collections.abc import Callable
@@ -87,11 +93,21 @@ class _Piece:
     audio_key: str
 
     @property
+    def peak_key(self) -> str:
+        """Its audio's true peak, measured as the audio was made (the film's is their max)."""
+        return key_of({"true_peak_of": self.audio_key})
+
+    @property
+    def decision_key(self) -> str:
+        """A body's copy-or-conform decision, for provenance."""
+        return key_of({"decision_of": self.video_key})
+
+    @property
     def keys(self) -> tuple[str, ...]:
-        """Its cached files: video, audio, and for a body the copy-or-conform decision."""
+        """Its cached files: video, audio, true peak, and for a body the decision."""
         if self.kind != "body":
-            return (self.video_key, self.audio_key)
-        return (self.video_key, self.audio_key, key_of({"decision_of": self.video_key}))
+            return (self.video_key, self.audio_key, self.peak_key)
+        return (self.video_key, self.audio_key, self.peak_key, self.decision_key)
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,10 @@ def assemble(
     with tempfile.TemporaryDirectory(prefix="assemble-", dir=workdir) as tmp_name:
         tmp = Path(tmp_name)
         found = {k: cache.lookup(k) for p in pieces for k in p.keys}
+        for p in pieces:  # a peak record that does not read as one is made again
+            peak_path = found[p.peak_key]
+            if peak_path is not None and _read_peak(peak_path) is None:
+                found[p.peak_key] = None
         unique: dict[str, _Piece] = {}  # a clip cut in twice is made once
         for p in pieces:
             if any(found[k] is None for k in p.keys):
@@ -142,10 +162,13 @@ def assemble(
             + "".join(f"file {_quote(paths[p.video_key])}\n" for p in pieces),
             encoding="utf-8",
         )
-        _join_wavs([paths[p.audio_key] for p in pieces], tmp / "audio.wav")
+        wavs = [paths[p.audio_key] for p in pieces]
+        _join_wavs(wavs, tmp / "audio.wav")
         gain = None
         if loudness_lufs is not None:
-            gain = loudness_gain(*ffmpeg.loudness(tmp / "audio.wav"), target=loudness_lufs)
+            peaks = [_read_peak(paths[p.peak_key]) or -math.inf for p in pieces]
+            integrated, peak = _loudness(tmp / "audio.wav", wavs, peaks, tmp)
+            gain = loudness_gain(integrated, peak, target=loudness_lufs)
         args = ffmpeg.join_args(
             video_list="video.ffconcat",
             audio="audio.wav",
@@ -157,7 +180,7 @@ def assemble(
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(tmp / "film.mp4", dest)
         decisions = {
-            p.clip: json.loads(paths[p.keys[2]].read_text(encoding="utf-8"))
+            p.clip: json.loads(paths[p.decision_key].read_text(encoding="utf-8"))
             for p in pieces
             if p.kind == "body"
         }
@@ -398,7 +421,7 @@ def _resolve(clip: Clip, i: int, film: _Film) -> _Source:
 
 def _body_job(
     clip: Clip, src: _Source, fade_in: int, fade_out: int, film: _Film, out: Path
-) -> Callable[[], tuple[Path, Path, Path]]:
+) -> Callable[[], tuple[Path, ...]]:
     """Make a clip's body, the frames between its crossfades: copied where its stream allows,
     else encoded."""
     first = src.first + fade_in
@@ -407,6 +430,7 @@ def _body_job(
     source = str(clip.path)
 
     def encode(start: int, frames: int, video: str | None, audio: str | None) -> None:
+        """Encode frames [start, start+frames); with audio, its WAV and true peak too."""
         args = ffmpeg.segment_args(
             source=source,
             has_audio=src.info.has_audio,
@@ -417,13 +441,18 @@ def _body_job(
             video_out=video,
             audio_out=audio,
         )
-        ffmpeg.run(args, cwd=out)
+        if audio is None:
+            ffmpeg.run(args, cwd=out)
+        else:
+            _write_peak(out, ffmpeg.run_peak(args, cwd=out))
 
-    def job() -> tuple[Path, Path, Path]:
+    made = (out / "video.mp4", out / "audio.wav", out / "peak.json", out / "decision.json")
+
+    def job() -> tuple[Path, ...]:
         (out / "decision.json").write_text(json.dumps(plan.record(), sort_keys=True))
         if not plan.copy:
             encode(first, last - first, "video.mp4", "audio.wav")
-            return out / "video.mp4", out / "audio.wav", out / "decision.json"
+            return made
         parts = []
         if plan.head:
             encode(first, plan.head, "head.mp4", None)
@@ -441,7 +470,7 @@ def _body_job(
             video_out=middle,
             audio_out="audio.wav",
         )
-        ffmpeg.run(args, cwd=out)
+        _write_peak(out, ffmpeg.run_peak(args, cwd=out))
         parts.append(middle)
         if plan.tail:
             encode(plan.end, plan.tail, "tail.mp4", None)
@@ -454,18 +483,18 @@ def _body_job(
             ffmpeg.run(
                 ffmpeg.concat_video_args(video_list="parts.ffconcat", out="video.mp4"), cwd=out
             )
-        return out / "video.mp4", out / "audio.wav", out / "decision.json"
+        return made
 
     return job
 
 
 def _crossfade_job(
     a: Clip, a_src: _Source, b: Clip, b_src: _Source, frames: int, film: _Film, out: Path
-) -> Callable[[], tuple[Path, Path]]:
+) -> Callable[[], tuple[Path, ...]]:
     """Encode a crossfade: the last `frames` of A dissolving into the first `frames` of B."""
     a_first = a_src.last - frames
 
-    def job() -> tuple[Path, Path]:
+    def job() -> tuple[Path, ...]:
         args = ffmpeg.crossfade_args(
             a=str(a.path),
             a_has_audio=a_src.info.has_audio,
@@ -481,8 +510,8 @@ def _crossfade_job(
             video_out="video.mp4",
             audio_out="audio.wav",
         )
-        ffmpeg.run(args, cwd=out)
-        return out / "video.mp4", out / "audio.wav"
+        _write_peak(out, ffmpeg.run_peak(args, cwd=out))
+        return out / "video.mp4", out / "audio.wav", out / "peak.json"
 
     return job
 
@@ -518,3 +547,100 @@ def _join_wavs(parts: list[Path], dest: Path) -> None:
                     raise NodeFailed(f"{part}: audio segment is {params}, not 48 kHz s16 stereo")
                 while chunk := src.readframes(1 << 16):
                     out.writeframes(chunk)
+
+
+# --- loudness: measured once on the joined audio, true peak from the pieces ----------------
+
+JOIN_WINDOW = 256
+"""Samples taken from each side of a join to measure the true peak across it: wider than the
+reach of ebur128's oversampling filter, so the window holds every inter-sample peak the join
+can make."""
+
+JOIN_RAMP = 64
+"""Samples at a window's outer edges faded from silence and back to it, so that laying the
+windows end to end makes no new step of its own."""
+
+
+def _write_peak(out: Path, peak: float) -> None:
+    """A piece's true peak, as JSON (null for silence: JSON has no -inf)."""
+    value = None if math.isinf(peak) else peak
+    (out / "peak.json").write_text(json.dumps({"true_peak_dbtp": value}), encoding="utf-8")
+
+
+def _read_peak(path: Path) -> float | None:
+    """A cached piece's true peak, -inf for silence; None when the file is not a peak record
+    (read from disk, so not trusted: the piece is made again)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict) or "true_peak_dbtp" not in record:
+        return None
+    value = record["true_peak_dbtp"]
+    if value is None:
+        return -math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -200 <= value <= 50:
+        return None
+    return float(value)
+
+
+def _loudness(joined: Path, wavs: list[Path], peaks: list[float], tmp: Path) -> tuple[float, float]:
+    """The joined audio's integrated loudness and true peak.
+
+    Integrated loudness gates over the whole film, so it is measured on the joined file. The
+    true peak is the highest of the pieces' (each measured when it was made) and of the joins
+    between them, measured on a short file of the samples either side of each join: a cut can
+    put an inter-sample peak above both of its sides. The two measurements run side by side.
+    """
+    if len(wavs) < 2:
+        return ffmpeg.integrated_loudness(joined), max(peaks)
+    windows = tmp / "joins.wav"
+    _join_windows(wavs, windows)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        at_joins = pool.submit(ffmpeg.true_peak, windows)
+        integrated = ffmpeg.integrated_loudness(joined)
+        return integrated, max(*peaks, at_joins.result())
+
+
+def _join_windows(wavs: list[Path], dest: Path) -> None:
+    """For each join, the last JOIN_WINDOW samples before it and the first after it, their
+    outer JOIN_RAMP samples faded; the joins one after another in one 48 kHz s16 stereo WAV."""
+    ramp = [(1 - math.cos(math.pi * (i + 0.5) / JOIN_RAMP)) / 2 for i in range(JOIN_RAMP)]
+    with wave.open(str(dest), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(ffmpeg.SAMPLE_RATE)
+        for before, after in itertools.pairwise(wavs):
+            tail = _frames_of(before, last=True)
+            head = _frames_of(after, last=False)
+            _fade(tail, ramp, at_start=True)
+            _fade(head, ramp, at_start=False)
+            out.writeframes(_le(tail) + _le(head))
+
+
+def _frames_of(path: Path, *, last: bool) -> array.array[int]:
+    """Up to JOIN_WINDOW stereo frames from the start or the end of a segment's WAV."""
+    with wave.open(str(path), "rb") as src:
+        count = min(JOIN_WINDOW, src.getnframes())
+        if last:
+            src.setpos(src.getnframes() - count)
+        samples = array.array("h", src.readframes(count))
+    if sys.byteorder == "big":
+        samples.byteswap()  # WAV is little-endian
+    return samples
+
+
+def _fade(samples: array.array[int], ramp: list[float], *, at_start: bool) -> None:
+    """Fade the outer end of a window (its start, or its end) from silence, in place."""
+    frames = len(samples) // 2
+    for i, gain in enumerate(ramp[:frames]):
+        frame = i if at_start else frames - 1 - i
+        samples[2 * frame] = round(samples[2 * frame] * gain)
+        samples[2 * frame + 1] = round(samples[2 * frame + 1] * gain)
+
+
+def _le(samples: array.array[int]) -> bytes:
+    if sys.byteorder == "big":
+        samples = array.array("h", samples)
+        samples.byteswap()
+    return samples.tobytes()

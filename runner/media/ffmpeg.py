@@ -493,7 +493,7 @@ def segment_args(
     if video_out is not None:
         graph.append(f"[0:v:0]{video_chain}[v]")
     if audio_out is not None:
-        graph.append(f"[{audio_in}]{audio_filter}[a]")
+        graph.append(f"[{audio_in}]{audio_filter},{TRUE_PEAK_TAP}[a]")
     args += ["-filter_complex", ";".join(graph)]
     if video_out is not None:
         args += ["-map", "[v]", *_segment_video_out(frames, fps), video_out]
@@ -533,13 +533,13 @@ def crossfade_args(
         f"trim=end_frame={frames},format=yuv420p[v]",
     ]
     if a_in == b_in:  # both silent: one silence input cannot feed two chains
-        graph.append(f"[{a_in}]{a_audio}[a]")
+        graph.append(f"[{a_in}]{a_audio},{TRUE_PEAK_TAP}[a]")
     else:
         graph += [
             f"[{a_in}]{a_audio}[aa]",
             f"[{b_in}]{b_audio}[ab]",
             f"[aa][ab]acrossfade=ns={samples}:c1=tri:c2=tri,apad=whole_len={samples},"
-            f"atrim=end_sample={samples}[a]",
+            f"atrim=end_sample={samples},{TRUE_PEAK_TAP}[a]",
         ]
     args += ["-filter_complex", ";".join(graph)]
     args += ["-map", "[v]", *_segment_video_out(frames, fps), video_out]
@@ -706,7 +706,7 @@ def copy_args(
     # involved; setts then moves them to start at 0 (pts and dts alike: the reorder stays).
     keep = f"noise=drop=lt(n\\,{first_packet})+gte(n\\,{end_packet})"
     shift = f"setts=pts=PTS-{pts_offset}:dts=DTS-{pts_offset}:duration={duration}"
-    args += ["-filter_complex", f"[{audio_in}]{audio_filter}[a]"]
+    args += ["-filter_complex", f"[{audio_in}]{audio_filter},{TRUE_PEAK_TAP}[a]"]
     args += ["-map", "0:v:0", "-c:v", "copy", "-bsf:v", f"{keep},{shift}", "-an"]
     args += ["-video_track_timescale", str(fps * FRAME_TICKS), *BITEXACT, "-f", "mp4", video_out]
     args += ["-map", "[a]", *PCM, *BITEXACT, "-f", "wav", audio_out]
@@ -720,22 +720,69 @@ def concat_video_args(*, video_list: str, out: str) -> list[str]:
     return [*args, "-bsf:v", RETIME, *BITEXACT, "-f", "mp4", out]
 
 
+TRUE_PEAK_TAP = "ebur128=peak=true:framelog=quiet"
+"""Ends the filter chain of every audio segment (a clip body's or a crossfade's PCM): it passes
+the samples through unchanged (s16 to double and back is exact) and logs their true peak, so a
+film's peak is known from its pieces' without measuring the joined film again (the costlier
+half of a loudness measurement: 4x oversampling). `run_peak` runs such a command."""
+
+
+def run_peak(args: list[str], *, cwd: Path | None = None) -> float:
+    """Run a segment command whose audio ends in TRUE_PEAK_TAP; return that true peak (dBTP,
+    -inf for silence). Like `run`, but logging at info level: the summary is where the peak is."""
+    argv = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info", "-y"]
+    try:
+        proc = _spawn([*argv, *args], cwd=cwd)
+    except OSError as exc:
+        raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
+    if proc.returncode != 0:
+        raise NodeFailed(f"ffmpeg failed (exit {proc.returncode}): {_tail(proc.stderr)}")
+    return _summary(proc.stderr, _PEAK, "true peak")
+
+
 def loudness(path: Path) -> tuple[float, float]:
     """Integrated loudness (LUFS) and true peak (dBTP) of a file's audio, by EBU R128.
 
     Silence measures as -inf for both.
     """
-    argv = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:a:0"]
-    argv += ["-af", "ebur128=framelog=quiet:peak=true", "-f", "null", "-"]
+    report = _ebur128(path, "peak=true")
+    return _summary(report, _INTEGRATED, "loudness"), _summary(report, _PEAK, "true peak")
+
+
+def integrated_loudness(path: Path) -> float:
+    """Integrated loudness (LUFS) of a file's audio, by EBU R128; no true peak (a third of the
+    time of `loudness`)."""
+    return _summary(_ebur128(path, "peak=none"), _INTEGRATED, "loudness")
+
+
+def true_peak(path: Path) -> float:
+    """True peak (dBTP) of a file's audio, by EBU R128's 4x oversampling."""
+    return _summary(_ebur128(path, "peak=true"), _PEAK, "true peak")
+
+
+_INTEGRATED = re.compile(r"I:\s+(-?(?:\d+(?:\.\d+)?|inf)) LUFS")
+_PEAK = re.compile(r"Peak:\s+(-?(?:\d+(?:\.\d+)?|inf)) dBFS")
+
+
+def _ebur128(path: Path, peak: str) -> str:
+    """ffmpeg's report of an EBU R128 measurement of `path`'s first audio stream."""
+    argv = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-i", str(path)]
+    argv += ["-map", "0:a:0", "-af", f"ebur128=framelog=quiet:{peak}", "-f", "null", "-"]
     try:
         proc = _spawn(argv)
     except OSError as exc:
         raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
-    integrated = re.findall(r"I:\s+(-?(?:\d+(?:\.\d+)?|inf)) LUFS", proc.stderr)
-    peak = re.findall(r"Peak:\s+(-?(?:\d+(?:\.\d+)?|inf)) dBFS", proc.stderr)
-    if proc.returncode != 0 or not integrated or not peak:
+    if proc.returncode != 0:
         raise NodeFailed(f"{path}: cannot measure loudness: {_tail(proc.stderr, 4)}")
-    return float(integrated[-1]), float(peak[-1])
+    return proc.stderr
+
+
+def _summary(report: str, pattern: re.Pattern[str], what: str) -> float:
+    """The last value `pattern` finds in an ebur128 summary (the summary comes last)."""
+    found = pattern.findall(report)
+    if not found:
+        raise NodeFailed(f"ffmpeg reported no {what}: {_tail(report, 4)}")
+    return float(found[-1])
 
 
 def has_subtitles(path: Path) -> bool:
