@@ -4,11 +4,7 @@ protocol (submit, status, result, cancel, upload, request history), no mocks."""
 from __future__ import annotations
 
 import io
-import signal
-import subprocess
-import sys
 import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +12,14 @@ from typing import Any
 
 import pytest
 
-from runner.backends.base import BackendError, Expired, RateLimited, Refused, ShotRequest, Transient
+from runner.backends.base import Expired, RateLimited, Refused, ShotRequest, Transient
 from runner.backends.fal import FalBackend
 from runner.backends.fal_models import BUILTIN, arguments
-from runner.errors import NodeFailed, UserError
+from runner.errors import UserError
 from runner.media import ffmpeg
+from tests import hosted
 from tests.films import Checkout, gen
+from tests.hosted import lantern_shot, wait
 from tests.servers.fal_server import FalServer
 from tests.servers.tls_proxy import TestCA, TLSProxy
 
@@ -30,21 +28,16 @@ POLICY = "The prompt could not be processed because it violates the content poli
 
 
 def shot(**changes: Any) -> ShotRequest:
-    fields: dict[str, Any] = {
-        "film": "The Lantern",
-        "shot": "river",
-        "take": 1,
-        "model": "fal-ai/veo3/fast",
-        "prompt": "Riverbank at dusk;\n  a girl lights a paper lantern.\n",
-        "avoid": ("on-screen text", "logos"),
-        "seconds": 4.0,
-        "width": 1280,
-        "height": 720,
-        "fps": 24,
-        "seed": 1234,
-    }
-    fields.update(changes)
-    return ShotRequest(**fields)
+    return lantern_shot(
+        {
+            "model": "fal-ai/veo3/fast",
+            "prompt": "Riverbank at dusk;\n  a girl lights a paper lantern.\n",
+            "avoid": ("on-screen text", "logos"),
+            "seconds": 4.0,
+            "seed": 1234,
+        }
+        | changes
+    )
 
 
 @pytest.fixture
@@ -63,19 +56,6 @@ def backend(server: FalServer, tmp_path: Path) -> Iterator[FalBackend]:
     b = connect(server, tmp_path)
     yield b
     b.close()
-
-
-def wait(backend: FalBackend, job_id: str) -> list[Any]:
-    """Poll until the request leaves the queue and the model; returns every status seen."""
-    seen = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        status = backend.poll(job_id)
-        seen.append(status)
-        if status.state in ("done", "failed"):
-            return seen
-        time.sleep(status.poll_after or 0.02)
-    raise AssertionError(f"{job_id} never completed")
 
 
 def test_a_round_trip_sends_the_endpoints_own_fields_and_gives_a_video_that_verifies(
@@ -130,11 +110,11 @@ def test_a_5xx_submit_is_sent_once_and_is_transient(
     backend: FalBackend, server: FalServer, status: int, nginx: bool
 ) -> None:
     # fal-client retries an nginx 502 (and 429s, and dropped connections) on its own.
-    server.fail_next_submits(1, status=status, nginx=nginx)
+    server.fail_next_creates(1, status=status, nginx=nginx)
     with pytest.raises(Transient) as err:
         backend.submit(shot())
     assert err.value.sent is True and f"HTTP {status}" in str(err.value)
-    assert server.submit_posts() == 1 and server.billable() == []
+    assert server.create_posts() == 1 and server.billable() == []
 
 
 def test_a_429_is_sent_once_and_carries_retry_after(backend: FalBackend, server: FalServer) -> None:
@@ -142,7 +122,7 @@ def test_a_429_is_sent_once_and_carries_retry_after(backend: FalBackend, server:
     with pytest.raises(RateLimited) as err:
         backend.submit(shot())
     assert err.value.retry_after == pytest.approx(7.0)
-    assert server.submit_posts() == 1 and server.billable() == []
+    assert server.create_posts() == 1 and server.billable() == []
     assert backend.submit(shot())
 
 
@@ -154,11 +134,11 @@ def test_a_lost_submit_answer_is_sent_once_and_found_in_the_request_history(
     backend.submit(shot(prompt="another shot"))  # noise: another input
     since = time.time()
     backend.submit(shot(seconds=6.0))  # noise: the same prompt, another length
-    server.drop_next_submits(1)
+    server.drop_next_creates(1)
     with pytest.raises(Transient) as err:
         backend.submit(shot())
     assert err.value.sent is True
-    assert server.submit_posts() == 3  # fal-client did not send it again
+    assert server.create_posts() == 3  # fal-client did not send it again
     (lost,) = [r.id for r in server.billable()[1:] if r.input["duration"] == "4s"]
     lost_job = f"fal-ai/veo3/fast/requests/{lost}"
     fresh = connect(server, tmp_path)  # a resumed run knows only the journaled send time
@@ -173,7 +153,7 @@ def test_a_lost_submit_answer_is_sent_once_and_found_in_the_request_history(
 def test_find_pages_back_through_the_history(server: FalServer, tmp_path: Path) -> None:
     backend = connect(server, tmp_path)
     since = time.time()
-    server.drop_next_submits(1)
+    server.drop_next_creates(1)
     with pytest.raises(Transient):
         backend.submit(shot())
     for i in range(101):  # more than one page of newer requests
@@ -217,14 +197,7 @@ def test_downloads_cut_short_are_transient_or_fail_verify_then_download_again(
     job_id = backend.submit(shot())
     wait(backend, job_id)
     dest = tmp_path / "river.mp4"
-    server.truncate_next_downloads(1, declare_length=True)
-    with pytest.raises(Transient):
-        backend.download(job_id, dest)
-    assert not dest.exists() and not list(tmp_path.glob("*.part"))
-    server.truncate_next_downloads(1)  # close-delimited: only decoding can tell
-    backend.download(job_id, dest)
-    with pytest.raises(NodeFailed):
-        ffmpeg.verify_video(dest, 4.0)
+    hosted.cut_downloads_short(backend, server, job_id, dest, 4.0)
     backend.download(job_id, dest)
     ffmpeg.verify_video(dest, 4.0)
     assert len(server.billable()) == 1
@@ -261,7 +234,7 @@ def test_the_first_frame_is_uploaded_once_per_digest_and_sent_as_image_url(
     assert "takes no first-frame image" in (backend.check(shot(image=image)) or "")
     since = time.time()
     backend.submit(shot(model=model, image=image))
-    server.drop_next_submits(1)
+    server.drop_next_creates(1)
     with pytest.raises(Transient):
         connect(server, tmp_path).submit(shot(model=model, image=image, take=2))
     assert len(server.uploads) == 1 and server.uploads[0] == ("image/png", image.read_bytes())
@@ -298,22 +271,12 @@ def test_no_key_is_refused_before_any_request_and_the_key_never_shows(
     monkeypatch.setenv("FAL_KEY_SECRET", "fal-secret-abcdef456789")
     assert keyless.credentials_problem() is None and keyless.submit(shot())
     wrong = "fal-wrong-key-0123456789"
-    errors: list[BackendError] = []
-    for action in (
-        lambda: FalBackend(tmp_path, {"base_url": server.base_url, "api_key": wrong}).submit(
-            shot()
-        ),
-        lambda: FalBackend(tmp_path, {"base_url": "http://127.0.0.1:9", "api_key": wrong}).submit(
-            shot()
-        ),
-    ):
-        with pytest.raises(BackendError) as err:
-            action()
-        errors.append(err.value)
-    assert isinstance(errors[0], Refused) and "FAL_KEY" in str(errors[0])
-    assert isinstance(errors[1], Transient) and errors[1].sent is False  # never left
-    for error in errors:
-        assert wrong not in "".join(traceback.format_exception(error))
+    hosted.assert_a_wrong_key_never_shows(
+        lambda base: FalBackend(tmp_path, {"base_url": base, "api_key": wrong}).submit(shot()),
+        (server.base_url, "http://127.0.0.1:9"),
+        wrong,
+        "FAL_KEY",
+    )
 
 
 def test_a_ca_bundle_that_cannot_be_read_is_named_before_any_request(
@@ -373,10 +336,7 @@ def test_request_holds_what_changes_the_video_and_no_connection_details(tmp_path
 
 
 def test_importing_the_backend_imports_neither_fal_client_nor_httpx() -> None:
-    code = "import sys, runner.backends.fal\n"
-    code += "print([m in sys.modules for m in ('fal_client', 'httpx')])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[False, False]"
+    assert hosted.imports_lazily("runner.backends.fal", "fal_client", "httpx")
 
 
 # -- the runner against the server: one billable request per shot, counted by the server ------
@@ -388,25 +348,24 @@ def fal_film(
     """A film of `shots` fal shots; `base_url`: fal's hosts are the server (else fal-client
     goes to fal's own names); `first_frame`: the last shot is image-to-video, its first frame
     an asset (uploaded to fal's storage)."""
-    lines = ['[film]\ntitle = "Fal"\nsize = "160x90"\nfps = 24\n[defaults]\nbackend = "fal"']
-    lines += ['model = "fal-ai/veo3/fast"\nsize = "1280x720"\nseconds = 4']
-    lines += ["[limits.fal]\nconcurrency = 4"]
-    # Every shot renders; the cut joins two, so each render's audio encode stays short.
-    lines += ['[edit]\nsequence = ["s0", "s1"]']
-    lines += [f'[shots.s{i}]\nscene = "Fal shot {i}:   a lantern.  "' for i in range(shots)]
+    more: list[str] = []
     files: dict[str, str | bytes] = {}
     if first_frame:
-        lines += ['model = "fal-ai/veo3/fast/image-to-video"\nimage = "assets.first"']
-        lines += ['[assets.first]\npath = "first.png"']
+        more += ['model = "fal-ai/veo3/fast/image-to-video"\nimage = "assets.first"']
+        more += ['[assets.first]\npath = "first.png"']
         files["first.png"] = png(64, 36)
-    table = "[tool.runner.backends.fal]\npoll_seconds = 0.05\n"
-    if base_url:
-        table += f'base_url = "{server.base_url}"\n'
-    files |= {"film.toml": "\n".join(lines) + "\n", "pyproject.toml": table}
-    gen(root, files)
-    # The rpm window the runner paces 429s over: a few seconds here, not a real minute.
-    env = {"FAL_KEY": KEY, "RUNNER_RATE_WINDOW_SECONDS": "2"}
-    return Checkout(root / "film.toml", root / "cache", env)
+    return hosted.film(
+        root,
+        "fal",
+        shots,
+        defaults='model = "fal-ai/veo3/fast"\nsize = "1280x720"\nseconds = 4',
+        limits="concurrency = 4",
+        table=f'base_url = "{server.base_url}"\n' if base_url else "",
+        # The rpm window the runner paces 429s over: a few seconds here, not a real minute.
+        env={"FAL_KEY": KEY, "RUNNER_RATE_WINDOW_SECONDS": "2"},
+        more=more,
+        files=files,
+    )
 
 
 def png(width: int, height: int) -> bytes:
@@ -424,16 +383,8 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_reques
     film = fal_film(tmp_path, server, 12)
     # Killed with an accepted submit not yet journaled (found again in fal's history), with
     # a journaled one (resumed by id), and with a video half written.
-    for point in ("create-answered:2", "job-journaled:3", "mid-download:2"):
-        film.env["RUNNER_KILL_AT"] = point
-        killed = film.run("render")
-        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
-    del film.env["RUNNER_KILL_AT"]
-    server.rate_limit_next(2, retry_after=0.2)
-    server.fail_next_submits(2, status=503)
-    server.drop_next_submits(2)
-    server.truncate_next_downloads(2)
-    server.truncate_next_downloads(1, declare_length=True)
+    hosted.kill_at(film, ("create-answered:2", "job-journaled:3", "mid-download:2"))
+    hosted.inject_fault_mix(server)
     result = film.run("render")
     assert result.returncode == 0, result.stderr
     bought = Counter(r.input["prompt"].split(":")[0] for r in server.billable())
@@ -442,8 +393,7 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_reques
     assert server.faults_left() == 0  # every fault was met ...
     assert ("GET", "/v1/models/requests/by-endpoint", 200) in server.requests  # ... and found
     ffmpeg.verify_video(tmp_path / "out" / "film.mp4", 8.0)
-    posts = server.submit_posts()
-    assert film.run("render").returncode == 0 and server.submit_posts() == posts
+    hosted.assert_a_rerun_sends_nothing(film, server)
 
 
 def test_a_film_renders_through_an_https_proxy_to_fals_own_hosts_and_a_wrong_ca_stops_it(
@@ -474,7 +424,7 @@ def test_a_film_renders_through_an_https_proxy_to_fals_own_hosts_and_a_wrong_ca_
         assert proxy.rejected and set(proxy.rejected) <= {"queue.fal.run", "rest.fal.ai"}
         assert sum(proxy.connects.values()) <= 4  # one try per shot in flight
         film.env["SSL_CERT_FILE"] = str(ca.bundle)
-        server.drop_next_submits(1)  # found again in the request history, on api.fal.ai
+        server.drop_next_creates(1)  # found again in the request history, on api.fal.ai
         server.truncate_next_downloads(1, declare_length=True)
         result = film.run("render")
     assert result.returncode == 0, result.stderr

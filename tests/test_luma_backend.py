@@ -3,11 +3,7 @@ Dream Machine API (create, get, list with request echoes, delete, a CDN), no moc
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +12,14 @@ from typing import Any
 import pytest
 
 from runner.backends import luma
-from runner.backends.base import BackendError, Expired, RateLimited, Refused, ShotRequest, Transient
+from runner.backends.base import Expired, RateLimited, Refused, ShotRequest, Transient
 from runner.backends.luma import NO_IMAGE_STORE, LumaBackend
 from runner.backends.luma_models import arguments
-from runner.errors import NodeFailed, UserError
+from runner.errors import UserError
 from runner.media import ffmpeg
-from tests.films import Checkout, gen
+from tests import hosted
+from tests.films import Checkout
+from tests.hosted import lantern_shot, wait
 from tests.servers.luma_server import UNREADABLE, LumaServer
 
 KEY = "luma-0123456789abcdef0123456789abcdef"
@@ -29,21 +27,16 @@ MODERATION = "Advanced prompt moderation failed"
 
 
 def shot(**changes: Any) -> ShotRequest:
-    fields: dict[str, Any] = {
-        "film": "The Lantern",
-        "shot": "river",
-        "take": 1,
-        "model": "ray-flash-2",
-        "prompt": "Riverbank at dusk;\n  a girl lights a paper lantern.\n",
-        "avoid": ("on-screen text",),
-        "seconds": 5.0,
-        "width": 1280,
-        "height": 720,
-        "fps": 24,
-        "seed": None,
-    }
-    fields.update(changes)
-    return ShotRequest(**fields)
+    return lantern_shot(
+        {
+            "model": "ray-flash-2",
+            "prompt": "Riverbank at dusk;\n  a girl lights a paper lantern.\n",
+            "avoid": ("on-screen text",),
+            "seconds": 5.0,
+            "seed": None,
+        }
+        | changes
+    )
 
 
 @pytest.fixture
@@ -62,18 +55,6 @@ def backend(server: LumaServer, tmp_path: Path) -> Iterator[LumaBackend]:
     b = connect(server, tmp_path)
     yield b
     b.close()
-
-
-def wait(backend: LumaBackend, job_id: str) -> list[Any]:
-    seen = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        status = backend.poll(job_id)
-        seen.append(status)
-        if status.state in ("done", "failed"):
-            return seen
-        time.sleep(status.poll_after or 0.02)
-    raise AssertionError(f"{job_id} never finished")
 
 
 def test_a_round_trip_sends_lumas_fields_and_gives_a_video_that_verifies(
@@ -247,14 +228,7 @@ def test_downloads_cut_short_are_fetched_again_and_a_deleted_generation_is_expir
     job_id = backend.submit(shot())
     wait(backend, job_id)
     dest = tmp_path / "river.mp4"
-    server.truncate_next_downloads(1, declare_length=True)
-    with pytest.raises(Transient):
-        backend.download(job_id, dest)
-    assert not dest.exists() and not list(tmp_path.glob("*.part"))
-    server.truncate_next_downloads(1)  # close-delimited: only decoding can tell
-    backend.download(job_id, dest)
-    with pytest.raises(NodeFailed):
-        ffmpeg.verify_video(dest, 5.0)
+    hosted.cut_downloads_short(backend, server, job_id, dest, 5.0)
     fresh = connect(server, tmp_path)  # a resumed run: by the journaled id
     fresh.download(job_id, dest)
     ffmpeg.verify_video(dest, 5.0)
@@ -281,15 +255,12 @@ def test_no_key_is_refused_before_any_request_and_the_key_never_shows(
     monkeypatch.setenv("LUMAAI_API_KEY", KEY)
     assert keyless.credentials_problem() is None and keyless.submit(shot())  # env base URL
     wrong = "luma-wrong-key-0123456789"
-    errors: list[BackendError] = []
-    for base in (server.base_url, "http://127.0.0.1:9/dream-machine/v1"):
-        with pytest.raises(BackendError) as err:
-            LumaBackend(tmp_path, {"base_url": base, "api_key": wrong}).submit(shot())
-        errors.append(err.value)
-    assert isinstance(errors[0], Refused) and "LUMAAI_API_KEY" in str(errors[0])
-    assert isinstance(errors[1], Transient) and errors[1].sent is False  # never left
-    for error in errors:
-        assert wrong not in "".join(traceback.format_exception(error))
+    hosted.assert_a_wrong_key_never_shows(
+        lambda base: LumaBackend(tmp_path, {"base_url": base, "api_key": wrong}).submit(shot()),
+        (server.base_url, "http://127.0.0.1:9/dream-machine/v1"),
+        wrong,
+        "LUMAAI_API_KEY",
+    )
 
 
 def test_the_table_prices_per_million_pixels_and_records_keyframes(tmp_path: Path) -> None:
@@ -333,10 +304,7 @@ def test_request_holds_what_changes_the_video_and_no_connection_details(tmp_path
 
 
 def test_importing_the_backend_imports_neither_lumaai_nor_httpx() -> None:
-    code = "import sys, runner.backends.luma\n"
-    code += "print([m in sys.modules for m in ('lumaai', 'httpx')])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[False, False]"
+    assert hosted.imports_lazily("runner.backends.luma", "lumaai", "httpx")
 
 
 def _sha(path: Path) -> str:
@@ -349,17 +317,16 @@ def _sha(path: Path) -> str:
 
 
 def luma_film(root: Path, server: LumaServer, shots: int) -> Checkout:
-    lines = ['[film]\ntitle = "Luma"\nsize = "160x90"\nfps = 24\n[defaults]\nbackend = "luma"']
-    lines += ['model = "ray-flash-2"\nsize = "960x540"\nseconds = 5']
-    lines += [f"[limits.luma]\nconcurrency = {server.concurrency}"]
-    # Every shot renders; the cut joins two, so each render's audio encode stays short.
-    lines += ['[edit]\nsequence = ["s0", "s1"]']
-    lines += [f'[shots.s{i}]\nscene = "Luma shot {i}:   a lantern.  "' for i in range(shots)]
-    table = f'[tool.runner.backends.luma]\nbase_url = "{server.base_url}"\npoll_seconds = 0.05\n'
-    gen(root, {"film.toml": "\n".join(lines) + "\n", "pyproject.toml": table})
-    # The rpm window the runner paces 429s over: a few seconds here, not a real minute.
-    env = {"LUMAAI_API_KEY": KEY, "RUNNER_RATE_WINDOW_SECONDS": "2"}
-    return Checkout(root / "film.toml", root / "cache", env)
+    return hosted.film(
+        root,
+        "luma",
+        shots,
+        defaults='model = "ray-flash-2"\nsize = "960x540"\nseconds = 5',
+        limits=f"concurrency = {server.concurrency}",
+        table=f'base_url = "{server.base_url}"\n',
+        # The rpm window the runner paces 429s over: a few seconds here, not a real minute.
+        env={"LUMAAI_API_KEY": KEY, "RUNNER_RATE_WINDOW_SECONDS": "2"},
+    )
 
 
 def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_generation_per_shot(
@@ -369,16 +336,8 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_genera
     film = luma_film(tmp_path, server, 12)
     # Killed with an accepted create not yet journaled (found again by listing), with a
     # journaled one (resumed by id), and with a video half written.
-    for point in ("create-answered:2", "job-journaled:3", "mid-download:2"):
-        film.env["RUNNER_KILL_AT"] = point
-        killed = film.run("render")
-        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
-    del film.env["RUNNER_KILL_AT"]
-    server.rate_limit_next(2, retry_after=0.2)
-    server.fail_next_creates(2, status=503)
-    server.drop_next_creates(2)
-    server.truncate_next_downloads(2)
-    server.truncate_next_downloads(1, declare_length=True)
+    hosted.kill_at(film, ("create-answered:2", "job-journaled:3", "mid-download:2"))
+    hosted.inject_fault_mix(server)
     server.fail_generations("Luma shot", "Job failed")  # refunded: sent again
     result = film.run("render")
     assert result.returncode == 0, result.stderr
@@ -388,5 +347,4 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_genera
     assert server.faults_left() == 0  # every fault was met ...
     assert ("GET", "/dream-machine/v1/generations", 200) in server.requests  # ... and found
     ffmpeg.verify_video(tmp_path / "out" / "film.mp4", 10.0)
-    posts = server.create_posts()
-    assert film.run("render").returncode == 0 and server.create_posts() == posts
+    hosted.assert_a_rerun_sends_nothing(film, server)

@@ -22,6 +22,7 @@ from runner.backends.openai import OpenAIBackend, fit_image
 from runner.digest import Hashed, file_digest
 from runner.errors import NodeFailed, UserError
 from runner.media import ffmpeg
+from tests.hosted import lantern_shot
 from tests.servers.clips import mp4_bytes
 from tests.servers.openai_server import MODERATION_MESSAGE, OpenAIServer
 
@@ -29,21 +30,16 @@ KEY = "sk-test-loopback-0123456789"
 
 
 def shot(**changes: object) -> ShotRequest:
-    fields: dict[str, object] = {
-        "film": "The Lantern",
-        "shot": "river",
-        "take": 1,
-        "model": "sora-2",
-        "prompt": "Riverbank at dusk; a girl lights a paper lantern.",
-        "avoid": (),
-        "seconds": 4.0,
-        "width": 1280,
-        "height": 720,
-        "fps": 24,
-        "seed": None,
-    }
-    fields.update(changes)
-    return ShotRequest(**fields)  # type: ignore[arg-type]
+    return lantern_shot(
+        {
+            "model": "sora-2",
+            "prompt": "Riverbank at dusk; a girl lights a paper lantern.",
+            "avoid": (),
+            "seconds": 4.0,
+            "seed": None,
+        }
+        | changes
+    )
 
 
 @pytest.fixture

@@ -3,11 +3,7 @@ Runway's task API (creates, retrieve, delete, THROTTLED, failure codes, signed o
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
-import traceback
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +12,7 @@ from typing import Any
 import pytest
 
 from runner.backends.base import (
-    BackendError,
     Expired,
-    JobStatus,
     RateLimited,
     Refused,
     ShotRequest,
@@ -30,7 +24,9 @@ from runner.errors import NodeFailed, UserError
 from runner.media import ffmpeg
 from runner.run.job import ShotJob
 from runner.run.journal import Journal
-from tests.films import Checkout, gen
+from tests import hosted
+from tests.films import Checkout
+from tests.hosted import lantern_shot, wait
 from tests.servers.runway_server import VERSION, RunwayServer
 
 KEY = "key_runway0123456789abcdef"
@@ -38,21 +34,16 @@ SAFETY = "The prompt was rejected by content moderation."
 
 
 def shot(**changes: Any) -> ShotRequest:
-    fields: dict[str, Any] = {
-        "film": "The Lantern",
-        "shot": "river",
-        "take": 1,
-        "model": "veo3.1_fast",
-        "prompt": "Riverbank at dusk; a girl lights a paper lantern.",
-        "avoid": ("on-screen text", "logos"),
-        "seconds": 4.0,
-        "width": 1280,
-        "height": 720,
-        "fps": 24,
-        "seed": 1234,
-    }
-    fields.update(changes)
-    return ShotRequest(**fields)
+    return lantern_shot(
+        {
+            "model": "veo3.1_fast",
+            "prompt": "Riverbank at dusk; a girl lights a paper lantern.",
+            "avoid": ("on-screen text", "logos"),
+            "seconds": 4.0,
+            "seed": 1234,
+        }
+        | changes
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -78,19 +69,6 @@ def backend(server: RunwayServer, tmp_path: Path) -> Iterator[RunwayBackend]:
     b = connect(server, tmp_path)
     yield b
     b.close()
-
-
-def wait(backend: RunwayBackend, job_id: str) -> list[JobStatus]:
-    """Poll until the task ends; returns every status seen."""
-    seen = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        status = backend.poll(job_id)
-        seen.append(status)
-        if status.state in ("done", "failed"):
-            return seen
-        time.sleep(status.poll_after or 0.02)
-    raise AssertionError(f"{job_id} never ended")
 
 
 def image(tmp_path: Path) -> Path:
@@ -262,14 +240,7 @@ def test_downloads_cut_short_are_fetched_again_and_a_forgotten_task_is_expired(
     job_id = backend.submit(shot())
     wait(backend, job_id)
     dest = tmp_path / "river.mp4"
-    server.truncate_next_downloads(1, declare_length=True)
-    with pytest.raises(Transient):
-        backend.download(job_id, dest)
-    assert not dest.exists() and not list(tmp_path.glob("*.part"))
-    server.truncate_next_downloads(1)  # close-delimited: only decoding can tell
-    backend.download(job_id, dest)
-    with pytest.raises(NodeFailed):
-        ffmpeg.verify_video(dest, 4.0)
+    hosted.cut_downloads_short(backend, server, job_id, dest, 4.0)
     fresh = connect(server, tmp_path)  # a resumed run: the task by id, its URL fetched anew
     fresh.download(job_id, dest)
     ffmpeg.verify_video(dest, 4.0)
@@ -307,15 +278,12 @@ def test_no_key_is_refused_before_any_request_and_the_key_never_shows(
     assert from_env.credentials_problem() is None
     assert wait(from_env, from_env.submit(shot()))[-1].state == "done"
     wrong = "key_wrong0123456789"
-    errors: list[BackendError] = []
-    for base in (server.base_url, "http://127.0.0.1:9"):
-        with pytest.raises(BackendError) as err:
-            RunwayBackend(tmp_path, {"base_url": base, "api_key": wrong}).submit(shot())
-        errors.append(err.value)
-    assert isinstance(errors[0], Refused) and "RUNWAYML_API_SECRET" in str(errors[0])
-    assert isinstance(errors[1], Transient) and errors[1].sent is False  # never left
-    for error in errors:
-        assert wrong not in "".join(traceback.format_exception(error))
+    hosted.assert_a_wrong_key_never_shows(
+        lambda base: RunwayBackend(tmp_path, {"base_url": base, "api_key": wrong}).submit(shot()),
+        (server.base_url, "http://127.0.0.1:9"),
+        wrong,
+        "RUNWAYML_API_SECRET",
+    )
 
 
 def test_a_400_is_refused_with_runways_validation_issues(
@@ -365,25 +333,22 @@ def test_request_holds_what_changes_the_video_and_no_connection_details(tmp_path
 
 
 def test_importing_the_backend_imports_neither_runwayml_nor_httpx() -> None:
-    code = "import sys, runner.backends.runway\n"
-    code += "print([m in sys.modules for m in ('runwayml', 'httpx')])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[False, False]"
+    assert hosted.imports_lazily("runner.backends.runway", "runwayml", "httpx")
 
 
 # -- the runner against the server: one billable create per shot, counted by the server -------
 
 
 def runway_film(root: Path, server: RunwayServer, shots: int, limits: str) -> Checkout:
-    lines = ['[film]\ntitle = "Runway"\nsize = "160x90"\nfps = 24\n[defaults]']
-    lines += ['backend = "runway"\nmodel = "veo3.1_fast"\nsize = "1280x720"\nseconds = 4']
-    lines += [f"[limits.runway]\n{limits}"]
-    # Every shot renders; the cut joins two, so each render's audio encode stays short.
-    lines += ['[edit]\nsequence = ["s0", "s1"]']
-    lines += [f'[shots.s{i}]\nscene = "Runway shot {i}:   a lantern.  "' for i in range(shots)]
-    table = f'[tool.runner.backends.runway]\nbase_url = "{server.base_url}"\npoll_seconds = 0.05\n'
-    gen(root, {"film.toml": "\n".join(lines) + "\n", "pyproject.toml": table})
-    return Checkout(root / "film.toml", root / "cache", {"RUNWAYML_API_SECRET": KEY})
+    return hosted.film(
+        root,
+        "runway",
+        shots,
+        defaults='model = "veo3.1_fast"\nsize = "1280x720"\nseconds = 4',
+        limits=limits,
+        table=f'base_url = "{server.base_url}"\n',
+        env={"RUNWAYML_API_SECRET": KEY},
+    )
 
 
 def bought(server: RunwayServer) -> Counter[str]:
@@ -403,19 +368,13 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_create
         film.env["RUNNER_RATE_WINDOW_SECONDS"] = "5"
         # s0's task, killed once journaled, once half downloaded and once stored but not
         # recorded: each run resumes it by task id, free.
-        for point in ("job-journaled:1", "mid-download:1", "stored:1"):
-            film.env["RUNNER_KILL_AT"] = point
-            killed = film.run("render")
-            assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
-        del film.env["RUNNER_KILL_AT"], film.env["RUNNER_RATE_WINDOW_SECONDS"]
+        hosted.kill_at(film, ("job-journaled:1", "mid-download:1", "stored:1"))
+        del film.env["RUNNER_RATE_WINDOW_SECONDS"]
         assert server.create_posts() == len(server.billable()) == 1
         film = runway_film(tmp_path, server, 12, "concurrency = 4")
         film.env["RUNNER_RATE_WINDOW_SECONDS"] = "2"  # 429s paced over seconds, not a minute
-        server.rate_limit_next(2, retry_after=0.2)
-        server.fail_next_creates(2, status=503)
+        hosted.inject_fault_mix(server, drops=0)  # a lost create answer stops the run (see below)
         server.fail_next_tasks(2, "INTERNAL.BAD_OUTPUT.CODE01", "The output was rejected.")
-        server.truncate_next_downloads(2)
-        server.truncate_next_downloads(1, declare_length=True)
         result = film.run("render")
         assert result.returncode == 0, result.stderr
         assert bought(server) == {f"Runway shot {i}": 1 for i in range(12)}
@@ -423,8 +382,7 @@ def test_a_twelve_shot_film_survives_three_kills_and_a_fault_mix_with_one_create
         assert server.in_flight_max <= 4 and server.throttled() > 0
         assert server.faults_left() == 0
         ffmpeg.verify_video(tmp_path / "out" / "film.mp4", 8.0)
-        posts = server.create_posts()
-        assert film.run("render").returncode == 0 and server.create_posts() == posts
+        posts = hosted.assert_a_rerun_sends_nothing(film, server)
         # A new shot whose create answer is lost: the run stops after that one create (what
         # --resend-unconfirmed then does is tested with the job above).
         film.manifest.write_text(film.manifest.read_text() + '[shots.s12]\nscene = "Lost."\n')

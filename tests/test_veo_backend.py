@@ -27,6 +27,7 @@ from runner.errors import UserError
 from runner.media import ffmpeg
 from tests.conftest_media import ff
 from tests.films import Checkout, gen
+from tests.hosted import lantern_shot
 from tests.servers.veo_server import FILTER_REASON, VeoServer
 
 KEY = "AIzaSy-loopback-SECRET-0123456789"
@@ -77,21 +78,16 @@ def with_project(server: VeoServer, tmp_path: Path, **config: Any) -> VeoBackend
 
 
 def shot(**changes: Any) -> ShotRequest:
-    fields: dict[str, Any] = {
-        "film": "The Lantern",
-        "shot": "river",
-        "take": 1,
-        "model": "veo-3.1-generate-preview",
-        "prompt": "Riverbank at dusk; a girl lets a paper lantern drift onto the water.",
-        "avoid": ("on-screen text", "logos"),
-        "seconds": 4.0,
-        "width": 1280,
-        "height": 720,
-        "fps": 24,
-        "seed": 1234,
-    }
-    fields.update(changes)
-    return ShotRequest(**fields)
+    return lantern_shot(
+        {
+            "model": "veo-3.1-generate-preview",
+            "prompt": "Riverbank at dusk; a girl lets a paper lantern drift onto the water.",
+            "avoid": ("on-screen text", "logos"),
+            "seconds": 4.0,
+            "seed": 1234,
+        }
+        | changes
+    )
 
 
 def wait(backend: VeoBackend, job_id: str, timeout: float = 10.0) -> JobStatus:

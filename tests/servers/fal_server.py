@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.servers import openai_server
+from tests.servers import loopback
 from tests.servers.clips import mp4_bytes
 
 VEO_DURATIONS = ("4s", "6s", "8s")
@@ -69,87 +67,39 @@ class Request:
         return round((int(frames) - 1) / int(fps), 3)
 
 
-class FalServer:
-    """fal's queue, storage and history on 127.0.0.1 (port 0) in a background thread."""
+class FalServer(loopback.FaultQueues, loopback.LoopbackServer):
+    """fal's queue, storage and history on 127.0.0.1 (port 0) in a background thread. A create
+    is fal's submit."""
 
     normalise_prompts = False  # keep (and echo in the history) prompts whitespace-collapsed
     status_reports_errors = True  # False: a model error shows only in the result (a 422)
 
     def __init__(self, *, job_seconds: float = 0.3, api_key: str | None = None) -> None:
+        super().__init__()
         self.job_seconds = job_seconds
         self.api_key = api_key  # None: any "Key ..." is accepted
-        self.lock = threading.Lock()
         # Observations.
         self.submits: list[dict[str, Any]] = []  # every submit that arrived (refused too)
         self.queue: dict[str, Request] = {}  # the requests made, answered or not
         self.uploads: list[tuple[str, bytes]] = []  # (content type, bytes)
-        self.requests: list[tuple[str, str, int | None]] = []  # (method, path, status)
         self.authorizations: set[str] = set()
         self.hosts: Counter[str] = Counter()  # the Host header of every request
         self.in_flight_max = 0
         # Faults.
-        self._rate_limits: list[float | None] = []
-        self._submit_failures: list[tuple[int, bool]] = []  # (status, from an nginx ingress)
-        self._drops = 0
-        self._poll_failures: list[int] = []
-        self._truncations: list[bool] = []
+        self._nginx: list[bool] = []  # beside each create failure: from fal's nginx ingress
         self._model_errors: dict[str, tuple[str, str]] = {}
-        self._httpd: openai_server._HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- life cycle --
-
-    def __enter__(self) -> FalServer:
-        handler = type("Handler", (_Handler,), {"server_state": self})
-        self._httpd = openai_server._HTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,))
-        self._thread.daemon = True
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "the server is not running"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+    def protocol(self) -> type[_Handler]:
+        return _Handler
 
     # -- fault injection --
 
-    def rate_limit_next(self, n: int, retry_after: float | None = 1.0) -> None:
-        """The next n submits answer 429 (with Retry-After when given); nothing is queued."""
-        with self.lock:
-            self._rate_limits += [retry_after] * n
-
-    def fail_next_submits(self, n: int, status: int = 500, nginx: bool = False) -> None:
+    def fail_next_creates(self, n: int, status: int | None = None, nginx: bool = False) -> None:
         """The next n submits answer `status`, nothing queued; `nginx`: as fal's ingress does
         (an HTML body, no x-fal-request-id), which fal-client would retry on its own."""
+        super().fail_next_creates(n, status)
         with self.lock:
-            self._submit_failures += [(status, nginx)] * n
-
-    def drop_next_submits(self, n: int) -> None:
-        """The next n submits are queued (and billed), then the connection closes unanswered."""
-        with self.lock:
-            self._drops += n
-
-    def fail_next_polls(self, n: int, status: int = 503) -> None:
-        with self.lock:
-            self._poll_failures += [status] * n
-
-    def truncate_next_downloads(self, n: int, declare_length: bool = False) -> None:
-        """The next n file downloads send half the bytes, then close (see OpenAIServer)."""
-        with self.lock:
-            self._truncations += [declare_length] * n
+            self._nginx += [nginx] * n
 
     def model_error(self, substring: str, message: str, error_type: str) -> None:
         """Requests whose prompt has `substring` reach COMPLETED with this error."""
@@ -168,13 +118,7 @@ class FalServer:
         with self.lock:
             return [r for r in self.queue.values() if not r.cancelled]
 
-    def faults_left(self) -> int:
-        """Injected faults not yet met."""
-        with self.lock:
-            queued = self._rate_limits, self._submit_failures, self._poll_failures
-            return sum(map(len, queued)) + len(self._truncations) + self._drops
-
-    def submit_posts(self) -> int:
+    def create_posts(self) -> int:
         with self.lock:
             return len(self.submits)
 
@@ -184,18 +128,17 @@ class FalServer:
         now = time.time()
         with self.lock:
             self.submits.append({"endpoint": endpoint, "input": body, "t": now})
-            limited = self._rate_limits.pop(0) if self._rate_limits else False
-            failure = self._submit_failures.pop(0) if self._submit_failures else None
-        if limited is not False:
-            headers = {} if limited is None else {"Retry-After": f"{limited:g}"}
-            h.send_fal_error(429, "Rate limit exceeded: too many concurrent requests", headers)
+            limited = self._take_rate_limit()
+            failure = self._take_create_failure()
+            nginx = self._nginx.pop(0) if failure is not None else False
+        if limited is not None:
+            h.send_fal_error(429, "Rate limit exceeded: too many concurrent requests", limited)
             return
         if failure is not None:
-            status, nginx = failure
             if nginx:
-                h.send_raw(status, NGINX_502.encode(), "text/html")
+                h.send_raw(failure, NGINX_502.encode(), "text/html")
             else:
-                h.send_fal_error(status, "Internal server error", {"x-fal-request-id": "x"})
+                h.send_fal_error(failure, "Internal server error", {"x-fal-request-id": "x"})
             return
         problem = _invalid(endpoint, body)
         if problem is not None:
@@ -211,8 +154,7 @@ class FalServer:
             self.queue[request.id] = request
             busy = sum(1 for r in self.queue.values() if r.status(now) != "COMPLETED")
             self.in_flight_max = max(self.in_flight_max, busy)
-            drop = self._drops > 0
-            self._drops -= int(drop)
+            drop = self._take_drop()
         if drop:
             h.drop()
             return
@@ -243,7 +185,7 @@ class FalServer:
 
     def _status(self, h: _Handler, request_id: str, logs: bool) -> None:
         with self.lock:
-            failure = self._poll_failures.pop(0) if self._poll_failures else None
+            failure = self._take_poll_failure()
         if failure is not None:
             h.send_fal_error(failure, "Injected failure")
             return
@@ -298,7 +240,7 @@ class FalServer:
     def _file(self, h: _Handler, name: str) -> None:
         with self.lock:
             request = self.queue.get(name.removesuffix(".mp4"))
-            truncate = self._truncations.pop(0) if self._truncations and request else None
+            truncate = self._take_truncation() if request else None
         if request is None or request.expired:
             h.send_fal_error(404, "File not found")
             return
@@ -380,8 +322,8 @@ def _invalid(endpoint: str, body: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-class _Handler(openai_server._Handler):
-    server_state: FalServer  # type: ignore[assignment]
+class _Handler(loopback.Handler):
+    server_state: FalServer
 
     def parse_request(self) -> bool:
         parsed = super().parse_request()
@@ -453,11 +395,3 @@ class _Handler(openai_server._Handler):
         self, status: int, detail: str, headers: dict[str, str] | None = None
     ) -> None:
         self.send_json(status, {"detail": detail}, headers)
-
-    def send_raw(self, status: int, data: bytes, content_type: str) -> None:
-        self._log(status)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)

@@ -18,18 +18,16 @@ first frames from.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.servers import openai_server
+from tests.servers import loopback
 from tests.servers.clips import mp4_bytes
 
 PREFIX = "/dream-machine/v1"
@@ -72,9 +70,10 @@ class Generation:
         return own + self.extends
 
 
-class LumaServer:
+class LumaServer(loopback.FaultQueues, loopback.LoopbackServer):
     """Luma's API and CDN on 127.0.0.1 (port 0) in a background thread."""
 
+    prefix = PREFIX  # what LUMAAI_BASE_URL would be: with the `/dream-machine/v1` prefix
     normalise_prompts = False  # keep (and echo) prompts whitespace-collapsed
 
     def __init__(
@@ -85,84 +84,24 @@ class LumaServer:
         concurrency: int = 4,
         images: Path | None = None,
     ) -> None:
+        super().__init__()
         self.job_seconds = job_seconds
         self.api_key = api_key  # None: any bearer token is accepted
         self.concurrency = concurrency  # generations queued or dreaming at once
         self.images = images  # served at /images/
-        self.lock = threading.Lock()
         # Observations.
         self.creates: list[dict[str, Any]] = []  # every create that arrived (refused too)
         self.generations: dict[str, Generation] = {}  # made, answered or not
-        self.requests: list[tuple[str, str, int | None]] = []  # (method, path, status)
         self.authorizations: set[str] = set()
         self.in_flight_max = 0
         self.over_limit = 0  # creates refused because the account's concurrency was full
         # Faults.
-        self._rate_limits: list[float | None] = []
-        self._create_failures: list[int] = []
-        self._drops = 0
-        self._poll_failures: list[int] = []
-        self._truncations: list[bool] = []
         self._failures: dict[str, list[str]] = {}  # prompt substring -> reasons, one each
-        self._httpd: openai_server._HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- life cycle --
-
-    def __enter__(self) -> LumaServer:
-        handler = type("Handler", (_Handler,), {"server_state": self})
-        self._httpd = openai_server._HTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,))
-        self._thread.daemon = True
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def root(self) -> str:
-        assert self._httpd is not None, "the server is not running"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    @property
-    def base_url(self) -> str:
-        """What LUMAAI_BASE_URL would be: with the `/dream-machine/v1` prefix."""
-        return self.root + PREFIX
+    def protocol(self) -> type[_Handler]:
+        return _Handler
 
     # -- fault injection --
-
-    def rate_limit_next(self, n: int, retry_after: float | None = 1.0) -> None:
-        """The next n creates answer 429 (with Retry-After when given); nothing is made."""
-        with self.lock:
-            self._rate_limits += [retry_after] * n
-
-    def fail_next_creates(self, n: int, status: int = 500) -> None:
-        with self.lock:
-            self._create_failures += [status] * n
-
-    def drop_next_creates(self, n: int) -> None:
-        """The next n creates are made (and billed), then the connection closes unanswered."""
-        with self.lock:
-            self._drops += n
-
-    def fail_next_polls(self, n: int, status: int = 503) -> None:
-        with self.lock:
-            self._poll_failures += [status] * n
-
-    def truncate_next_downloads(self, n: int, declare_length: bool = False) -> None:
-        """The next n CDN downloads send half the bytes, then close (see OpenAIServer)."""
-        with self.lock:
-            self._truncations += [declare_length] * n
 
     def fail_generations(self, substring: str, *reasons: str) -> None:
         """The next generations whose prompt has `substring` end failed, one per reason."""
@@ -179,9 +118,8 @@ class LumaServer:
 
     def faults_left(self) -> int:
         with self.lock:
-            queued = self._rate_limits, self._create_failures, self._poll_failures
             failures = sum(map(len, self._failures.values()))
-            return sum(map(len, queued)) + len(self._truncations) + self._drops + failures
+        return super().faults_left() + failures
 
     def create_posts(self) -> int:
         with self.lock:
@@ -207,11 +145,10 @@ class LumaServer:
         now = time.time()
         with self.lock:
             self.creates.append({"body": body, "t": now})
-            limited = self._rate_limits.pop(0) if self._rate_limits else False
-            failure = self._create_failures.pop(0) if self._create_failures else None
-        if limited is not False:
-            headers = {} if limited is None else {"Retry-After": f"{limited:g}"}
-            h.send_detail(429, "Rate limit exceeded", headers)
+            limited = self._take_rate_limit()
+            failure = self._take_create_failure()
+        if limited is not None:
+            h.send_detail(429, "Rate limit exceeded", limited)
             return
         if failure is not None:
             h.send_detail(failure, "Internal Server Error")
@@ -249,8 +186,7 @@ class LumaServer:
                 g.extends = source.video_seconds() if isinstance(source, Generation) else 0.0
                 self.generations[g.id] = g
                 self.in_flight_max = max(self.in_flight_max, busy + 1)
-                drop = self._drops > 0
-                self._drops -= int(drop)
+                drop = self._take_drop()
         if unknown:
             h.send_detail(400, "Generation not found: a keyframe names no completed generation")
             return
@@ -290,7 +226,7 @@ class LumaServer:
 
     def _get(self, h: _Handler, gid: str) -> None:
         with self.lock:
-            failure = self._poll_failures.pop(0) if self._poll_failures else None
+            failure = self._take_poll_failure()
         if failure is not None:
             h.send_detail(failure, "Injected failure")
             return
@@ -327,7 +263,7 @@ class LumaServer:
     def _video(self, h: _Handler, gid: str) -> None:
         with self.lock:
             g = self.generations.get(gid)
-            truncate = self._truncations.pop(0) if self._truncations and g else None
+            truncate = self._take_truncation() if g else None
         if g is None or g.deleted or g.state(time.time()) != "completed":
             h.send_raw(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
             return
@@ -395,8 +331,8 @@ def _source(body: dict[str, Any], generations: dict[str, Generation]) -> Generat
     return g
 
 
-class _Handler(openai_server._Handler):
-    server_state: LumaServer  # type: ignore[assignment]
+class _Handler(loopback.Handler):
+    server_state: LumaServer
 
     def _authorised(self) -> bool:
         auth = self.headers.get("Authorization", "")
@@ -473,12 +409,3 @@ class _Handler(openai_server._Handler):
 
     def send_detail(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
         self.send_json(status, {"detail": detail}, headers)
-
-    def send_raw(self, status: int, data: bytes, content_type: str) -> None:
-        self._log(status)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if data:
-            self.wfile.write(data)

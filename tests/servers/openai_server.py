@@ -17,15 +17,13 @@ import email.policy
 import io
 import json
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.servers import loopback
 from tests.servers.clips import CLIP_SIZE, labelled, mp4_bytes
 
 SORA_SIZES = {
@@ -96,8 +94,10 @@ class Job:
         }
 
 
-class OpenAIServer:
+class OpenAIServer(loopback.LoopbackServer):
     """The Videos protocol on 127.0.0.1 (port 0) in a background thread; thread-safe knobs."""
+
+    prefix = "/v1"
 
     # Behaviours of a gateway in front of the model; set on an instance before use.
     normalise_prompts = False  # store and echo prompts stripped, whitespace collapsed
@@ -114,6 +114,7 @@ class OpenAIServer:
         rpm_window: float = 60.0,
         retry_after: float | None = None,
     ) -> None:
+        super().__init__()
         self.job_seconds = job_seconds
         self.unique_videos = False  # True: every job's video has its own bytes
         self.clip_size = CLIP_SIZE  # the frame size of every video served
@@ -124,12 +125,10 @@ class OpenAIServer:
         self.rpm_window = rpm_window  # seconds the rpm limit counts in (60: a real minute)
         # The Retry-After of rpm 429s; None: the honest time until the window frees a slot.
         self.rpm_retry_after = retry_after
-        self.lock = threading.Lock()
         # Observations.
         self.creates: list[dict[str, Any]] = []  # creates that made a job (answered or not)
         self.create_attempts: list[dict[str, Any]] = []  # every parsed create, refused too
         self.jobs: dict[str, Job] = {}
-        self.requests: list[tuple[str, str, int | None]] = []  # (method, path, status)
         self.authorizations: set[str] = set()  # Authorization headers seen
         self.in_flight_max = 0
         # Faults.
@@ -141,46 +140,9 @@ class OpenAIServer:
         self._truncations: list[bool] = []
         self._moderated: set[str] = set()
         self._refused: dict[str, float] = {}  # prompt substring -> seconds before the 400
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- life cycle --
-
-    def __enter__(self) -> OpenAIServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        handler = type("Handler", (_Handler,), {"server_state": self})
-        httpd = _HTTPServer(("127.0.0.1", 0), handler)
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = self._thread = None
-
-    @property
-    def port(self) -> int:
-        assert self._httpd is not None, "the server is not running"
-        return int(self._httpd.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+    def protocol(self) -> type[_Handler]:
+        return _Handler
 
     # -- fault injection --
 
@@ -262,13 +224,8 @@ class OpenAIServer:
         within any `seconds`-long window: what a requests-per-minute limit counts."""
         with self.lock:
             records = self.creates if accepted_only else self.create_attempts
-            times = sorted(c["t"] for c in records)
-        best = start = 0
-        for end, t in enumerate(times):
-            while t - times[start] >= seconds:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+            times = [c["t"] for c in records]
+        return loopback.most_in_window(times, seconds)
 
     # -- the protocol (called by the handler) --
 
@@ -325,7 +282,7 @@ class OpenAIServer:
         if rate_limit is not False:
             record["status"] = 429
             message = "Rate limit reached for requests per minute. Please try again later."
-            headers = {} if rate_limit is None else {"Retry-After": _retry_value(rate_limit)}
+            headers = loopback.retry_after(rate_limit)
             h.send_error_json(429, message, "rate_limit_exceeded", "requests", headers=headers)
             return
         if failure is not None:
@@ -390,7 +347,7 @@ class OpenAIServer:
             return
         if failure is not None:
             status, retry_after = failure
-            headers = {} if retry_after is None else {"Retry-After": _retry_value(retry_after)}
+            headers = loopback.retry_after(retry_after)
             h.send_error_json(
                 status, f"Injected failure ({status}).", None, "server", headers=headers
             )
@@ -459,29 +416,8 @@ class OpenAIServer:
             h.send_truncated(data, start, declare_length=truncate)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # idle keep-alive connections must not block stop()
-    request_queue_size = 128  # many clients connect at once: 5 drops SYNs, a 1 s retry each
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that gave up (timeout, test over) is no error of the server's."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
-    disable_nagle_algorithm = True  # headers and body go in separate writes: no 40 ms stalls
-    timeout = 30
+class _Handler(loopback.Handler):
     server_state: OpenAIServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: the server's record is `requests`."""
-
-    def _log(self, status: int | None) -> None:
-        with self.server_state.lock:
-            self.server_state.requests.append((self.command, urlsplit(self.path).path, status))
 
     def _authorised(self) -> bool:
         auth = self.headers.get("Authorization", "")
@@ -531,22 +467,6 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.server_state._create(self, fields, image)
 
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
-        self._log(status)  # before answering: a test may look as soon as it has the answer
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("x-request-id", f"req_{uuid.uuid4().hex[:16]}")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
     def send_error_json(
         self,
         status: int,
@@ -558,45 +478,6 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         error = {"message": message, "type": kind, "param": param, "code": code}
         self.send_json(status, {"error": error}, headers)
-
-    def _send_video_head(self, data: bytes, start: int | None, length: int | None) -> bytes:
-        """Status and headers of a content answer (206 for a range); returns the body."""
-        body = data if start is None else data[start:]
-        status = 200 if start is None else 206
-        self._log(status)
-        self.send_response(status)
-        self.send_header("Content-Type", "video/mp4")
-        self.send_header("Accept-Ranges", "bytes")
-        if start is not None:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        if length is not None:
-            self.send_header("Content-Length", str(length))
-        return body
-
-    def send_bytes(self, data: bytes, start: int | None = None) -> None:
-        """The video, or from byte `start` on as a 206 answer to a Range request."""
-        body = self._send_video_head(data, start, len(data) - (start or 0))
-        self.end_headers()
-        for i in range(0, len(body), 1 << 14):
-            self.wfile.write(body[i : i + (1 << 14)])
-
-    def send_truncated(
-        self, data: bytes, start: int | None = None, *, declare_length: bool
-    ) -> None:
-        """Half of what send_bytes would send, then close."""
-        body = self._send_video_head(
-            data, start, len(data) - (start or 0) if declare_length else None
-        )
-        self.send_header("Connection", "close")  # also sets close_connection
-        self.end_headers()
-        self.wfile.write(body[: len(body) // 2])
-        self.wfile.flush()
-        self.close_connection = True
-
-    def drop(self) -> None:
-        """Close the connection without an answer."""
-        self.close_connection = True
-        self._log(None)
 
 
 def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], bytes | None]:
@@ -661,10 +542,6 @@ def _range_start(header: str | None) -> int | None:
         return None
     first = header.removeprefix("bytes=").removesuffix("-")
     return int(first) if first.isdigit() else None
-
-
-def _retry_value(value: float | str) -> str:
-    return value if isinstance(value, str) else f"{value:g}"
 
 
 def main() -> None:

@@ -18,16 +18,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.servers import openai_server
+from tests.servers import loopback
 from tests.servers.clips import mp4_bytes
 
 VERSION = "2024-11-06"
@@ -84,10 +82,12 @@ class Task:
         return code.startswith("INTERNAL") or (self.cancelled and self.started is None)
 
 
-class RunwayServer:
+class RunwayServer(loopback.FaultQueues, loopback.LoopbackServer):
     """Runway's task API and its output CDN on 127.0.0.1 (port 0) in a background thread."""
 
     normalise_prompts = False  # keep prompts whitespace-collapsed (as a server may)
+    create_failure_status = 503  # Runway sheds load with 502/503/504
+    poll_failure_status = 502
 
     def __init__(
         self,
@@ -97,83 +97,27 @@ class RunwayServer:
         account_concurrency: int = 100,
         url_ttl: float = 3600.0,
     ) -> None:
+        super().__init__()
         self.job_seconds = job_seconds
         self.api_key = api_key  # None: any bearer token is accepted
         self.account_concurrency = account_concurrency  # over it, tasks are THROTTLED
         self.url_ttl = url_ttl  # seconds a signed output URL opens
-        self.lock = threading.Lock()
         self._secret = uuid.uuid4().bytes  # signs output URLs
         # Observations.
         self.posts: list[dict[str, Any]] = []  # every create that arrived (refused too)
         self.tasks: dict[str, Task] = {}
-        self.requests: list[tuple[str, str, int | None]] = []  # (method, path, status)
         self.authorizations: set[str] = set()
         self.versions: set[str] = set()  # X-Runway-Version headers seen
         self.in_flight_max = 0  # tasks not ended at once (THROTTLED ones too)
         self.downloads: list[tuple[str, int]] = []  # (task id, bytes sent)
         # Faults.
-        self._rate_limits: list[float | None] = []
-        self._create_failures: list[int] = []
-        self._drops = 0
-        self._poll_failures: list[int] = []
-        self._truncations: list[bool] = []
         self._next_failures: list[tuple[str, str]] = []
         self._failures: dict[str, tuple[str, str]] = {}
-        self._httpd: openai_server._HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- life cycle --
-
-    def __enter__(self) -> RunwayServer:
-        handler = type("Handler", (_Handler,), {"server_state": self})
-        self._httpd = openai_server._HTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,))
-        self._thread.daemon = True
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "the server is not running"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+    def protocol(self) -> type[_Handler]:
+        return _Handler
 
     # -- fault injection --
-
-    def rate_limit_next(self, n: int, retry_after: float | None = 1.0) -> None:
-        """The next n creates answer 429 (with Retry-After when given); nothing is made."""
-        with self.lock:
-            self._rate_limits += [retry_after] * n
-
-    def fail_next_creates(self, n: int, status: int = 503) -> None:
-        """The next n creates answer `status`; nothing is made."""
-        with self.lock:
-            self._create_failures += [status] * n
-
-    def drop_next_creates(self, n: int) -> None:
-        """The next n creates make their task (billed), then close the connection unanswered."""
-        with self.lock:
-            self._drops += n
-
-    def fail_next_polls(self, n: int, status: int = 502) -> None:
-        with self.lock:
-            self._poll_failures += [status] * n
-
-    def truncate_next_downloads(self, n: int, declare_length: bool = False) -> None:
-        """The next n output downloads send half the bytes, then close."""
-        with self.lock:
-            self._truncations += [declare_length] * n
 
     def fail_next_tasks(self, n: int, code: str, message: str) -> None:
         """The next n tasks made end FAILED with this failureCode."""
@@ -212,9 +156,8 @@ class RunwayServer:
 
     def faults_left(self) -> int:
         with self.lock:
-            queued = self._rate_limits, self._create_failures, self._poll_failures
-            left = sum(map(len, queued)) + len(self._truncations) + self._drops
-            return left + len(self._next_failures)
+            next_failures = len(self._next_failures)
+        return super().faults_left() + next_failures
 
     # -- the task clock (called with the lock held) --
 
@@ -263,11 +206,10 @@ class RunwayServer:
         now = time.time()
         with self.lock:
             self.posts.append({"endpoint": endpoint, "body": body, "t": now})
-            limited = self._rate_limits.pop(0) if self._rate_limits else False
-            failure = self._create_failures.pop(0) if self._create_failures else None
-        if limited is not False:
-            headers = {} if limited is None else {"Retry-After": f"{limited:g}"}
-            h.send_json(429, {"error": "You have exceeded the rate limit."}, headers)
+            limited = self._take_rate_limit()
+            failure = self._take_create_failure()
+        if limited is not None:
+            h.send_json(429, {"error": "You have exceeded the rate limit."}, limited)
             return
         if failure is not None:
             h.send_json(failure, {"error": "The service is shedding load; try again."})
@@ -289,8 +231,7 @@ class RunwayServer:
             self._advance(now)
             live = sum(1 for t in self.tasks.values() if not t.ended(now))
             self.in_flight_max = max(self.in_flight_max, live)
-            drop = self._drops > 0
-            self._drops -= int(drop)
+            drop = self._take_drop()
         if drop:
             h.drop()
             return
@@ -298,7 +239,7 @@ class RunwayServer:
 
     def _get(self, h: _Handler, task_id: str) -> None:
         with self.lock:
-            failure = self._poll_failures.pop(0) if self._poll_failures else None
+            failure = self._take_poll_failure()
         if failure is not None:
             h.send_json(failure, {"error": "Injected failure"})
             return
@@ -344,7 +285,7 @@ class RunwayServer:
             return
         data = mp4_bytes(float(task.body.get("duration", 5)))
         with self.lock:
-            truncate = self._truncations.pop(0) if self._truncations else None
+            truncate = self._take_truncation()
             self.downloads.append((task_id, len(data) if truncate is None else len(data) // 2))
         if truncate is None:
             h.send_bytes(data)
@@ -393,8 +334,8 @@ def _image_uri(uri: object) -> bool:
     return isinstance(uri, str) and uri.startswith(("data:image/", "https://"))
 
 
-class _Handler(openai_server._Handler):
-    server_state: RunwayServer  # type: ignore[assignment]
+class _Handler(loopback.Handler):
+    server_state: RunwayServer
 
     def _authorised(self) -> bool:
         auth = self.headers.get("Authorization", "")
@@ -451,11 +392,3 @@ class _Handler(openai_server._Handler):
             self.server_state._delete(self, parts[2])
         else:
             self.send_json(404, {"error": f"Unknown path {self.path}"})
-
-    def send_raw(self, status: int, data: bytes, content_type: str) -> None:
-        self._log(status)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)

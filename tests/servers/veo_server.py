@@ -21,15 +21,14 @@ import contextlib
 import json
 import re
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from tests.servers import loopback
 from tests.servers.clips import mp4_bytes
 
 MODEL_PATH = re.compile(
@@ -55,7 +54,7 @@ class Job:
     filtered: bool = False
 
 
-class VeoServer:
+class VeoServer(loopback.LoopbackServer):
     """`with VeoServer(job_seconds=0.3) as server:` then point the backend at `server.base_url`."""
 
     def __init__(
@@ -66,12 +65,12 @@ class VeoServer:
         token: str | None = "loopback-token",
         gcs_output: bool = False,
     ) -> None:
+        super().__init__()
         self.job_seconds = job_seconds
         self.api_key = api_key
         self.token = token
         self.gcs_output = gcs_output  # answer with gcsUri (served below) instead of inline bytes
         self.normalise_prompts = False  # keep prompts stripped, whitespace collapsed, as sent back
-        self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._rate_limited = 0
         self._retry_after: float | None = None
@@ -89,96 +88,51 @@ class VeoServer:
         self.in_flight_max = 0
         self.log: list[tuple[str, str, int]] = []  # (method, path, status)
         self.auth_seen: list[str] = []  # "api_key" | "bearer" per request
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
 
-    # -- life cycle ------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> VeoServer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+    def protocol(self) -> type[_Handler]:
+        return _Handler
 
     # -- fault knobs -----------------------------------------------------------------------
 
     def rate_limit_next(self, n: int, retry_after: float | None = None) -> None:
         """The next n creates get 429 RESOURCE_EXHAUSTED (with Retry-After when given)."""
-        with self._lock:
+        with self.lock:
             self._rate_limited, self._retry_after = n, retry_after
 
     def fail_next_creates(self, n: int, status: int = 500) -> None:
         """The next n creates fail with `status` and create nothing."""
-        with self._lock:
+        with self.lock:
             self._failing, self._fail_status = n, status
 
     def drop_next_creates(self, n: int) -> None:
         """The next n creates make an operation, then close the connection without answering."""
-        with self._lock:
+        with self.lock:
             self._dropping = n
 
     def fail_next_polls(self, n: int, status: int = 503) -> None:
         """The next n fetchPredictOperation calls fail with `status`."""
-        with self._lock:
+        with self.lock:
             self._poll_failing, self._poll_fail_status = n, status
 
     def filter_prompts(self, substring: str) -> None:
         """Jobs whose prompt contains `substring` finish with no video, RAI-filtered."""
-        with self._lock:
+        with self.lock:
             self._filters.append(substring)
 
     def expire_jobs(self) -> None:
         """Forget every operation: polls and downloads get 404 NOT_FOUND."""
-        with self._lock:
+        with self.lock:
             self._jobs.clear()
 
     # -- observations ----------------------------------------------------------------------
 
     def max_creates_in_window(self, seconds: float = 60.0) -> int:
         """The most creates in any window of `seconds` (to check requests/min limits)."""
-        with self._lock:
-            times = sorted(self.create_times)
-        best, start = 0, 0
-        for end, t in enumerate(times):
-            while t - times[start] >= seconds:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        with self.lock:
+            times = list(self.create_times)
+        return loopback.most_in_window(times, seconds)
 
     # -- handlers --------------------------------------------------------------------------
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # quiet: the test reads server.log instead
-
-            def do_POST(self) -> None:
-                server._post(self)
-
-            def do_GET(self) -> None:
-                server._get(self)
-
-        return Handler
 
     def _post(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
@@ -196,7 +150,7 @@ class VeoServer:
     def _authorized(self, h: BaseHTTPRequestHandler) -> bool:
         key = h.headers.get("x-goog-api-key")
         bearer = h.headers.get("Authorization", "")
-        with self._lock:
+        with self.lock:
             if key is not None and key == self.api_key:
                 self.auth_seen.append("api_key")
                 return True
@@ -214,7 +168,7 @@ class VeoServer:
         instance = (body.get("instances") or [{}])[0]
         params = body.get("parameters") or {}
         now = time.time()
-        with self._lock:
+        with self.lock:
             self.create_attempts += 1
             if self._rate_limited:
                 self._rate_limited -= 1
@@ -257,7 +211,7 @@ class VeoServer:
             f"projects/{project}/locations/{location}/publishers/google/models/"
             f"{match['model']}/operations/{uuid.uuid4()}"
         )
-        with self._lock:
+        with self.lock:
             filtered = any(s in prompt for s in self._filters)
             self._jobs[name] = Job(name, prompt, seconds, now + self.job_seconds, filtered)
             running = sum(1 for j in self._jobs.values() if j.done_at > now)
@@ -298,7 +252,7 @@ class VeoServer:
 
     def _fetch(self, h: BaseHTTPRequestHandler, body: Any) -> None:
         name = str(body.get("operationName") or "")
-        with self._lock:
+        with self.lock:
             failing = self._poll_failing > 0
             if failing:
                 self._poll_failing -= 1
@@ -333,7 +287,7 @@ class VeoServer:
         if not self._authorized(h):
             return self._unauthorized(h)
         op_id = unquote(match["object"]).split("/", 1)[0]
-        with self._lock:
+        with self.lock:
             job = next((j for j in self._jobs.values() if j.name.endswith(op_id)), None)
         if job is None or match["bucket"] != BUCKET:
             return self._error(h, 404, "NOT_FOUND", "No such object.")
@@ -371,7 +325,7 @@ class VeoServer:
         content_type: str,
         headers: dict[str, str] | None = None,
     ) -> None:
-        with self._lock:
+        with self.lock:
             self.log.append((h.command, urlsplit(h.path).path, code))
         h.send_response(code)
         h.send_header("Content-Type", content_type)
@@ -383,11 +337,21 @@ class VeoServer:
 
     def _drop(self, h: BaseHTTPRequestHandler) -> None:
         """Close the connection without a byte of answer (the create did happen)."""
-        with self._lock:
+        with self.lock:
             self.log.append((h.command, urlsplit(h.path).path, 0))
         h.close_connection = True
         with contextlib.suppress(OSError):
             h.connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(loopback.Handler):
+    server_state: VeoServer
+
+    def do_POST(self) -> None:
+        self.server_state._post(self)
+
+    def do_GET(self) -> None:
+        self.server_state._get(self)
 
 
 def _duration(mp4: bytes) -> float:
