@@ -621,3 +621,32 @@ def test_importing_the_backend_does_not_import_the_sdk() -> None:
     code = "import sys, runner.backends.openai; print('openai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_create_whose_body_is_cut_short_makes_no_job(server: OpenAIServer) -> None:
+    """What any HTTP server does with a request whose sender died mid-body (kill -9 between
+    two writes of the multipart body): drop it. The loopback server made a job of the fields
+    that had arrived (the size missing: its default), a create nobody asked for."""
+    boundary = "b0undary"
+    fields = [("prompt", "a river"), ("model", "sora-2"), ("seconds", "4"), ("size", "1280x720")]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields
+    ]
+    body = "".join(parts) + f"--{boundary}--\r\n"
+    head = (
+        f"POST /v1/videos HTTP/1.1\r\nHost: loopback\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    cut = len("".join(parts[:3]))  # prompt, model and seconds arrived; the size did not
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall((head + body[:cut]).encode())
+        conn.shutdown(socket.SHUT_WR)  # the sender is gone
+        assert conn.recv(1024) == b""  # closed without an answer
+    assert server.creates == [] and server.create_attempts == []
+    assert server.cut_requests == [("POST", "/v1/videos", cut, len(body))]
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:  # the whole of it
+        conn.sendall((head + body).encode())
+        assert conn.recv(1024).startswith(b"HTTP/1.1 200")
+    assert [(c["prompt"], c["size"]) for c in server.creates] == [("a river", "1280x720")]

@@ -30,6 +30,8 @@ class LoopbackServer:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, int | None]] = []  # (method, path, status)
+        # Requests whose body ended before its Content-Length: (method, path, got, announced).
+        self.cut_requests: list[tuple[str, str, int, int]] = []
         self._httpd: HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -185,6 +187,28 @@ class HTTPServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class CutShort(ConnectionError):
+    """A request whose body ended before its Content-Length: its sender died mid-send. Raised
+    out of the handler, it drops the request unanswered (HTTPServer.handle_error ignores it)."""
+
+
+def read_body(handler: BaseHTTPRequestHandler, server: LoopbackServer) -> bytes:
+    """A request's body, all Content-Length bytes of it; CutShort when fewer came.
+
+    An HTTP server drops such a request, so a provider never bills it. A job made of the
+    fields that did arrive would be a create the client never asked for (the default size
+    in place of a missing one), which a rerun rightly never adopts and sends again.
+    """
+    length = int(handler.headers.get("Content-Length") or 0)
+    body = handler.rfile.read(length) if length else b""
+    if len(body) < length:
+        with server.lock:
+            server.cut_requests.append((handler.command, handler.path, len(body), length))
+        handler.close_connection = True
+        raise CutShort(f"{handler.command} {handler.path}: {len(body)} of {length} bytes")
+    return body
+
+
 class Handler(BaseHTTPRequestHandler):
     """The answers every provider's handler sends; it records each in the server's requests."""
 
@@ -201,8 +225,7 @@ class Handler(BaseHTTPRequestHandler):
             self.server_state.requests.append((self.command, urlsplit(self.path).path, status))
 
     def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        return read_body(self, self.server_state)
 
     def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()

@@ -135,8 +135,7 @@ class VeoServer(loopback.LoopbackServer):
     # -- handlers --------------------------------------------------------------------------
 
     def _post(self, h: BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("Content-Length") or 0)
-        body = json.loads(h.rfile.read(length) or b"{}")
+        body = json.loads(loopback.read_body(h, self) or b"{}")
         path = urlsplit(h.path).path
         match = MODEL_PATH.match(path)
         if match is None:
