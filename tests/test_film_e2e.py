@@ -362,3 +362,20 @@ def ebur128(path: Path, start: float, end: float) -> float:
     argv = [ffmpeg.ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)]
     argv += ["-af", f"atrim={start}:{end},ebur128", "-f", "null", "-"]
     return float(re.findall(r"I:\s+(-?[\d.]+) LUFS", ffmpeg._capture(argv))[-1])
+
+
+def test_a_target_renders_that_shot_with_what_it_needs_and_nothing_else(film: Path) -> None:
+    first = render(film, "--target", "sky")  # every take, after the shot it starts from
+    assert first.returncode == 0, first.stderr
+    assert rendered(first) == [
+        "frames.river.last",
+        "shots.river",
+        "shots.sky.take1",
+        "shots.sky.take2",
+    ]
+    assert not (film.parent / "out").exists()
+    rest = render(film)
+    assert rest.returncode == 0, rest.stderr
+    assert not set(rendered(rest)) & set(rendered(first))  # made once, then cached
+    assert {"shots.harbor", "shots.end", "edit"} <= set(rendered(rest))
+    assert (film.parent / "out" / "film.mp4").is_file()

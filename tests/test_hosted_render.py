@@ -395,3 +395,22 @@ def test_a_create_cut_short_by_a_kill_mid_send_bills_nothing_and_the_rerun_creat
     result = p.run("render")
     assert result.returncode == 0, result.stderr
     assert prompts(server) == {f"Shot number {i}: a lantern on the river.": 1 for i in range(2)}
+
+
+def test_a_target_pays_for_that_shot_alone_and_assembles_nothing(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    p = Project(tmp_path, server, film(3))
+    frozen = p.run("render", "--target", "s1", "--frozen")
+    assert frozen.returncode == 1  # s1 would cost money: --frozen counts only the target's
+    assert "would pay for shots.s1" in frozen.stderr and "shots.s0" not in frozen.stderr
+    result = p.run("render", "--target", "s1")
+    assert result.returncode == 0, result.stderr
+    assert prompts(server) == {"Shot number 1: a lantern on the river.": 1}
+    assert not (p.root / "film" / "out").exists()  # no film, no review page
+    unknown = p.run("render", "--target", "s9")
+    assert unknown.returncode == 2
+    assert "--target s9: no shot or node of that name" in unknown.stderr
+    assert p.run("render").returncode == 0  # the rest; s1 is not bought again
+    assert prompts(server) == {f"Shot number {i}: a lantern on the river.": 1 for i in range(3)}
+    assert (p.root / "film" / "out" / "film.mp4").is_file()

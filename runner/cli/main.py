@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shard", metavar="I/N", help="render only shard I of N (CI matrix jobs)")
     p.add_argument(
+        "--target",
+        metavar="NODE",
+        action="append",
+        help="render only this shot (every take) or node, and what it needs; no film is "
+        "assembled unless the target is `edit`; may be repeated",
+    )
+    p.add_argument(
         "--sign",
         action="store_true",
         help="also write out/FILM.signed.mp4 with C2PA content credentials (needs a key)",
@@ -229,16 +236,21 @@ def cmd_render(args: argparse.Namespace) -> int:
         resend_unconfirmed=args.resend_unconfirmed,
         rerender=_shot_nodes(project, args.rerender),
         shard=shard.parse(args.shard) if args.shard else None,
+        targets=_target_nodes(project, args.target) if args.target else None,
         sign=args.sign,
     )
     if args.sign and options.shard is not None:
         raise UserError("--sign: a shard assembles no film to sign; sign the assembling render")
+    if args.sign and not options.publishes:
+        raise UserError("--sign: --target without `edit` assembles no film to sign")
     if args.frozen:  # guards money, not work: local, deterministic nodes are made
         plan = project.plan(options.rerender)
+        wanted = None if options.targets is None else project.graph.upstream(options.targets)
         paid = [
             d
             for d in plan.to_render
-            if d.cost_usd > 0 or not project.graph.nodes[d.id].reproducible
+            if (wanted is None or d.id in wanted)
+            and (d.cost_usd > 0 or not project.graph.nodes[d.id].reproducible)
         ]
         if paid:
             for d in paid:
@@ -276,11 +288,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     # After a render that changed something, or when no page shows this film yet.
     changed = bool(out.done or out.failed or out.skipped)
     changed = changed or not (project.out_dir / "review" / "index.html").is_file()
-    if changed and not args.no_review and options.shard is None and not result.interrupted:
+    if changed and not args.no_review and options.publishes and not result.interrupted:
         _write_review(project)
     if result.interrupted:
         return 130
-    if options.shard is not None:
+    if not options.publishes:
         return EXIT_OK if out.ok else EXIT_FAILED
     return EXIT_OK if out.ok and result.film is not None else EXIT_FAILED
 
@@ -327,6 +339,28 @@ def _shot_nodes(project: Project, shots: list[str]) -> frozenset[str]:
     if unknown:
         raise UserError(f"--rerender: no shot named {', '.join(unknown)}")
     return frozenset(nid for nid, shot in nodes.items() if shot in shots)
+
+
+def _target_nodes(project: Project, targets: list[str]) -> frozenset[str]:
+    """--target's node ids: a node id as `runner status` lists it (`shots.river`, `edit`), or
+    a shot's name for every take of it."""
+    nodes = project.graph.nodes
+    takes: dict[str, set[str]] = {}
+    for node in nodes.values():
+        if node.shot:
+            takes.setdefault(node.shot["shot"], set()).add(node.id)
+    found: set[str] = set()
+    for target in targets:
+        if target in nodes:
+            found.add(target)
+        elif target in takes:
+            found |= takes[target]
+        else:
+            raise UserError(
+                f"--target {printable(target)}: no shot or node of that name; "
+                "`runner status` lists the film's nodes"
+            )
+    return frozenset(found)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

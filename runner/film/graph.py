@@ -9,6 +9,7 @@ is allowed to take.
 from __future__ import annotations
 
 import graphlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,17 @@ class Graph:
         """The node ids of the cut's clips, in film order (a clip cut in twice is twice)."""
         cut = self.cut
         return [cut.inputs[c["clip"]] for c in cut.recipe["cuts"]]
+
+    def upstream(self, ids: Iterable[str]) -> set[str]:
+        """The nodes `ids` and every node they need, however indirectly."""
+        found: set[str] = set()
+        wanted = list(ids)
+        while wanted:
+            nid = wanted.pop()
+            if nid not in found:
+                found.add(nid)
+                wanted += self.nodes[nid].deps
+        return found
 
     def dependents(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {nid: [] for nid in self.nodes}

@@ -88,7 +88,14 @@ class Options:
     resend_unconfirmed: bool = False
     rerender: frozenset[str] = frozenset()  # node ids to render again on purpose
     shard: tuple[int, int] | None = None  # (I, N): render only shard I of N, no edit
+    targets: frozenset[str] | None = None  # --target: only these nodes and what they need
     sign: bool = False  # --sign: sign the film, and fail before rendering without a key
+
+    @property
+    def publishes(self) -> bool:
+        """Whether this render ends in the film (out/): not a shard, nor a --target that
+        leaves the edit out."""
+        return self.shard is None and (self.targets is None or "edit" in self.targets)
 
 
 def render(
@@ -104,7 +111,10 @@ def render(
     if options.shard is not None:
         share = shard.members(graph, *options.shard)
         todo = [nid for nid in todo if nid in share]
-    todo_set = set(todo) | _pull_needed(project, plan, set(todo), options.shard is None)
+    if options.targets is not None:
+        needed = graph.upstream(options.targets)
+        todo = [nid for nid in todo if nid in needed]
+    todo_set = set(todo) | _pull_needed(project, plan, set(todo), options.publishes)
     todo = [nid for nid in graph.nodes if nid in todo_set]
     tasks = [
         Task(
@@ -163,7 +173,7 @@ def render(
         _pull_records(project, plan)
         _remember(project, plan, jobs, outcome)
         film = prov = signed = None
-        if options.shard is None and "edit" in jobs.digests and jobs.have("edit"):
+        if options.publishes and "edit" in jobs.digests and jobs.have("edit"):
             from runner.run import provenance
 
             try:
@@ -185,8 +195,8 @@ def render(
 def _signing_key(project: Project, options: Options) -> tuple[SigningKey | None, list[str]]:
     """The key to sign the film with, read and checked before anything renders: None (with
     a warning for `[film] sign = true`) when none is configured; --sign without one is an
-    error. A shard publishes no film, so it needs no key."""
-    if options.shard is not None or not (options.sign or project.graph.sign):
+    error. A shard, or a --target without the edit, publishes no film: it needs no key."""
+    if not options.publishes or not (options.sign or project.graph.sign):
         return None, []
     from runner.run import credentials
     from runner.run.project import find_root
