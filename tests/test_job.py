@@ -38,6 +38,12 @@ class Scripted:
         self.polls: list[JobStatus | Exception] = []
         self.downloads: list[bytes | Exception] = []
         self.download_calls = 0
+        self.connected_with: list[dict[str, object] | None] = []  # the journal at each connect
+        self.journal: Journal | None = None
+
+    def connect(self) -> None:
+        assert self.journal is not None
+        self.connected_with.append(self.journal.get("k1"))
 
     def capabilities(self, model: str) -> Capabilities:
         return Capabilities(sizes=(), seconds=())
@@ -104,6 +110,7 @@ class Clock:
 
 def job(backend: Scripted, tmp_path: Path, **kwargs: object) -> ShotJob:
     journal = Journal(tmp_path / "journal")
+    backend.journal = journal
     kwargs.setdefault("sleep", lambda _: None)
     return ShotJob("shots.river", "k1", backend, REQUEST, journal, verify, **kwargs)  # type: ignore[arg-type]
 
@@ -115,6 +122,29 @@ def test_one_create_and_the_journal_is_cleared_after_success(tmp_path: Path) -> 
     assert j.run(tmp_path / "out.mp4") == "job1"
     assert backend.creates == 1
     assert j.journal.pending() == []
+
+
+def test_the_client_is_made_before_the_create_is_journaled(tmp_path: Path) -> None:
+    # A first SDK import can take seconds on a loaded machine: made after the journal entry,
+    # it would leave the journaled send time that much before the create left, and a rerun's
+    # wait for a create still on its way (ARRIVAL_SETTLE) that much shorter.
+    backend = Scripted()
+    j = job(backend, tmp_path)
+    assert j.run(tmp_path / "out.mp4") == "job1"
+    assert backend.connected_with == [None]  # no journal entry yet when the client was made
+
+
+def test_a_connect_that_is_refused_sends_nothing_and_journals_nothing(tmp_path: Path) -> None:
+    backend = Scripted()
+
+    def refused() -> None:
+        raise Refused("no API key")
+
+    backend.connect = refused  # type: ignore[method-assign]
+    j = job(backend, tmp_path)
+    with pytest.raises(NodeFailed, match="no API key"):
+        j.run(tmp_path / "out.mp4")
+    assert backend.creates == 0 and j.journal.pending() == []
 
 
 def test_a_journaled_job_id_is_polled_not_submitted_again(tmp_path: Path) -> None:

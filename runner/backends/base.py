@@ -108,6 +108,13 @@ class Backend(Protocol):
         """The JSON-able part of the shot that changes the output: it goes into the node key."""
         ...
 
+    def connect(self) -> None:
+        """Make the provider's client now (import its SDK, build it, nothing sent): called
+        before a create is journaled, so the journaled send time is when the create leaves,
+        not seconds earlier (an SDK's first import, on a loaded machine). Raises Refused when
+        it cannot be made (no key)."""
+        ...
+
     def submit(self, shot: ShotRequest) -> str:
         """Send exactly one create request (no retries inside: the runner retries, journaled);
         return the provider's job id."""

@@ -124,6 +124,10 @@ class FalBackend(TableAnswers):
 
     # -- the network --
 
+    def connect(self) -> None:
+        """The SDK's client, made before a create is journaled (see Backend.connect)."""
+        self._connect()
+
     def submit(self, shot: ShotRequest) -> str:
         """Upload the first frame (once per digest), then send exactly one submit."""
         why = self.check(shot)

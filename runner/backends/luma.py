@@ -158,6 +158,10 @@ class LumaBackend(TableAnswers):
 
     # -- the network --
 
+    def connect(self) -> None:
+        """The SDK's client, made before a create is journaled (see Backend.connect)."""
+        self._get_client()
+
     def submit(self, shot: ShotRequest) -> str:
         """Store the first frame where Luma can fetch it (once per digest), then send exactly
         one create (POST /generations/video); return the generation's id."""

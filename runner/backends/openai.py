@@ -148,6 +148,10 @@ class OpenAIBackend:
 
     # -- the network --
 
+    def connect(self) -> None:
+        """The SDK's client, made before a create is journaled (see Backend.connect)."""
+        self._get_client()
+
     def submit(self, shot: ShotRequest) -> str:
         """Send exactly one create (multipart, the image as a file part); return the job id."""
         client = self._get_client()

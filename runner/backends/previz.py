@@ -128,6 +128,9 @@ class PrevizBackend:
             h.update(f"\0extend\0{shot.extend_of}".encode())
         return h.hexdigest()
 
+    def connect(self) -> None:
+        """Nothing to connect to: previz renders here."""
+
     def submit(self, shot: ShotRequest) -> str:
         """Render the clip now (previz is synchronous) and return its job id."""
         problem = self.check(shot)

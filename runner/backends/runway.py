@@ -124,6 +124,10 @@ class RunwayBackend(TableAnswers):
 
     # -- the network --
 
+    def connect(self) -> None:
+        """The SDK's client, made before a create is journaled (see Backend.connect)."""
+        self._get_client()
+
     def submit(self, shot: ShotRequest) -> str:
         """Send exactly one create; return the task id."""
         why = self.check(shot)

@@ -189,6 +189,10 @@ class VeoBackend:
 
     # -- jobs ---------------------------------------------------------------------------
 
+    def connect(self) -> None:
+        """The SDK's client, made before a create is journaled (see Backend.connect)."""
+        self._get_client()
+
     def submit(self, shot: ShotRequest) -> str:
         """One `:predictLongRunning` create; returns the operation name (the job id)."""
         problem = self.check(shot)

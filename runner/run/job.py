@@ -184,6 +184,7 @@ class ShotJob:
             if not self.may_send():
                 raise NodeFailed(f"{self.node}: not sent: the run is stopping")
             try:
+                self.backend.connect()  # first: the journaled send time is when it leaves
                 with self.gate.turn():
                     sent_at = self.journal.sending(self.key, self.node, self.backend.name)
                     faults.point("create-journaled")
