@@ -778,9 +778,8 @@ def _ebur128(path: Path, peak: str) -> str:
 
 
 def _summary(report: str, pattern: re.Pattern[str], what: str) -> float:
-    """The value `pattern` finds in the ebur128 summary, which ffmpeg logs last: looked for
-    only after it, so a source's metadata (also in the log) cannot pose as a measurement."""
-    found = pattern.findall(report[report.rfind("Summary:") :]) if "Summary:" in report else []
+    """The last value `pattern` finds in an ebur128 summary (the summary comes last)."""
+    found = pattern.findall(report)
     if not found:
         raise NodeFailed(f"ffmpeg reported no {what}: {_tail(report, 4)}")
     return float(found[-1])
