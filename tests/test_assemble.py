@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -302,21 +303,48 @@ def test_a_cut_that_peaks_between_samples_caps_the_films_gain(tmp_path: Path) ->
     assert gain_of(result) < pieces_only - 1.5
 
 
-def test_a_corrupt_cached_peak_is_measured_again(tmp_path: Path) -> None:
+def peak_records(cache: DirCache, result: Assembly) -> list[str]:
+    """The segments of `result` that are true-peak records, in film order."""
+    return [k for k in result.segments if b'"true_peak_dbtp"' in (cache.root / k).read_bytes()]
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbled", "another piece's"])
+def test_a_missing_or_untrusted_peak_is_measured_again_from_the_cached_audio(
+    tmp_path: Path, damage: str
+) -> None:
+    # "deleted" is also a cache made before peaks were kept: no piece is encoded again for it.
     tone = make_clip(tmp_path / "tone.mp4", seconds=2.0, beep_hz=440, beep_seconds=2.0)
     quiet = pcm_clip(tmp_path / "quiet.mov", "0.05*sin(2*PI*300*t)", seconds=2.0)
     cache = DirCache(tmp_path / "c")
     clips = [clip(tone), clip(quiet, fade=0.5)]
     first, result = build(clips, tmp_path, cache, "one.mp4", loudness_lufs=-16)
-    peaks = [k for k in result.segments if (cache.root / k).read_bytes().startswith(b'{"true_')]
+    peaks = peak_records(cache, result)
     assert len(peaks) == 3  # two bodies and the crossfade
-    garbage = [b"{}", b'{"true_peak_dbtp": "loud"}', b"\xff\x00"]
-    for key, bad in zip(peaks, garbage, strict=True):
-        (cache.root / key).write_bytes(bad)
+    loud, _, soft = (cache.root / k for k in peaks)
+    if damage == "deleted":
+        for key in peaks:
+            (cache.root / key).unlink()
+    elif damage == "garbled":
+        garbage = [b"{}", b'{"true_peak_dbtp": "loud"}', b"\xff\x00"]
+        for key, bad in zip(peaks, garbage, strict=True):
+            (cache.root / key).write_bytes(bad)
+    else:  # a valid record, of the quiet body's audio, where the loud body's belongs
+        loud.write_bytes(soft.read_bytes())
     cache.saved.clear()
-    second, _ = build(clips, tmp_path, cache, "two.mp4", loudness_lufs=-16)
-    assert sorted(cache.saved) == sorted(peaks)  # each made again with its piece; nothing else
+    second, again = build(clips, tmp_path, cache, "two.mp4", loudness_lufs=-16)
+    redone = peaks if damage != "another piece's" else peaks[:1]
+    assert sorted(cache.saved) == sorted(redone) == sorted(again.rendered)  # measured, not made
     assert sha256(first) == sha256(second)
+
+
+def test_a_clip_that_peaks_at_full_scale_still_gets_its_gain(tmp_path: Path) -> None:
+    # ffmpeg reports its true peak as 0.0 (or -0.0) dBTP: a peak, not silence.
+    full = pcm_clip(tmp_path / "full.mov", "0.995*sin(2*PI*100*t)", seconds=2.0)
+    cache = DirCache(tmp_path / "c")
+    _, result = build([clip(full)], tmp_path, cache, loudness_lufs=-16)
+    (record,) = peak_records(cache, result)
+    assert abs(json.loads((cache.root / record).read_text())["true_peak_dbtp"]) < 0.1
+    assert gain_of(result) < -10  # a film at about -3 LUFS, brought down to -16
 
 
 @pytest.mark.parametrize(

@@ -373,7 +373,8 @@ def test_a_target_renders_that_shot_with_what_it_needs_and_nothing_else(film: Pa
         "shots.sky.take1",
         "shots.sky.take2",
     ]
-    assert not (film.parent / "out").exists()
+    assert not (film.parent / "out" / "film.mp4").exists()
+    assert (film.parent / "out" / "review" / "index.html").is_file()  # the takes it made
     rest = render(film)
     assert rest.returncode == 0, rest.stderr
     assert not set(rendered(rest)) & set(rendered(first))  # made once, then cached

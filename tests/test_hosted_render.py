@@ -407,7 +407,11 @@ def test_a_target_pays_for_that_shot_alone_and_assembles_nothing(
     result = p.run("render", "--target", "s1")
     assert result.returncode == 0, result.stderr
     assert prompts(server) == {"Shot number 1: a lantern on the river.": 1}
-    assert not (p.root / "film" / "out").exists()  # no film, no review page
+    assert not (p.root / "film" / "out" / "film.mp4").exists()  # no film is assembled
+    assert (p.root / "film" / "out" / "review" / "index.html").is_file()  # the take to look at
+    elsewhere = p.run("render", "--target", "s1", "--rerender", "s2")
+    assert elsewhere.returncode == 2
+    assert "--rerender s2: not among what --target renders; add --target s2" in elsewhere.stderr
     unknown = p.run("render", "--target", "s9")
     assert unknown.returncode == 2
     assert "--target s9: no shot or node of that name" in unknown.stderr

@@ -243,6 +243,15 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UserError("--sign: a shard assembles no film to sign; sign the assembling render")
     if args.sign and not options.publishes:
         raise UserError("--sign: --target without `edit` assembles no film to sign")
+    if options.targets is not None:
+        upstream = project.graph.upstream(options.targets)
+        shots = {n: project.graph.nodes[n].shot or {} for n in options.rerender}
+        outside = sorted({str(shots[n]["shot"]) for n in shots if n not in upstream})
+        if outside:
+            raise UserError(
+                f"--rerender {', '.join(outside)}: not among what --target renders; "
+                f"add --target {outside[0]}"
+            )
     if args.frozen:  # guards money, not work: local, deterministic nodes are made
         plan = project.plan(options.rerender)
         wanted = None if options.targets is None else project.graph.upstream(options.targets)
@@ -288,7 +297,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     # After a render that changed something, or when no page shows this film yet.
     changed = bool(out.done or out.failed or out.skipped)
     changed = changed or not (project.out_dir / "review" / "index.html").is_file()
-    if changed and not args.no_review and options.publishes and not result.interrupted:
+    # A --target run writes it too (the takes it made are what you look at next); a shard
+    # does not (CI, no film).
+    if changed and not args.no_review and options.shard is None and not result.interrupted:
         _write_review(project)
     if result.interrupted:
         return 130

@@ -145,16 +145,17 @@ def assemble(
     with tempfile.TemporaryDirectory(prefix="assemble-", dir=workdir) as tmp_name:
         tmp = Path(tmp_name)
         found = {k: cache.lookup(k) for p in pieces for k in p.keys}
-        for p in pieces:  # a peak record that does not read as one is made again
+        for p in pieces:  # a peak record that does not read as this audio's is measured again
             peak_path = found[p.peak_key]
-            if peak_path is not None and _read_peak(peak_path) is None:
+            if peak_path is not None and _read_peak(peak_path, p.audio_key) is None:
                 found[p.peak_key] = None
         unique: dict[str, _Piece] = {}  # a clip cut in twice is made once
         for p in pieces:
-            if any(found[k] is None for k in p.keys):
+            if any(found[k] is None for k in p.keys if k != p.peak_key):
                 unique.setdefault(p.video_key + p.audio_key, p)
         missing = list(unique.values())
         rendered = _render_missing(clips, missing, film, found, cache, tmp)
+        rendered += _measure_peaks(pieces, found, cache, tmp)
         paths = {k: v for k, v in found.items() if v is not None}
         video_list = tmp / "video.ffconcat"
         video_list.write_text(
@@ -166,7 +167,7 @@ def assemble(
         _join_wavs(wavs, tmp / "audio.wav")
         gain = None
         if loudness_lufs is not None:
-            peaks = [_read_peak(paths[p.peak_key]) or -math.inf for p in pieces]
+            peaks = [_peak(paths[p.peak_key], p.audio_key) for p in pieces]
             integrated, peak = _loudness(tmp / "audio.wav", wavs, peaks, tmp)
             gain = loudness_gain(integrated, peak, target=loudness_lufs)
         args = ffmpeg.join_args(
@@ -339,10 +340,10 @@ def _render_pieces(
         i = piece.clip
         job: Callable[[], tuple[Path, ...]]
         if piece.kind == "body":
-            job = _body_job(clips[i], sources[i], fades[i], fades[i + 1], film, out)
+            job = _body_job(clips[i], sources[i], fades[i], fades[i + 1], film, out, piece)
         else:
             job = _crossfade_job(
-                clips[i - 1], sources[i - 1], clips[i], sources[i], fades[i], film, out
+                clips[i - 1], sources[i - 1], clips[i], sources[i], fades[i], film, out, piece
             )
         jobs.append((piece, pool.submit(job)))
     rendered = []
@@ -420,7 +421,7 @@ def _resolve(clip: Clip, i: int, film: _Film) -> _Source:
 
 
 def _body_job(
-    clip: Clip, src: _Source, fade_in: int, fade_out: int, film: _Film, out: Path
+    clip: Clip, src: _Source, fade_in: int, fade_out: int, film: _Film, out: Path, piece: _Piece
 ) -> Callable[[], tuple[Path, ...]]:
     """Make a clip's body, the frames between its crossfades: copied where its stream allows,
     else encoded."""
@@ -444,7 +445,7 @@ def _body_job(
         if audio is None:
             ffmpeg.run(args, cwd=out)
         else:
-            _write_peak(out, ffmpeg.run_peak(args, cwd=out))
+            _write_peak(out / "peak.json", ffmpeg.run_peak(args, cwd=out), piece.audio_key)
 
     made = (out / "video.mp4", out / "audio.wav", out / "peak.json", out / "decision.json")
 
@@ -470,7 +471,7 @@ def _body_job(
             video_out=middle,
             audio_out="audio.wav",
         )
-        _write_peak(out, ffmpeg.run_peak(args, cwd=out))
+        _write_peak(out / "peak.json", ffmpeg.run_peak(args, cwd=out), piece.audio_key)
         parts.append(middle)
         if plan.tail:
             encode(plan.end, plan.tail, "tail.mp4", None)
@@ -489,7 +490,14 @@ def _body_job(
 
 
 def _crossfade_job(
-    a: Clip, a_src: _Source, b: Clip, b_src: _Source, frames: int, film: _Film, out: Path
+    a: Clip,
+    a_src: _Source,
+    b: Clip,
+    b_src: _Source,
+    frames: int,
+    film: _Film,
+    out: Path,
+    piece: _Piece,
 ) -> Callable[[], tuple[Path, ...]]:
     """Encode a crossfade: the last `frames` of A dissolving into the first `frames` of B."""
     a_first = a_src.last - frames
@@ -510,7 +518,7 @@ def _crossfade_job(
             video_out="video.mp4",
             audio_out="audio.wav",
         )
-        _write_peak(out, ffmpeg.run_peak(args, cwd=out))
+        _write_peak(out / "peak.json", ffmpeg.run_peak(args, cwd=out), piece.audio_key)
         return out / "video.mp4", out / "audio.wav", out / "peak.json"
 
     return job
@@ -561,20 +569,28 @@ JOIN_RAMP = 64
 windows end to end makes no new step of its own."""
 
 
-def _write_peak(out: Path, peak: float) -> None:
-    """A piece's true peak, as JSON (null for silence: JSON has no -inf)."""
+PEAK_VERSION = 1
+"""The format of a piece's true-peak record."""
+
+
+def _write_peak(dest: Path, peak: float, audio_key: str) -> None:
+    """A piece's true peak as JSON, naming the audio it was measured on (null for silence:
+    JSON has no -inf)."""
     value = None if math.isinf(peak) else peak
-    (out / "peak.json").write_text(json.dumps({"true_peak_dbtp": value}), encoding="utf-8")
+    record = {"version": PEAK_VERSION, "audio": audio_key, "true_peak_dbtp": value}
+    dest.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
 
 
-def _read_peak(path: Path) -> float | None:
-    """A cached piece's true peak, -inf for silence; None when the file is not a peak record
-    (read from disk, so not trusted: the piece is made again)."""
+def _read_peak(path: Path, audio_key: str) -> float | None:
+    """A cached piece's true peak, -inf for silence; None when the file is not the peak record
+    of this audio (read from disk, so not trusted: it is measured again)."""
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if not isinstance(record, dict) or "true_peak_dbtp" not in record:
+    if not isinstance(record, dict) or record.get("version") != PEAK_VERSION:
+        return None
+    if record.get("audio") != audio_key or "true_peak_dbtp" not in record:
         return None
     value = record["true_peak_dbtp"]
     if value is None:
@@ -582,6 +598,42 @@ def _read_peak(path: Path) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not -200 <= value <= 50:
         return None
     return float(value)
+
+
+def _peak(path: Path, audio_key: str) -> float:
+    peak = _read_peak(path, audio_key)
+    if peak is None:  # checked when looked up, made or measured since: a bug if not
+        raise NodeFailed(f"{path}: not the true-peak record of audio segment {audio_key}")
+    return peak
+
+
+def _measure_peaks(
+    pieces: list[_Piece], found: dict[str, Path | None], cache: SegmentCache, tmp: Path
+) -> list[str]:
+    """Cached pieces without a (readable) peak record, say from a runner before this one kept
+    them: their true peak measured on their cached audio, not the piece made again."""
+    todo = {p.peak_key: p for p in pieces if found[p.peak_key] is None}
+    if not todo:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(16, os.cpu_count() or 1))) as pool:
+        measured = dict(
+            zip(
+                todo,
+                pool.map(lambda p: ffmpeg.true_peak(_found(found, p.audio_key)), todo.values()),
+                strict=True,
+            )
+        )
+    for key, piece in todo.items():
+        dest = tmp / f"peak-{key}.json"
+        _write_peak(dest, measured[key], piece.audio_key)
+        found[key] = cache.save(key, dest)
+    return list(todo)
+
+
+def _found(found: dict[str, Path | None], key: str) -> Path:
+    path = found[key]
+    assert path is not None  # every piece's audio is cached or made by now
+    return path
 
 
 def _loudness(joined: Path, wavs: list[Path], peaks: list[float], tmp: Path) -> tuple[float, float]:
