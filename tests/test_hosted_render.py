@@ -401,6 +401,8 @@ def test_a_target_pays_for_that_shot_alone_and_assembles_nothing(
     tmp_path: Path, server: OpenAIServer
 ) -> None:
     p = Project(tmp_path, server, film(3))
+    plan = json.loads(p.run("plan", "--json", "--target", "s1").stdout)
+    assert [n["id"] for n in plan["nodes"]] == ["shots.s1"]  # what that render would make
     frozen = p.run("render", "--target", "s1", "--frozen")
     assert frozen.returncode == 1  # s1 would cost money: --frozen counts only the target's
     assert "would pay for shots.s1" in frozen.stderr and "shots.s0" not in frozen.stderr

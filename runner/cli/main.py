@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="I/N",
         help="plan only shard I of N, and show each shard's nodes, seconds and cost",
     )
+    p.add_argument(
+        "--target",
+        metavar="NODE",
+        action="append",
+        help="plan only this shot (every take) or node and what it needs; may be repeated",
+    )
 
     p = sub.add_parser("render", parents=[common], help="render what changed and assemble")
     film_arg(p)
@@ -236,7 +242,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         resend_unconfirmed=args.resend_unconfirmed,
         rerender=_shot_nodes(project, args.rerender),
         shard=shard.parse(args.shard) if args.shard else None,
-        targets=_target_nodes(project, args.target) if args.target else None,
+        targets=project.graph.targets(args.target) if args.target else None,
         sign=args.sign,
     )
     if args.sign and options.shard is not None:
@@ -350,28 +356,6 @@ def _shot_nodes(project: Project, shots: list[str]) -> frozenset[str]:
     if unknown:
         raise UserError(f"--rerender: no shot named {', '.join(unknown)}")
     return frozenset(nid for nid, shot in nodes.items() if shot in shots)
-
-
-def _target_nodes(project: Project, targets: list[str]) -> frozenset[str]:
-    """--target's node ids: a node id as `runner status` lists it (`shots.river`, `edit`), or
-    a shot's name for every take of it."""
-    nodes = project.graph.nodes
-    takes: dict[str, set[str]] = {}
-    for node in nodes.values():
-        if node.shot:
-            takes.setdefault(node.shot["shot"], set()).add(node.id)
-    found: set[str] = set()
-    for target in targets:
-        if target in nodes:
-            found.add(target)
-        elif target in takes:
-            found |= takes[target]
-        else:
-            raise UserError(
-                f"--target {printable(target)}: no shot or node of that name; "
-                "`runner status` lists the film's nodes"
-            )
-    return frozenset(found)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -3,7 +3,8 @@
 Like `terraform plan`: one line per node that renders (backend, model, seconds, cost, why), a
 total per backend and for the run, the film's spend so far from film.lock and what is left of
 `[film] budget_usd`. `--diff` shows, per changed shot, the recorded request against the new one.
-`--shard I/N` plans only shard I's nodes and shows how the film splits over N CI jobs.
+`--shard I/N` plans only shard I's nodes and shows how the film splits over N CI jobs;
+`--target` only what `render --target` would make.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def cmd_plan(project: Project, args: argparse.Namespace) -> int:
         shares = shard.split(project.graph, count)
         mine = set(shares[index - 1].nodes)
         plan = Plan({nid: d for nid, d in plan.decisions.items() if nid in mine})
+    if args.target:
+        wanted = project.graph.upstream(project.graph.targets(args.target))
+        plan = Plan({nid: d for nid, d in plan.decisions.items() if nid in wanted})
     # A pull request's CI job plans without secrets: say what render will need, never fail.
     for name, problem in project.credential_problems([d.id for d in plan.to_render]).items():
         print(f"runner: warning: {name}: {shown(problem)}; `render` will need it", file=sys.stderr)

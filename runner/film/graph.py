@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.digest import key_of
-from runner.errors import UserError
+from runner.errors import UserError, printable
 from runner.film.request import ShotRequest
 
 RECIPE_VERSION = 1  # bump when the meaning of a recipe field changes: every key changes
@@ -92,6 +92,26 @@ class Graph:
         """The node ids of the cut's clips, in film order (a clip cut in twice is twice)."""
         cut = self.cut
         return [cut.inputs[c["clip"]] for c in cut.recipe["cuts"]]
+
+    def targets(self, names: Iterable[str]) -> frozenset[str]:
+        """`--target`'s node ids: a node id as `runner status` lists it (`shots.river`, `edit`),
+        or a shot's name for every take of it."""
+        takes: dict[str, set[str]] = {}
+        for node in self.nodes.values():
+            if node.shot:
+                takes.setdefault(node.shot["shot"], set()).add(node.id)
+        found: set[str] = set()
+        for name in names:
+            if name in self.nodes:
+                found.add(name)
+            elif name in takes:
+                found |= takes[name]
+            else:
+                raise UserError(
+                    f"--target {printable(name)}: no shot or node of that name; "
+                    "`runner status` lists the film's nodes"
+                )
+        return frozenset(found)
 
     def upstream(self, ids: Iterable[str]) -> set[str]:
         """The nodes `ids` and every node they need, however indirectly."""
