@@ -158,3 +158,14 @@ def test_last_frame_of_a_video_that_ends_before_its_audio(tmp_path: Path) -> Non
     ffmpeg.extract_last_frame(src, tmp_path / "last.png")
     with Image.open(tmp_path / "last.png") as im:
         assert im.size == (64, 48)
+
+
+def test_a_segment_command_that_fails_says_why_without_the_input_dump(tmp_path: Path) -> None:
+    tone = tmp_path / "tone.wav"
+    ff("-loglevel", "error", "-f", "lavfi", "-i", "sine=f=997:d=1", str(tone))
+    args = ["-i", str(tone), "-af", f"nosuchfilter,{ffmpeg.TRUE_PEAK_TAP}", "-f", "wav", "o.wav"]
+    with pytest.raises(NodeFailed) as failed:
+        ffmpeg.run_peak(args, cwd=tmp_path)
+    assert "nosuchfilter" in str(failed.value) and "Input #0" not in str(failed.value)
+    args = ["-i", str(tone), "-af", ffmpeg.TRUE_PEAK_TAP, "-f", "wav", "o.wav"]
+    assert ffmpeg.run_peak(args, cwd=tmp_path) == pytest.approx(-18.1, abs=0.5)  # 1/8 scale

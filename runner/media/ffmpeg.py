@@ -8,6 +8,7 @@ time, and x264 pinned to one thread (its output bytes change with the thread cou
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import threading
@@ -116,11 +117,14 @@ _children: set[subprocess.Popen[str]] = set()
 _children_lock = threading.Lock()
 
 
-def _spawn(argv: list[str], *, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _spawn(
+    argv: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """subprocess.run, with the child known to `kill_children` while it runs."""
     with subprocess.Popen(
         argv,
         cwd=cwd,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -727,17 +731,28 @@ film's peak is known from its pieces' without measuring the joined film again (t
 half of a loudness measurement: 4x oversampling). `run_peak` runs such a command."""
 
 
-def run_peak(args: list[str], *, cwd: Path | None = None) -> float:
-    """Run a segment command whose audio ends in TRUE_PEAK_TAP; return that true peak (dBTP,
-    -inf for silence). Like `run`, but logging at info level: the summary is where the peak is."""
-    argv = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info", "-y"]
+PEAK_REPORT = "ebur128.log"
+"""The info-level log a segment command writes beside its outputs (FFREPORT), where ebur128's
+summary is; its standard error stays at errors only, for the message when it fails."""
+
+
+def run_peak(args: list[str], *, cwd: Path) -> float:
+    """Run a segment command whose audio ends in TRUE_PEAK_TAP in `cwd`; return that true peak
+    (dBTP, -inf for silence)."""
+    report = cwd / PEAK_REPORT
+    report.unlink(missing_ok=True)
+    env = {**os.environ, "FFREPORT": f"file={PEAK_REPORT}:level=32"}
     try:
-        proc = _spawn([*argv, *args], cwd=cwd)
+        proc = _spawn([ffmpeg_exe(), *GLOBAL_ARGS, *args], cwd=cwd, env=env)
     except OSError as exc:
         raise NodeFailed(f"cannot run ffmpeg: {exc}") from None
     if proc.returncode != 0:
         raise NodeFailed(f"ffmpeg failed (exit {proc.returncode}): {_tail(proc.stderr)}")
-    return _summary(proc.stderr, _PEAK, "true peak")
+    try:
+        log = report.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise NodeFailed(f"ffmpeg wrote no report of the true peak: {exc}") from None
+    return _summary(log, _PEAK, "true peak")
 
 
 def loudness(path: Path) -> tuple[float, float]:
