@@ -233,6 +233,8 @@ def test_the_first_frame_is_uploaded_once_per_digest_and_sent_as_image_url(
     assert "image-to-video endpoint" in (backend.check(shot(model=model)) or "")
     assert "takes no first-frame image" in (backend.check(shot(image=image)) or "")
     since = time.time()
+    backend.connect(shot(model=model, image=image))  # before the create is journaled
+    assert len(server.uploads) == 1 and server.create_posts() == 0
     backend.submit(shot(model=model, image=image))
     server.drop_next_creates(1)
     with pytest.raises(Transient):

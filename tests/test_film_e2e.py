@@ -380,3 +380,14 @@ def test_a_target_renders_that_shot_with_what_it_needs_and_nothing_else(film: Pa
     assert not set(rendered(rest)) & set(rendered(first))  # made once, then cached
     assert {"shots.harbor", "shots.end", "edit"} <= set(rendered(rest))
     assert (film.parent / "out" / "film.mp4").is_file()
+
+
+def test_a_target_named_like_both_a_shot_and_a_node_asks_which(tmp_path: Path) -> None:
+    toml = FILM.replace("[shots.end]", '[shots.edit]\nscene = "A shot named edit."\n\n[shots.end]')
+    manifest = gen(tmp_path / "film", {"film.toml": toml, "assets/ref.png": png()}) / "film.toml"
+    both = render(manifest, "--target", "edit")
+    assert both.returncode == 2
+    assert "--target edit: both a shot and a node are named so; write shots.edit" in both.stderr
+    shot = render(manifest, "--target", "shots.edit")
+    assert shot.returncode == 0, shot.stderr
+    assert rendered(shot) == ["shots.edit"]

@@ -413,10 +413,27 @@ def test_a_target_pays_for_that_shot_alone_and_assembles_nothing(
     assert (p.root / "film" / "out" / "review" / "index.html").is_file()  # the take to look at
     elsewhere = p.run("render", "--target", "s1", "--rerender", "s2")
     assert elsewhere.returncode == 2
-    assert "--rerender s2: not among what --target renders; add --target s2" in elsewhere.stderr
+    assert "not among what --target renders; add --target shots.s2" in elsewhere.stderr
     unknown = p.run("render", "--target", "s9")
     assert unknown.returncode == 2
     assert "--target s9: no shot or node of that name" in unknown.stderr
     assert p.run("render").returncode == 0  # the rest; s1 is not bought again
     assert prompts(server) == {f"Shot number {i}: a lantern on the river.": 1 for i in range(3)}
     assert (p.root / "film" / "out" / "film.mp4").is_file()
+
+
+def test_a_paid_job_outside_the_target_is_named_and_resumed_later_not_bought_again(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    p = Project(tmp_path, server, film(2, limits="concurrency = 1"))
+    p.env["RUNNER_KILL_AT"] = "job-journaled:1"  # s0 paid for and journaled, then killed
+    assert p.run("render").returncode == -signal.SIGKILL
+    del p.env["RUNNER_KILL_AT"]
+    assert prompts(server) == {"Shot number 0: a lantern on the river.": 1}
+    targeted = p.run("render", "--target", "s1")
+    assert targeted.returncode == 0, targeted.stderr
+    assert "shots.s0: a create a previous run sent is journaled, outside --target" in (
+        targeted.stderr
+    )
+    assert p.run("render").returncode == 0
+    assert prompts(server) == {f"Shot number {i}: a lantern on the river.": 1 for i in range(2)}

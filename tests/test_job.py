@@ -41,7 +41,7 @@ class Scripted:
         self.connected_with: list[dict[str, object] | None] = []  # the journal at each connect
         self.journal: Journal | None = None
 
-    def connect(self) -> None:
+    def connect(self, shot: ShotRequest) -> None:
         assert self.journal is not None
         self.connected_with.append(self.journal.get("k1"))
 
@@ -137,7 +137,7 @@ def test_the_client_is_made_before_the_create_is_journaled(tmp_path: Path) -> No
 def test_a_connect_that_is_refused_sends_nothing_and_journals_nothing(tmp_path: Path) -> None:
     backend = Scripted()
 
-    def refused() -> None:
+    def refused(shot: ShotRequest) -> None:
         raise Refused("no API key")
 
     backend.connect = refused  # type: ignore[method-assign]

@@ -108,11 +108,11 @@ class Backend(Protocol):
         """The JSON-able part of the shot that changes the output: it goes into the node key."""
         ...
 
-    def connect(self) -> None:
-        """Make the provider's client now (import its SDK, build it, nothing sent): called
-        before a create is journaled, so the journaled send time is when the create leaves,
-        not seconds earlier (an SDK's first import, on a loaded machine). Raises Refused when
-        it cannot be made (no key)."""
+    def connect(self, shot: ShotRequest) -> None:
+        """Do now what a create of `shot` needs that costs nothing (import the SDK, build the
+        client, upload its images), no create sent: called before the create is journaled,
+        so the journaled send time is when the create leaves, not seconds earlier (a first SDK
+        import on a loaded machine, an upload). Raises Refused (no key) or Transient."""
         ...
 
     def submit(self, shot: ShotRequest) -> str:

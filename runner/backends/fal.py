@@ -124,9 +124,13 @@ class FalBackend(TableAnswers):
 
     # -- the network --
 
-    def connect(self) -> None:
-        """The SDK's client, made before a create is journaled (see Backend.connect)."""
-        self._connect()
+    def connect(self, shot: ShotRequest) -> None:
+        """The client, and the shot's images uploaded (once per digest: `submit` finds them
+        there), before a create is journaled (see Backend.connect)."""
+        connection = self._connect()
+        if self.check(shot) is None:  # else submit refuses it, in words
+            for _, path in _files(shot, self._models[shot.model]):
+                self._upload(connection, path)
 
     def submit(self, shot: ShotRequest) -> str:
         """Upload the first frame (once per digest), then send exactly one submit."""

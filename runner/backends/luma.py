@@ -158,9 +158,12 @@ class LumaBackend(TableAnswers):
 
     # -- the network --
 
-    def connect(self) -> None:
-        """The SDK's client, made before a create is journaled (see Backend.connect)."""
+    def connect(self, shot: ShotRequest) -> None:
+        """The client, and the shot's first frame stored where Luma fetches it (once per
+        digest: `submit` finds it there), before a create is journaled (Backend.connect)."""
         self._get_client()
+        if self.check(shot) is None:  # else submit refuses it, in words
+            self._body(shot, upload=True)
 
     def submit(self, shot: ShotRequest) -> str:
         """Store the first frame where Luma can fetch it (once per digest), then send exactly

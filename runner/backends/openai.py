@@ -148,7 +148,7 @@ class OpenAIBackend:
 
     # -- the network --
 
-    def connect(self) -> None:
+    def connect(self, shot: ShotRequest) -> None:
         """The SDK's client, made before a create is journaled (see Backend.connect)."""
         self._get_client()
 

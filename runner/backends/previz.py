@@ -128,7 +128,7 @@ class PrevizBackend:
             h.update(f"\0extend\0{shot.extend_of}".encode())
         return h.hexdigest()
 
-    def connect(self) -> None:
+    def connect(self, shot: ShotRequest) -> None:
         """Nothing to connect to: previz renders here."""
 
     def submit(self, shot: ShotRequest) -> str:

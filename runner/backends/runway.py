@@ -124,7 +124,7 @@ class RunwayBackend(TableAnswers):
 
     # -- the network --
 
-    def connect(self) -> None:
+    def connect(self, shot: ShotRequest) -> None:
         """The SDK's client, made before a create is journaled (see Backend.connect)."""
         self._get_client()
 

@@ -189,7 +189,7 @@ class VeoBackend:
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def connect(self) -> None:
+    def connect(self, shot: ShotRequest) -> None:
         """The SDK's client, made before a create is journaled (see Backend.connect)."""
         self._get_client()
 

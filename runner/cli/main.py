@@ -256,7 +256,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         if outside:
             raise UserError(
                 f"--rerender {', '.join(outside)}: not among what --target renders; "
-                f"add --target {outside[0]}"
+                f"add --target shots.{outside[0]}"
             )
     if args.frozen:  # guards money, not work: local, deterministic nodes are made
         plan = project.plan(options.rerender)

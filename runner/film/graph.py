@@ -94,18 +94,24 @@ class Graph:
         return [cut.inputs[c["clip"]] for c in cut.recipe["cuts"]]
 
     def targets(self, names: Iterable[str]) -> frozenset[str]:
-        """`--target`'s node ids: a node id as `runner status` lists it (`shots.river`, `edit`),
-        or a shot's name for every take of it."""
+        """`--target`'s node ids: a node id as `runner status` lists it (`shots.river.take2`,
+        `edit`), or a shot, `river` or `shots.river`, for every take of it."""
         takes: dict[str, set[str]] = {}
         for node in self.nodes.values():
             if node.shot:
                 takes.setdefault(node.shot["shot"], set()).add(node.id)
         found: set[str] = set()
         for name in names:
+            shot = name.removeprefix("shots.")
+            if name in self.nodes and name in takes:
+                raise UserError(
+                    f"--target {printable(name)}: both a shot and a node are named so; write "
+                    f"shots.{printable(name)} for the shot"
+                )
             if name in self.nodes:
                 found.add(name)
-            elif name in takes:
-                found |= takes[name]
+            elif name in takes or (name.startswith("shots.") and shot in takes):
+                found |= takes[shot]
             else:
                 raise UserError(
                     f"--target {printable(name)}: no shot or node of that name; "

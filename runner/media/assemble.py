@@ -155,7 +155,8 @@ def assemble(
                 unique.setdefault(p.video_key + p.audio_key, p)
         missing = list(unique.values())
         rendered = _render_missing(clips, missing, film, found, cache, tmp)
-        rendered += _measure_peaks(pieces, found, cache, tmp)
+        if loudness_lufs is not None:  # the gain needs every piece's peak
+            rendered += _measure_peaks(pieces, found, cache, tmp)
         paths = {k: v for k, v in found.items() if v is not None}
         video_list = tmp / "video.ffconcat"
         video_list.write_text(
@@ -187,7 +188,7 @@ def assemble(
         }
     return Assembly(
         ffmpeg_version=version,
-        segments=[k for p in pieces for k in p.keys],
+        segments=[k for p in pieces for k in p.keys if found[k] is not None],
         join_argv=ffmpeg.command(args),
         rendered=rendered,
         clips=[decisions[i] for i in range(len(clips))],

@@ -184,7 +184,8 @@ class ShotJob:
             if not self.may_send():
                 raise NodeFailed(f"{self.node}: not sent: the run is stopping")
             try:
-                self.backend.connect()  # first: the journaled send time is when it leaves
+                # First: the journaled send time is then when the create leaves.
+                self.backend.connect(self.request)
                 with self.gate.turn():
                     sent_at = self.journal.sending(self.key, self.node, self.backend.name)
                     faults.point("create-journaled")

@@ -109,6 +109,16 @@ class Journal:
                     ids.append(str(entry["job_id"]))
         return ids
 
+    def nodes(self) -> set[str]:
+        """The nodes journaled entries name: creates a previous run sent and did not finish."""
+        found = set()
+        for key in self.pending():
+            with suppress(JournalError):  # its own node reports it
+                entry = self.get(key)
+                if entry and isinstance(entry.get("node"), str):
+                    found.add(entry["node"])
+        return found
+
     def pending(self) -> list[str]:
         """Keys with an entry: jobs a previous run sent and did not finish."""
         return keys_in(self.root)

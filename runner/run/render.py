@@ -153,6 +153,12 @@ def render(
     jobs.push_pending()
     # Jobs a killed run sent go first: they are paid for and already use provider slots.
     sent = {nid for nid in todo if jobs.journaled(nid)}
+    if options.targets is not None:  # resumed only by a render that includes them
+        notes += [
+            f"{nid}: a create a previous run sent is journaled, outside --target; a render "
+            f"that includes it resumes it without paying again"
+            for nid in sorted(jobs.journal.nodes() & set(graph.nodes) - todo_set)
+        ]
     tasks.sort(key=lambda t: t.id not in sent)
     locker = LockWriter(project, plan, jobs)
     with Interrupts(jobs.stop_sending, jobs.paid_in_flight) as interrupts:
