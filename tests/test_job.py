@@ -29,6 +29,7 @@ class Scripted:
     name = "scripted"
     default_model = "m"
     reconciles = True
+    lands_late = True
 
     def __init__(self) -> None:
         self.creates = 0
@@ -191,6 +192,21 @@ def test_a_create_still_on_its_way_when_the_rerun_looks_is_adopted_not_bought_ag
     assert j.run(tmp_path / "out.mp4") == "job-that-landed-late"
     assert backend.creates == 0 and backend.finds == 2
     assert clock.sleeps[0] == pytest.approx(ARRIVAL_SETTLE - 1.0)  # until it would have landed
+
+
+def test_a_render_made_in_the_killed_process_is_not_waited_for(tmp_path: Path) -> None:
+    """Reproduced: a previz shot being rendered when its run was killed took the rerun 10 s
+    (the wait for a create still on its way to a provider); a render in the runner's own
+    process died with it, so there is nothing to wait for."""
+    clock = Clock()
+    clock.now = 1000.0
+    backend = Scripted()
+    backend.lands_late = False
+    j = job(backend, tmp_path, wall=clock, sleep=clock.sleep)
+    j.journal.sending("k1", "shots.river", "scripted", sent_at=999.0)  # 1 s ago, then killed
+    backend.find = lambda shot, since, exclude: None  # type: ignore[method-assign]
+    assert j.run(tmp_path / "out.mp4") == "job1"
+    assert backend.creates == 1 and clock.sleeps == []
 
 
 def test_a_create_sent_long_ago_and_not_listed_is_sent_again_without_waiting(

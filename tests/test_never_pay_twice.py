@@ -19,6 +19,7 @@ import pytest
 
 from runner import faults
 from runner.cache.store import Store
+from runner.run import job
 from tests.films import Checkout, gen, lock_nodes
 from tests.servers.openai_server import OpenAIServer
 from tests.test_hosted_render import Project, film
@@ -55,7 +56,7 @@ FILM_POINTS = tuple(p for p in faults.POINTS if p != "mid-push")
 
 @pytest.mark.parametrize("point", FILM_POINTS)
 def test_killed_at_each_named_point_the_rerun_buys_each_shot_exactly_once(
-    tmp_path: Path, server: OpenAIServer, point: str
+    tmp_path: Path, server: OpenAIServer, point: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server.normalise_prompts = True  # echoes prompts as a gateway may: `find` must still match
     p = Project(tmp_path, server, film(6, limits="concurrency = 3"))
@@ -63,6 +64,10 @@ def test_killed_at_each_named_point_the_rerun_buys_each_shot_exactly_once(
     killed = p.run("render")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     del p.env["RUNNER_KILL_AT"]
+    # The rerun (in this process) looks for an unconfirmed create once more when it would have
+    # landed: 10 s after it was sent at a provider, far more than this loopback server needs
+    # to make a job of a request that reached it before the kill.
+    monkeypatch.setattr(job, "ARRIVAL_SETTLE", 2.0)
     result = p.run("render")
     assert result.returncode == 0, result.stderr
     assert len(server.creates) == 6

@@ -86,6 +86,10 @@ class Backend(Protocol):
     # Whether `find` can list the provider's jobs. When it cannot, a create that may have been
     # sent is never re-sent silently: the user checks the provider's console first.
     reconciles: bool
+    # Whether a create can reach the provider after the process that sent it died (bytes in
+    # flight, a provider's queue): then a rerun looks again before sending (ARRIVAL_SETTLE).
+    # Not for a render made in the runner's own process, which dies with it (previz).
+    lands_late: bool
 
     def capabilities(self, model: str) -> Capabilities: ...
 

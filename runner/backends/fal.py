@@ -74,6 +74,7 @@ class FalBackend(TableAnswers):
     name = "fal"
     default_model = "fal-ai/veo3/fast"
     reconciles = True  # the request history lists recent requests with their input
+    lands_late = True  # a create sent before a kill can still be made
 
     _table = TABLE
     _new_row = NEW_ROW

@@ -85,6 +85,7 @@ class LumaBackend(TableAnswers):
     name = "luma"
     default_model = "ray-flash-2"
     reconciles = True  # GET /generations lists recent generations with their request
+    lands_late = True  # a create sent before a kill can still be made
 
     _table = TABLE
     _new_row = NEW_ROW

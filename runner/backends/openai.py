@@ -77,6 +77,7 @@ class OpenAIBackend:
     name = "openai"
     default_model = "sora-2"
     reconciles = True  # GET /v1/videos lists recent jobs: `find` can look for a lost create
+    lands_late = True  # a create sent before a kill can still be made
 
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir

@@ -58,6 +58,7 @@ class PrevizBackend:
     name = "previz"
     default_model = "previz"
     reconciles = True
+    lands_late = False  # rendered in this process: a killed run's render died with it
 
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir  # previz takes no configuration

@@ -76,6 +76,7 @@ class RunwayBackend(TableAnswers):
     name = "runway"
     default_model = "gen4.5"
     reconciles = False  # Runway can retrieve or delete a task, never list them
+    lands_late = True  # a create sent before a kill can still be made
 
     _table = TABLE
     _new_row = NEW_ROW

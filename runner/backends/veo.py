@@ -111,6 +111,7 @@ class VeoBackend:
     name = "veo"
     default_model = "veo-3.1-generate-preview"
     reconciles = False  # Vertex cannot list generate_videos operations (see find)
+    lands_late = True  # a create sent before a kill can still be made
 
     def __init__(
         self,

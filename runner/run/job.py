@@ -152,7 +152,7 @@ class ShotJob:
         would have landed (ARRIVAL_SETTLE), so a late create is adopted, never bought again."""
         found = self._find(sent_at)
         left = sent_at + ARRIVAL_SETTLE - self.wall()
-        if found is None and left > 0 and self.backend.reconciles:
+        if found is None and left > 0 and self.backend.reconciles and self.backend.lands_late:
             yield left
             found = self._find(sent_at)
         if found:
