@@ -169,3 +169,17 @@ def test_a_segment_command_that_fails_says_why_without_the_input_dump(tmp_path: 
     assert "nosuchfilter" in str(failed.value) and "Input #0" not in str(failed.value)
     args = ["-i", str(tone), "-af", ffmpeg.TRUE_PEAK_TAP, "-f", "wav", "o.wav"]
     assert ffmpeg.run_peak(args, cwd=tmp_path) == pytest.approx(-18.1, abs=0.5)  # 1/8 scale
+
+
+def test_subtitles_are_found_in_an_mp4s_boxes_and_in_other_files_by_ffmpeg(
+    tmp_path: Path,
+) -> None:
+    srt = tmp_path / "cues.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,500\nHello.\n")
+    video = ["-f", "lavfi", "-i", "color=black:s=64x48:r=24:d=1"]
+    plain, with_text, mkv = tmp_path / "plain.mp4", tmp_path / "text.mp4", tmp_path / "text.mkv"
+    ff("-loglevel", "error", *video, "-c:v", "libx264", str(plain))
+    ff("-loglevel", "error", *video, "-i", str(srt), "-c:v", "libx264", "-c:s", "mov_text",
+       str(with_text))  # fmt: skip
+    ff("-loglevel", "error", *video, "-i", str(srt), "-c:v", "libx264", "-c:s", "srt", str(mkv))
+    assert [ffmpeg.has_subtitles(p) for p in (plain, with_text, mkv)] == [False, True, True]

@@ -800,8 +800,17 @@ def _summary(report: str, pattern: re.Pattern[str], what: str) -> float:
     return float(found[-1])
 
 
+SUBTITLE_HANDLERS = ("sbtl", "text", "subt", "subp")
+"""MP4 track handlers of subtitles: mov_text in an MP4 ("sbtl"), a QuickTime text track,
+others' timed text and DVD pictures."""
+
+
 def has_subtitles(path: Path) -> bool:
-    """Whether a file has a subtitle stream."""
+    """Whether a file has a subtitle stream: read from an MP4's boxes, else asked of ffmpeg."""
+    try:
+        return any(t.handler in SUBTITLE_HANDLERS for t in mp4.inspect(path).tracks)
+    except (mp4.Unsupported, mp4.Damaged, OSError):
+        pass  # not an MP4 this walk reads: ffmpeg says
     out = _capture([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)])
     return re.search(r"Stream #\d+:\d+\S*: Subtitle: ", out) is not None
 
