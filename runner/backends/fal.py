@@ -82,12 +82,7 @@ class FalBackend(TableAnswers):
 
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir
-        cfg = dict(config or {})
-        model_table.reject_unknown(cfg, CONFIG_KEYS, TABLE)
-        self._base_url = model_table.text_setting(cfg, "base_url", TABLE)
-        self._api_key = model_table.text_setting(cfg, "api_key", TABLE)
-        self._timeout = model_table.seconds_setting(cfg, "timeout", TABLE, DEFAULT_TIMEOUT)
-        self.poll_seconds = model_table.seconds_setting(cfg, "poll_seconds", TABLE, DEFAULT_POLL)
+        cfg = self._settings(config, CONFIG_KEYS, DEFAULT_TIMEOUT, DEFAULT_POLL)
         models = cfg.get("models", {})
         self._models = model_table.load(
             TABLE, models, BUILTIN, NEW_ROW, sizes=SIZES, fixed=FIXED, row_type=FalRow

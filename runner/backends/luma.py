@@ -93,10 +93,7 @@ class LumaBackend(TableAnswers):
 
     def __init__(self, workdir: Path, config: Mapping[str, Any] | None = None) -> None:
         self.workdir = workdir
-        cfg = dict(config or {})
-        model_table.reject_unknown(cfg, CONFIG_KEYS, TABLE)
-        self._base_url = model_table.text_setting(cfg, "base_url", TABLE)
-        self._api_key = model_table.text_setting(cfg, "api_key", TABLE)
+        cfg = self._settings(config, CONFIG_KEYS, DEFAULT_TIMEOUT, DEFAULT_POLL)
         self._image_store = model_table.text_setting(cfg, "image_store", TABLE)
         self._image_url = model_table.text_setting(cfg, "image_url", TABLE)
         if bool(self._image_store) != bool(self._image_url):
@@ -104,8 +101,6 @@ class LumaBackend(TableAnswers):
                 f"{model_table.SOURCE}: {TABLE} image_store and image_url go together: "
                 + NO_IMAGE_STORE
             )
-        self._timeout = model_table.seconds_setting(cfg, "timeout", TABLE, DEFAULT_TIMEOUT)
-        self.poll_seconds = model_table.seconds_setting(cfg, "poll_seconds", TABLE, DEFAULT_POLL)
         self._models = model_table.load(
             TABLE,
             _one_price(cfg.get("models", {})),

@@ -1,5 +1,6 @@
-"""What a backend answers from its model table alone (pure: planning never touches the network):
-its rows, a model's capabilities and price, and what a shot asks that the model cannot do."""
+"""What a hosted backend reads from its table (the settings all of them take) and answers from
+its model table alone (pure: planning never touches the network): its rows, a model's
+capabilities and price, and what a shot asks that the model cannot do."""
 
 from __future__ import annotations
 
@@ -16,9 +17,26 @@ class TableAnswers:
     its rows are configured) and `_new_row` (the permissive row of a model not in the table)."""
 
     name: str
+    poll_seconds: float
+    _base_url: str | None
+    _api_key: str | None
+    _timeout: float
     _models: Mapping[str, ModelRow]
     _table: str
     _new_row: ModelRow
+
+    def _settings(
+        self, config: Mapping[str, Any] | None, keys: tuple[str, ...], timeout: float, poll: float
+    ) -> dict[str, Any]:
+        """The settings every hosted backend's table takes (`base_url`, `api_key`, `timeout`,
+        `poll_seconds`), checked and set; returns the table for the backend's own keys."""
+        cfg = dict(config or {})
+        model_table.reject_unknown(cfg, keys, self._table)
+        self._base_url = model_table.text_setting(cfg, "base_url", self._table)
+        self._api_key = model_table.text_setting(cfg, "api_key", self._table)
+        self._timeout = model_table.seconds_setting(cfg, "timeout", self._table, timeout)
+        self.poll_seconds = model_table.seconds_setting(cfg, "poll_seconds", self._table, poll)
+        return cfg
 
     def rows(self) -> Mapping[str, Capabilities]:
         """The backend's model table, by model name."""
