@@ -23,6 +23,8 @@ import fal_client
 import httpx
 from fal_client.client import USER_AGENT
 
+from runner.backends import policy
+
 FAL_HOSTS = ("fal.run", "queue.fal.run", "rest.fal.ai", "api.fal.ai", "falrun.com")
 FAL_HOST_SUFFIXES = (".fal.media", ".fal.run", ".falrun.com")
 """fal's host names, hard-coded in fal-client (queue, run, REST, CDN) and in its answers."""
@@ -135,7 +137,7 @@ class Connection:
 
 
 def connect(key: str, base_url: str | None, timeout: float) -> Connection:
-    limits = httpx.Timeout(timeout, connect=min(15.0, timeout))
+    limits = policy.http_timeout(timeout)
     api = httpx.Client(
         transport=OnceTransport(base_url, limits, buffer=True),
         headers={"Authorization": f"Key {key}", "User-Agent": USER_AGENT},

@@ -357,14 +357,13 @@ class LumaBackend(TableAnswers):
             key = self._key()
             if not key:
                 raise Refused(NO_KEY)
-            import httpx
             from lumaai import LumaAI
 
             self._client = LumaAI(
                 auth_token=key,
                 base_url=self._base_url,  # None: LUMAAI_BASE_URL, else Luma's own
                 max_retries=0,
-                timeout=httpx.Timeout(self._timeout, connect=min(15.0, self._timeout)),
+                timeout=policy.http_timeout(self._timeout),
             )
             generations = self._client.generations
             _ = generations.with_raw_response  # resolved here, not racing in threads
@@ -375,10 +374,7 @@ class LumaBackend(TableAnswers):
         """A plain client for the CDN: never the key, no retries."""
         with self._lock:
             if self._media is None:
-                import httpx
-
-                timeout = httpx.Timeout(self._timeout, connect=min(15.0, self._timeout))
-                self._media = httpx.Client(timeout=timeout, follow_redirects=True)
+                self._media = policy.media_client(self._timeout)
             return self._media
 
     def _is_claimed(self, gid: str) -> bool:

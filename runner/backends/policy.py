@@ -17,12 +17,15 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from runner import faults
 from runner.backends.base import BackendError, Expired, RateLimited, Refused, Transient
 from runner.digest import Hashed, HashingWriter
 from runner.errors import scrub_urls
+
+if TYPE_CHECKING:
+    import httpx
 
 Stage = Literal["create", "job", "download", "list"]
 """What the failed call was: a (paid) create, a poll of a job, a download of its video, or a
@@ -258,3 +261,22 @@ def content_length(headers: Any) -> int | None:
         return int(total) if total.strip().isdigit() else None
     length = headers.get("content-length")
     return int(length) if length is not None and str(length).strip().isdigit() else None
+
+
+CONNECT_TIMEOUT = 15.0
+"""Seconds connecting to a provider may take at most, whatever its read timeout."""
+
+
+def http_timeout(seconds: float) -> httpx.Timeout:
+    """httpx's timeout for a provider's client: `seconds` per read, connecting capped."""
+    import httpx
+
+    return httpx.Timeout(seconds, connect=min(CONNECT_TIMEOUT, seconds))
+
+
+def media_client(seconds: float) -> httpx.Client:
+    """A plain client for a provider's CDN or signed output URLs: no key, no retries,
+    redirects followed."""
+    import httpx
+
+    return httpx.Client(timeout=http_timeout(seconds), follow_redirects=True)

@@ -274,7 +274,6 @@ class RunwayBackend(TableAnswers):
             key = self._key()
             if not key:
                 raise Refused(NO_KEY)
-            import httpx
             from runwayml import RunwayML
 
             client = RunwayML(
@@ -282,7 +281,7 @@ class RunwayBackend(TableAnswers):
                 base_url=self._base_url,  # None: RUNWAYML_BASE_URL, else Runway's API
                 runway_version=API_VERSION,
                 max_retries=0,
-                timeout=httpx.Timeout(self._timeout, connect=min(15.0, self._timeout)),
+                timeout=policy.http_timeout(self._timeout),
             )
             # Resolve the SDK's lazy resources here, under the lock, not racing in threads.
             _ = (client.text_to_video, client.image_to_video, client.tasks)
@@ -293,10 +292,7 @@ class RunwayBackend(TableAnswers):
     def _get_media(self) -> httpx.Client:
         with self._lock:
             if self._media is None:
-                import httpx
-
-                timeout = httpx.Timeout(self._timeout, connect=min(15.0, self._timeout))
-                self._media = httpx.Client(timeout=timeout, follow_redirects=True)
+                self._media = policy.media_client(self._timeout)
             return self._media
 
     def _scrub(self, text: str) -> str:
